@@ -1,0 +1,147 @@
+"""Command line: ``python -m hpcspec [run|info] …``. Parsing and dispatch only; nothing numerical.
+
+Exit codes: 0 done; 2 bad input or configuration (every rank, one line from rank 0); any other
+code is a crash, after which the whole MPI world is aborted so no rank hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Any, Sequence
+
+from .comm import AgreedInputError, Communicator, SingleProcess, world
+from .config import Config, load_config, parse_override
+from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+
+#: ``python -m hpcspec`` with no arguments: train the default MLP on digits briefly, then analyse it.
+DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out"}
+
+#: Dedicated flags and the config keys they set (applied after the config file, before --set).
+FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss", "top_k": "eigen.top_k",
+             "output": "output", "dtype": "hessian.dtype", "seed": "seed", "tol": "eigen.tol",
+             "which": "eigen.which", "maxiter": "eigen.maxiter", "batch_size": "data.batch_size",
+             "hvp": "hessian.hvp", "weights": "model.weights", "train_steps": "train.steps",
+             "threads": "threads"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so errors go through the agreed-exit path."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{message} (see python -m hpcspec {self.prog.split()[-1]} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpcspec", description="Hessian spectra of neural networks, distributed over MPI ranks.")
+    parser.add_argument("--backend", default=os.environ.get("HPCSPEC_BACKEND", "auto"),
+                        choices=("auto", "mpi", "single"), help="communication backend (default: auto)")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="top-k Hessian eigenpairs of a model on a data set")
+    run.add_argument("--config", help="TOML job config (see README)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set eigen.maxiter=300 (repeatable; applied last)")
+    run.add_argument("--model", help="built-in model name (mlp) or module:callable")
+    run.add_argument("--data", help="digits, synthetic, a path to an HDF5 file, or module:callable")
+    run.add_argument("--loss", help="cross_entropy or mse")
+    run.add_argument("--top-k", type=int, help="number of eigenpairs")
+    run.add_argument("--which", help="largest, smallest, largest_magnitude or both_ends")
+    run.add_argument("--output", help="output directory")
+    run.add_argument("--dtype", help="model compute precision: float64 or float32 (solver is float64)")
+    run.add_argument("--seed", type=int, help="seed for the start vector and zoo model initialisation")
+    run.add_argument("--tol", type=float, help="relative Ritz-residual tolerance (0: 1e-8 float64, 1e-5 float32)")
+    run.add_argument("--maxiter", type=int, help="maximum Lanczos steps")
+    run.add_argument("--batch-size", type=int, help="samples per forward pass")
+    run.add_argument("--hvp", help="auto, double_backward or forward_over_reverse")
+    run.add_argument("--weights", help="state-dict file to load into the model")
+    run.add_argument("--train-steps", type=int, help="full-batch Adam steps before the analysis")
+    run.add_argument("--threads", type=int, help="torch threads per rank (0: cores / ranks per node)")
+    sub.add_parser("info", help="versions, world size and device")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
+    """Defaults → ``base`` → ``--config`` file → dedicated flags → ``--set`` (later wins)."""
+    overrides: dict[str, Any] = dict(base or {})
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    for item in getattr(args, "set", []):
+        key, value = parse_override(item)
+        overrides[key] = value
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _info(comm: Communicator) -> None:
+    from .device import select_device
+    from .provenance import versions
+
+    if comm.rank == 0:
+        for name, version in versions(comm).items():
+            print(f"{name:>13}: {version}")
+        print(f"{'world size':>13}: {comm.size}")
+        print(f"{'device':>13}: {select_device(comm)}")
+
+
+def _dispatch(argv: Sequence[str], comm: Communicator) -> int:
+    from .job import agreed, run_job
+
+    parser = build_parser()
+    args = agreed(comm, parser.parse_args, argv)
+    if args.command == "info":
+        _info(comm)
+        return EXIT_OK
+    if args.command is None:
+        args = parser.parse_args(["run"])
+        cfg = agreed(comm, config_from_args, args, DEMO_OVERRIDES)
+    else:
+        cfg = agreed(comm, config_from_args, args)
+    run_job(cfg, comm)
+    return EXIT_OK
+
+
+def _backend(argv: Sequence[str]) -> str:
+    """The backend, read before anything else (it decides how errors are agreed on)."""
+    for i, item in enumerate(argv):
+        if item == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+        if item.startswith("--backend="):
+            return item.split("=", 1)[1]
+    return os.environ.get("HPCSPEC_BACKEND", "auto")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m hpcspec``; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(item in ("-h", "--help") for item in argv):
+        build_parser().parse_known_args(argv)  # argparse prints help and exits 0
+    try:
+        comm = world(_backend(argv))
+    except InputError as exc:
+        print(f"hpcspec: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return _dispatch(argv, comm)
+    except AgreedInputError as exc:
+        if comm.rank == 0:
+            print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except InputError as exc:  # raised on some ranks only: the others may wait in a collective
+        print(f"hpcspec: error: {exc} (rank {comm.rank})", file=sys.stderr, flush=True)
+        _abort(comm, EXIT_BAD_INPUT)
+        return EXIT_BAD_INPUT
+    except BaseException:
+        traceback.print_exc()
+        print(f"hpcspec: rank {comm.rank} crashed; aborting all {comm.size} ranks", file=sys.stderr, flush=True)
+        _abort(comm, 1)
+        return 1
+
+
+def _abort(comm: Communicator, code: int) -> None:
+    """End every rank now (MPI_Abort); a single process just returns to exit normally."""
+    if not isinstance(comm, SingleProcess) and comm.size > 1:
+        sys.stderr.flush()
+        comm.abort(code)

@@ -1,0 +1,211 @@
+"""Communicators: the only place that knows how vectors and decisions move between ranks.
+
+Every function in hpcspec that needs to talk to other ranks takes a :class:`Communicator`
+argument; nothing reaches for ``MPI.COMM_WORLD`` except :func:`world` at the entry point.
+:class:`SingleProcess` turns every collective into a no-op, so the numerics run and are tested
+without ``mpirun``. Vectors move with mpi4py's buffer methods on contiguous arrays; only small
+control messages (error strings, decisions) are pickled.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+
+@runtime_checkable
+class Communicator(Protocol):
+    """What the rest of hpcspec needs from a group of ranks."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+
+    def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a contiguous tensor over all ranks, in place; returns the same tensor."""
+
+    def allreduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise maximum over all ranks, in place; returns the same tensor."""
+
+    def bcast_tensor_(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
+        """Overwrite ``tensor`` on every rank with root's, in place."""
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        """Root's small picklable object, on every rank (decisions, names)."""
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Every rank's small picklable object, in rank order, on every rank."""
+
+    def barrier(self) -> None:
+        """Wait for all ranks."""
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the world now (used on uncaught exceptions)."""
+
+    @property
+    def description(self) -> str:
+        """Backend name and library version, for provenance."""
+
+
+class SingleProcess:
+    """A world of one rank: every collective returns its input unchanged."""
+
+    rank = 0
+    size = 1
+    local_rank = 0
+    local_size = 1
+
+    def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def allreduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def bcast_tensor_(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
+        return tensor
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def barrier(self) -> None:
+        return None
+
+    def abort(self, code: int = 1) -> None:
+        os._exit(code)
+
+    @property
+    def description(self) -> str:
+        return "single process (no MPI)"
+
+
+class MPICommunicator:
+    """mpi4py communicator; vectors travel as contiguous host buffers.
+
+    CUDA tensors are staged through host memory (a CUDA-aware MPI path is future work).
+    """
+
+    def __init__(self, mpi_comm: Any) -> None:
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self._comm = mpi_comm
+        self.rank: int = mpi_comm.Get_rank()
+        self.size: int = mpi_comm.Get_size()
+        node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank: int = node.Get_rank()
+        self.local_size: int = node.Get_size()
+        node.Free()
+
+    def _collective_(self, tensor: torch.Tensor, op: Any) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        host = _host_view(tensor)
+        self._comm.Allreduce(self._MPI.IN_PLACE, host, op=op)
+        if host is not None and tensor.device.type != "cpu":
+            tensor.copy_(torch.from_numpy(host))
+        return tensor
+
+    def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._collective_(tensor, self._MPI.SUM)
+
+    def allreduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._collective_(tensor, self._MPI.MAX)
+
+    def bcast_tensor_(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        host = _host_view(tensor)
+        self._comm.Bcast(host, root=root)
+        if tensor.device.type != "cpu":
+            tensor.copy_(torch.from_numpy(host))
+        return tensor
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self._comm.bcast(obj, root=root)
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return self._comm.allgather(obj)
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        self._comm.Abort(code)
+
+    @property
+    def description(self) -> str:
+        version = self._MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
+        return f"mpi4py {_mpi4py_version()} / {version}"
+
+
+def _host_view(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous numpy array sharing memory with a CPU tensor, or a host copy of a GPU one."""
+    if not tensor.is_contiguous():
+        raise ValueError("collectives need a contiguous tensor")
+    if tensor.device.type == "cpu":
+        return tensor.detach().numpy()
+    return tensor.detach().cpu().numpy()
+
+
+def _mpi4py_version() -> str:
+    import mpi4py
+
+    return mpi4py.__version__
+
+
+def launched_by_mpi() -> bool:
+    """True when an MPI launcher started this process (so MPI must be initialised)."""
+    markers = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_ID")
+    return any(name in os.environ for name in markers)
+
+
+def world(backend: str = "auto") -> Communicator:
+    """The world communicator for this process; called once, at the entry point.
+
+    ``auto`` uses MPI when mpi4py imports and an MPI launcher started us, and a single-process
+    world otherwise, so ``python -m hpcspec`` runs on a laptop with no MPI installed.
+    """
+    if backend not in ("auto", "mpi", "single"):
+        raise InputError(f"unknown communication backend {backend!r}; choose one of auto, mpi, single")
+    if backend == "single":
+        return SingleProcess()
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        if backend == "mpi":
+            raise InputError(f"backend 'mpi' needs mpi4py, which does not import: {exc}") from None
+        if launched_by_mpi():
+            print("hpcspec: warning: started by an MPI launcher but mpi4py is not installed; "
+                  "every rank will run alone (pip install mpi4py)", file=sys.stderr)
+        return SingleProcess()
+    return MPICommunicator(MPI.COMM_WORLD)
+
+
+def agree_on_failure(comm: Communicator, error: BaseException | None) -> None:
+    """Collectively agree whether any rank hit an :class:`InputError`; if so raise it everywhere.
+
+    Every rank calls this at the same point, failed or not, so no rank is left waiting in a
+    collective (the torch DCP ``_DistWrapper`` pattern). The raised message is the lowest failing
+    rank's, tagged with that rank when the world has more than one.
+    """
+    message = None if error is None else str(error)
+    messages: Sequence[str | None] = comm.allgather_object(message)
+    failed = [rank for rank, text in enumerate(messages) if text is not None]
+    if failed:
+        everywhere = len(failed) == comm.size
+        suffix = "" if everywhere else f" (on rank {failed[0]})"
+        raise AgreedInputError(f"{messages[failed[0]]}{suffix}")
+
+
+class AgreedInputError(InputError):
+    """An :class:`InputError` every rank raised together: safe to exit without aborting."""

@@ -1,0 +1,249 @@
+"""Run configuration: frozen dataclasses, layered defaults → TOML file → command line.
+
+Every rank parses the same inputs, so a bad value raises :class:`ConfigError` on every rank before
+any collective. Unknown keys are errors that name the closest valid key (a typo in a 64-rank job
+should cost seconds, not a queue wait).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid", "softplus")
+LOSSES = ("cross_entropy", "mse")
+DTYPES = ("float64", "float32")
+HVP_METHODS = ("auto", "double_backward", "forward_over_reverse")
+WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: a zoo name or ``module:callable``, and its optional weights file."""
+
+    spec: str = "mlp"
+    hidden: tuple[int, ...] = (32, 32)
+    activation: str = "tanh"
+    weights: str = ""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set (``digits``, ``synthetic``, an ``.h5`` path, or ``module:callable``)."""
+
+    spec: str = "digits"
+    batch_size: int = 256
+    samples: int = 512
+    features: int = 16
+    classes: int = 4
+    outputs: int = 1
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    """Which Hessian, and how its products are computed.
+
+    ``dtype`` is the precision the model computes in; accumulation, the reduction across ranks
+    and the solver are float64 whatever it is.
+    """
+
+    loss: str = "cross_entropy"
+    dtype: str = "float64"
+    hvp: str = "auto"
+
+
+@dataclass(frozen=True)
+class EigenConfig:
+    """Lanczos top-k settings; ``tol = 0`` and ``maxiter = 0`` mean "choose for the dtype"."""
+
+    top_k: int = 5
+    which: str = "largest"
+    tol: float = 0.0
+    maxiter: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Brief full-batch Adam training before the analysis (0 steps = analyse as loaded)."""
+
+    steps: int = 0
+    lr: float = 0.01
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs; see README "Configuration" for each key."""
+
+    output: str = "hpcspec-out"
+    seed: int = 0
+    threads: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    hessian: HessianConfig = field(default_factory=HessianConfig)
+    eigen: EigenConfig = field(default_factory=EigenConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """All dotted keys a config accepts, e.g. ``eigen.top_k``."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(valid_keys(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    if not close:  # a bare leaf name given without its section, e.g. "top_k"
+        close = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check one value against its field type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"config key {key!r} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"config key {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown_key(prefix + key)
+    values = {}
+    for name in names & set(data):
+        kind, value = hints[name], data[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {prefix + name!r} is a section; give it as [{prefix + name}]")
+            values[name] = _build(kind, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(prefix + name, value, kind)
+    return cls(**values)
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def _check_positive(key: str, value: int | float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key} must be {bound}, got {value!r}")
+
+
+def validate(cfg: Config) -> Config:
+    """Value checks that types alone do not catch; returns ``cfg`` unchanged."""
+    _check_choice("model.activation", cfg.model.activation, ACTIVATIONS)
+    _check_choice("hessian.loss", cfg.hessian.loss, LOSSES)
+    _check_choice("hessian.dtype", cfg.hessian.dtype, DTYPES)
+    _check_choice("hessian.hvp", cfg.hessian.hvp, HVP_METHODS)
+    _check_choice("eigen.which", cfg.eigen.which, WHICH)
+    for key, value in [("data.batch_size", cfg.data.batch_size), ("data.samples", cfg.data.samples),
+                       ("data.features", cfg.data.features), ("data.outputs", cfg.data.outputs),
+                       ("eigen.top_k", cfg.eigen.top_k)]:
+        _check_positive(key, value)
+    for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes),
+                       ("eigen.tol", cfg.eigen.tol), ("eigen.maxiter", cfg.eigen.maxiter),
+                       ("train.steps", cfg.train.steps), ("train.lr", cfg.train.lr), ("seed", cfg.seed)]:
+        _check_positive(key, value, allow_zero=True)
+    if any(width <= 0 for width in cfg.model.hidden):
+        raise ConfigError(f"model.hidden widths must be > 0, got {list(cfg.model.hidden)}")
+    if not cfg.output:
+        raise ConfigError("output must name a directory")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as TOML, and as a bare string otherwise."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    if key not in valid_keys():
+        raise _unknown_key(key)
+    *sections, leaf = key.split(".")
+    node = tree
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then dotted ``overrides`` (later wins)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            tree = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+    return validate(_build(Config, tree, ""))
+
+
+def to_toml(cfg: Any, prefix: str = "") -> str:
+    """The config as TOML text (stored in every output file for provenance)."""
+    scalars, sections = [], []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sections.append(f"\n[{prefix}{f.name}]\n" + to_toml(value, f"{prefix}{f.name}."))
+        else:
+            scalars.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(scalars) + "".join(sections) + ("\n" if not prefix else "")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,66 @@
+"""Losses as *sums* over a batch plus the count their mean divides by.
+
+The Hessian hpcspec computes is that of ``criterion(model(X), Y)`` with ``reduction="mean"`` over
+the whole data set at once. Summing per batch and dividing once by the global count makes that
+exact whatever the batch size, the uneven last batch, or the number of ranks (DESIGN §7: averaging
+per-batch means with equal weights is a bug several tools shipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Loss:
+    """``sum(outputs, targets)`` is the summed loss; ``count(targets)`` what its mean divides by."""
+
+    name: str
+    sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    count: Callable[[torch.Tensor], int]
+
+
+def _cross_entropy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets, reduction="sum")
+
+
+def _mse_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(outputs, targets.reshape(outputs.shape).to(outputs.dtype), reduction="sum")
+
+
+LOSSES = {
+    # mean over samples
+    "cross_entropy": Loss("cross_entropy", _cross_entropy_sum, lambda targets: len(targets)),
+    # mean over every element, as torch's MSELoss(reduction="mean") does
+    "mse": Loss("mse", _mse_sum, lambda targets: targets.numel()),
+}
+
+
+def get_loss(name: str) -> Loss:
+    """The loss called ``name``; :class:`InputError` listing the known ones otherwise."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise InputError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}") from None
+
+
+def check_targets(loss: Loss, targets: torch.Tensor, num_outputs: int) -> None:
+    """Refuse targets the loss cannot use, with the shapes in the message."""
+    if loss.name == "cross_entropy":
+        if targets.dtype.is_floating_point or targets.ndim != 1:
+            raise InputError(f"loss 'cross_entropy' needs integer class labels of shape (samples,), got "
+                             f"{str(targets.dtype).replace('torch.', '')} targets of shape {tuple(targets.shape)}")
+        if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= num_outputs):
+            raise InputError(f"class labels must lie in [0, {num_outputs}) for a model with {num_outputs} "
+                             f"outputs; found labels in [{int(targets.min())}, {int(targets.max())}]")
+    elif loss.name == "mse":
+        per_sample = targets[0].numel() if len(targets) else num_outputs
+        if per_sample != num_outputs:
+            raise InputError(f"loss 'mse' needs {num_outputs} target values per sample to match the model's "
+                             f"outputs, got targets of shape {tuple(targets.shape)}")

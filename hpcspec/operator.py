@@ -1,0 +1,193 @@
+"""The Hessian of the mean data-set loss as a linear operator on flat float64 vectors.
+
+``H = ∇²_θ (1/C) Σ_i ℓ(f(x_i; θ), y_i)`` where the sum runs over every sample of every rank and C
+is the loss's global count (samples, or elements for MSE). Each rank sums exact Hessian-vector
+products (Pearlmutter 1994) over its shard batch by batch, the partial sums (float64) are reduced
+across ranks in one message per application, and the result is divided once by C.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+from torch import nn
+
+from .comm import Communicator, SingleProcess
+from .data import Shard
+from .errors import InputError
+from .losses import Loss, check_targets, get_loss
+from .params import ParamLayout
+
+HVP_METHODS = ("double_backward", "forward_over_reverse")
+#: Chosen by benchmarks/hvp_cost.py (README "Performance"): double backward was faster on both
+#: the digits MLP and the ~270k-parameter CNN on one CPU thread.
+DEFAULT_HVP_METHOD = "double_backward"
+
+
+class LinearOperator(Protocol):
+    """What the solvers need: a symmetric operator on float64 vectors of length ``size``."""
+
+    size: int
+    comm: Communicator
+
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``H @ vectors`` for a (size,) vector or a (size, k) block."""
+
+
+class MatrixOperator:
+    """A dense symmetric matrix as an operator: ground truth for tests and validation."""
+
+    def __init__(self, matrix: torch.Tensor, comm: Communicator | None = None) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix.to(torch.float64)
+        self.size = matrix.shape[0]
+        self.comm = comm or SingleProcess()
+        self.num_matvecs = 0
+
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        self.num_matvecs += 1 if vectors.ndim == 1 else vectors.shape[1]
+        return self.matrix @ vectors.to(torch.float64)
+
+
+class HessianOperator:
+    """Exact Hessian-vector products of the mean loss over a data set sharded across ranks.
+
+    Args:
+        model: the network. Put in eval mode (dropout off, BatchNorm running statistics), so
+            H·v is a deterministic function of v. Its parameters' dtype is the compute dtype.
+        loss: a :class:`~hpcspec.losses.Loss` or its name (``cross_entropy``, ``mse``).
+        data: this rank's :class:`~hpcspec.data.Shard`, or an ``(x, y)`` pair of this rank's samples.
+        comm: the ranks holding the other shards; a single process when omitted.
+        batch_size: samples per forward pass (memory, not mathematics: H does not depend on it).
+        method: ``double_backward`` (reverse-over-reverse) or ``forward_over_reverse``
+            (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` picks the measured faster one.
+
+    Parameters that do not require gradients are excluded from the flat vector
+    (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
+    """
+
+    def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
+                 comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto") -> None:
+        self.comm = comm or SingleProcess()
+        self.model = model.eval()
+        self.loss = get_loss(loss) if isinstance(loss, str) else loss
+        self.method = DEFAULT_HVP_METHOD if method == "auto" else method
+        if self.method not in HVP_METHODS:
+            raise InputError(f"unknown HVP method {method!r}: use auto or one of {', '.join(HVP_METHODS)}")
+        if batch_size <= 0:
+            raise InputError(f"batch_size must be > 0, got {batch_size}")
+        self.batch_size = batch_size
+        self.layout = ParamLayout.of(model)
+        if self.layout.size == 0:
+            raise InputError("the model has no parameters that require gradients")
+        self.size = self.layout.size
+        named = dict(model.named_parameters())
+        self._params = [named[name] for name in self.layout.names]
+        self.device = self._params[0].device
+        self.compute_dtype = self._params[0].dtype
+        inputs, targets = (data.inputs, data.targets) if isinstance(data, Shard) else data
+        if inputs.dtype.is_floating_point:
+            inputs = inputs.to(self.compute_dtype)
+        self._inputs = inputs.to(self.device)
+        self._targets = targets.to(self.device)
+        count = torch.tensor([float(self.loss.count(self._targets))], dtype=torch.float64)
+        self.total_count = float(self.comm.allreduce_sum_(count).item())
+        self.num_matvecs = 0
+        self.num_data_passes = 0
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The model parameters the flat vector covers, in layout order."""
+        return list(self._params)
+
+    def check_targets(self) -> None:
+        """Raise :class:`InputError` if this rank's targets do not suit the loss and the model.
+
+        Local (no collective): call it where failures are agreed on.
+        """
+        if not len(self._inputs):
+            return
+        try:
+            with torch.no_grad():
+                outputs = self.model(self._inputs[:1])
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise InputError(f"the model cannot process a data sample of shape {tuple(self._inputs.shape[1:])} "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if not isinstance(outputs, torch.Tensor):
+            raise InputError(f"the model must return a tensor, got {type(outputs).__name__}")
+        width = outputs.shape[-1] if outputs is not None and outputs.ndim > 1 else 1
+        check_targets(self.loss, self._targets, width)
+
+    def _batches(self) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self._inputs)
+        return [(self._inputs[i:i + self.batch_size], self._targets[i:i + self.batch_size])
+                for i in range(0, n, self.batch_size)]
+
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
+        block = vectors.reshape(self.size, -1)
+        k = block.shape[1]
+        tangents = [self.layout.split(block[:, j].to(self.device, self.compute_dtype)) for j in range(k)]
+        total = torch.zeros(k, self.size, dtype=torch.float64, device=self.device)
+        hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
+        for inputs, targets in self._batches():
+            for j, product in enumerate(hvp(inputs, targets, tangents)):
+                total[j] += self._flatten(product)
+        self.num_matvecs += k
+        self.num_data_passes += 1
+        total = self.comm.allreduce_sum_(total.cpu() if total.device.type != "cpu" else total)
+        total /= self.total_count
+        return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
+
+    def _flatten(self, parts: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        flat = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        for begin, end, part in zip(self.layout.offsets[:-1], self.layout.offsets[1:], parts):
+            if part is not None:
+                flat[begin:end] = part.reshape(-1)
+        return flat
+
+    def _hvp_double_backward(self, inputs: torch.Tensor, targets: torch.Tensor,
+                             tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
+        """One forward and first backward per batch, then one second backward per vector."""
+        batch_loss = self.loss.sum(self.model(inputs), targets)
+        grads = torch.autograd.grad(batch_loss, self._params, create_graph=True, allow_unused=True)
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        products: list[list[torch.Tensor | None]] = []
+        for j, tangent in enumerate(tangents):
+            result: list[torch.Tensor | None] = [None] * len(self._params)
+            if live:
+                hv = torch.autograd.grad([grads[i] for i in live], self._params,
+                                         grad_outputs=[tangent[i] for i in live],
+                                         retain_graph=j < len(tangents) - 1, allow_unused=True)
+                result = list(hv)
+            products.append(result)
+        return products
+
+    def _hvp_forward_over_reverse(self, inputs: torch.Tensor, targets: torch.Tensor,
+                                  tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
+        """``jvp(grad(loss))``: a forward-mode derivative of the reverse-mode gradient."""
+        from torch.func import functional_call, grad, jvp
+
+        names = self.layout.names
+        primals = tuple(p.detach() for p in self._params)
+
+        def batch_loss(*values: torch.Tensor) -> torch.Tensor:
+            outputs = functional_call(self.model, dict(zip(names, values)), (inputs,))
+            return self.loss.sum(outputs, targets)
+
+        gradient = grad(batch_loss, argnums=tuple(range(len(primals))))
+        return [list(jvp(gradient, primals, tuple(tangent))[1]) for tangent in tangents]
+
+    def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
+        """The mean loss over the whole data set and its flat float64 gradient (one reduction)."""
+        local = torch.zeros(self.size + 1, dtype=torch.float64, device=self.device)
+        for inputs, targets in self._batches():
+            batch_loss = self.loss.sum(self.model(inputs), targets)
+            grads = torch.autograd.grad(batch_loss, self._params, allow_unused=True)
+            local[:-1] += self._flatten(grads)
+            local[-1] += batch_loss.detach().to(torch.float64)
+        local = self.comm.allreduce_sum_(local.cpu() if local.device.type != "cpu" else local)
+        local /= self.total_count
+        return float(local[-1]), local[:-1]
