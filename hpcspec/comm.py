@@ -172,12 +172,13 @@ def launched_by_mpi() -> bool:
 def world(backend: str = "auto") -> Communicator:
     """The world communicator for this process; called once, at the entry point.
 
-    ``auto`` uses MPI when mpi4py imports and an MPI launcher started us, and a single-process
-    world otherwise, so ``python -m hpcspec`` runs on a laptop with no MPI installed.
+    ``auto`` uses MPI when an MPI launcher started us (and mpi4py imports), and a single-process
+    world otherwise — without initialising MPI — so ``python -m hpcspec`` runs on a laptop with
+    no MPI installed.
     """
     if backend not in ("auto", "mpi", "single"):
         raise InputError(f"unknown communication backend {backend!r}; choose one of auto, mpi, single")
-    if backend == "single":
+    if backend == "single" or (backend == "auto" and not launched_by_mpi()):
         return SingleProcess()
     try:
         from mpi4py import MPI

@@ -1,0 +1,223 @@
+"""Cost of one exact Hessian-vector product in gradients, per HVP method of ``HessianOperator``.
+
+What is measured: on one CPU thread, the median wall time of ``HessianOperator.apply(v)`` (one
+exact H·v over the whole data set, batch by batch) for ``method="double_backward"`` and
+``method="forward_over_reverse"``, divided by the median time of one gradient over the same data
+and the same batches. Two gradient baselines are timed:
+
+* ``loss_and_gradient`` -- ``HessianOperator.loss_and_gradient()``: forward + backward of the
+  summed loss per batch, accumulated into one flat float64 vector (what the tool does);
+* ``autograd.grad`` -- a plain loop of forward + ``torch.autograd.grad`` per batch, no flattening.
+
+Their difference is the flattening overhead. The methods are interleaved in every round so that
+noise from other processes hits all of them alike. Once per model the two methods' products of the
+same vector are compared (relative 2-norm difference).
+
+Why: a Lanczos run costs one H·v per iteration, so "H·v in gradients" is what a spectrum costs
+relative to an epoch of gradients, and the faster method is ``operator.DEFAULT_HVP_METHOD``.
+
+Models: the digits MLP (1797 x 64, 10 classes, hidden (32, 32), tanh, batch 256) and a CIFAR
+ResNet-20 (He et al. 2016, option-A shortcuts) on seeded synthetic 3x32x32 inputs with random labels.
+
+Run: ``PYTHONPATH=. python benchmarks/hvp_cost.py [--models mlp,resnet20] [--repeats 7]
+[--dtype float32] [--samples 256] [--batch-size 128] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpcspec.data import load_shard
+from hpcspec.losses import get_loss
+from hpcspec.models.mlp import MLP
+from hpcspec.operator import HVP_METHODS, HessianOperator
+
+MODELS = ("mlp", "resnet20")
+BASELINES = ("loss_and_gradient", "autograd.grad")
+TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10}
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "hvp_cost.json"
+SEED = 0
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity shortcut; option A (stride-2 subsampling and
+    zero-padded channels, no parameters) where the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.stride = stride
+        self.pad = planes - in_planes
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1 and self.pad == 0:
+            return x
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20: conv-BN, 3 stages of 3 basic blocks (16/32/64 channels), global
+    average pool, linear classifier."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        blocks: list[nn.Module] = []
+        in_planes = 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def build(name: str, dtype: torch.dtype, samples: int,
+          batch_size: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
+    """The model (seeded init, eval mode, ``dtype``), its inputs (``dtype``), labels and batch size."""
+    torch.manual_seed(SEED)
+    if name == "mlp":
+        shard = load_shard("digits", 0, 1)
+        model: nn.Module = MLP(64, 10, (32, 32), "tanh")
+        x, y, batch = shard.inputs, shard.targets, 256
+    else:
+        model = ResNet20()
+        generator = torch.Generator().manual_seed(SEED)
+        x = torch.randn(samples, 3, 32, 32, generator=generator)
+        y = torch.randint(0, 10, (samples,), generator=generator)
+        batch = batch_size
+    return model.to(dtype).eval(), x.to(dtype), y, batch
+
+
+def timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def benchmark(name: str, dtype: torch.dtype, repeats: int, samples: int, batch_size: int) -> dict:
+    """Warm up every case once, then ``repeats`` interleaved rounds; medians, ratios, agreement."""
+    model, x, y, batch = build(name, dtype, samples, batch_size)
+    loss = get_loss("cross_entropy")
+    ops = {method: HessianOperator(model, loss, (x, y), batch_size=batch, method=method) for method in HVP_METHODS}
+    reference = ops[HVP_METHODS[0]]
+    params = reference.parameters
+    batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+    vector = torch.randn(reference.size, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+
+    def plain_gradient() -> None:
+        for inputs, targets in batches:
+            torch.autograd.grad(loss.sum(model(inputs), targets), params)
+
+    cases: dict[str, Callable[[], object]] = {"loss_and_gradient": reference.loss_and_gradient,
+                                              "autograd.grad": plain_gradient}
+    cases.update({f"hvp {method}": (lambda op=op: op.apply(vector)) for method, op in ops.items()})
+
+    products: dict[str, torch.Tensor] = {}
+    failed: dict[str, str] = {}
+    for case, call in list(cases.items()):
+        try:
+            result = call()
+        except Exception as exc:  # a method unsupported for this model is a result, not a crash
+            failed[case] = f"{type(exc).__name__}: {exc}"
+            del cases[case]
+            continue
+        if case.startswith("hvp "):
+            products[case.removeprefix("hvp ")] = result
+
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    for _ in range(repeats):
+        for case, call in cases.items():
+            times[case].append(timed(call))
+    medians = {case: statistics.median(values) for case, values in times.items()}
+
+    agreement = None
+    if len(products) == len(HVP_METHODS):
+        first, second = (products[method] for method in HVP_METHODS)
+        difference = float(torch.linalg.vector_norm(first - second) / torch.linalg.vector_norm(first))
+        agreement = {"relative_difference": difference, "tolerance": TOLERANCES[dtype],
+                     "ok": difference <= TOLERANCES[dtype]}
+    ratios = {baseline: {method: medians[f"hvp {method}"] / medians[baseline]
+                         for method in HVP_METHODS if f"hvp {method}" in medians}
+              for baseline in BASELINES}
+    return {"parameters": reference.size, "samples": len(x), "batch_size": batch, "batches": len(batches),
+            "median_s": medians, "times_s": times, "ratio_hvp_over_gradient": ratios,
+            "agreement": agreement, "failed": failed}
+
+
+def print_table(name: str, result: dict) -> None:
+    print(f"\n{name}: {result['parameters']:,} parameters, {result['samples']} samples, "
+          f"batch {result['batch_size']} ({result['batches']} batches)")
+    print(f"  {'case':<28}{'median ms':>11}{'/ loss_and_gradient':>21}{'/ autograd.grad':>17}")
+    for case, median in result["median_s"].items():
+        ratios = [median / result["median_s"][baseline] for baseline in BASELINES]
+        print(f"  {case:<28}{1e3 * median:>11.2f}{ratios[0]:>21.2f}{ratios[1]:>17.2f}")
+    for case, error in result["failed"].items():
+        print(f"  {case:<28}FAILED: {error}")
+    agreement = result["agreement"]
+    if agreement is not None:
+        verdict = "ok" if agreement["ok"] else "MISMATCH"
+        print(f"  {' vs '.join(HVP_METHODS)}: relative difference {agreement['relative_difference']:.2e} "
+              f"(tolerance {agreement['tolerance']:.0e}, {verdict})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds after one warm-up (default 7)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="model compute dtype")
+    parser.add_argument("--samples", type=int, default=256, help="ResNet-20 synthetic samples (default 256)")
+    parser.add_argument("--batch-size", type=int, default=128, help="ResNet-20 batch size (default 128)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output file (default {DEFAULT_JSON})")
+    args = parser.parse_args(argv)
+    models = args.models.split(",")
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}: use {', '.join(MODELS)}")
+    if args.repeats < 1 or args.samples < 1 or args.batch_size < 1:
+        parser.error("--repeats, --samples and --batch-size must be >= 1")
+
+    torch.set_num_threads(1)
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, {args.dtype}, "
+          f"{args.repeats} interleaved rounds after one warm-up; medians per call")
+    results = {}
+    for name in models:
+        results[name] = benchmark(name, dtype, args.repeats, args.samples, args.batch_size)
+        print_table(name, results[name])
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+              "threads": torch.get_num_threads(), "dtype": args.dtype, "repeats": args.repeats,
+              "models": results}
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0 if all(r["agreement"] is None or r["agreement"]["ok"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""Bad-input cases shared by the single-process CLI tests and the ``mpirun -n 2`` run.
+
+Each case is (name, argv, text the one-line error must contain). ``prepare`` writes the files the
+cases point at; with 2 ranks the NaN sits in rank 1's half only, so rank 0 must learn of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+USER_MODULE = '''
+import torch
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).double()
+
+def make_data():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    return x, torch.randn(50, 2, generator=gen, dtype=torch.float64)
+
+def make_wide_data():
+    x, y = make_data()
+    return torch.cat([x, x], dim=1), y
+
+not_callable = 3
+'''
+
+
+def prepare(folder: Path) -> None:
+    (folder / "usermod.py").write_text(USER_MODULE)
+    with h5py.File(folder / "shapes.h5", "w") as f:
+        f["x"], f["y"] = np.zeros((10, 3)), np.zeros(7)
+    x = np.random.default_rng(0).normal(size=(10, 4))
+    x[8, 1] = np.nan
+    with h5py.File(folder / "nan.h5", "w") as f:
+        f["x"], f["y"] = x, np.zeros(10, dtype=np.int64)
+    with h5py.File(folder / "noy.h5", "w") as f:
+        f["x"] = np.zeros((10, 3))
+    (folder / "typo.toml").write_text("[eigen]\ntopk = 3\n")
+    (folder / "corrupt.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
+
+
+def cases(folder: Path) -> list[tuple[str, list[str], str]]:
+    out = ["--output", str(folder / "out")]
+    user = ["--model", "usermod:make_model", "--data", "usermod:make_data", "--loss", "mse", *out]
+    return [
+        ("unknown model", ["run", "--model", "resnet9000", *out], "unknown model 'resnet9000'"),
+        ("unknown data", ["run", "--data", "imagenet", *out], "unknown data 'imagenet'"),
+        ("unknown loss", ["run", "--loss", "hinge", *out], "hessian.loss = 'hinge' is not one of"),
+        ("missing data file", ["run", "--data", str(folder / "missing.h5"), *out], "does not exist"),
+        ("hdf5 wrong shapes", ["run", "--data", str(folder / "shapes.h5"), *out], "'y' has shape (7,)"),
+        ("hdf5 without y", ["run", "--data", str(folder / "noy.h5"), *out], "no dataset 'y'"),
+        ("hdf5 with NaN", ["run", "--data", str(folder / "nan.h5"), *out], "NaN or infinite values (first at sample 8)"),
+        ("malformed callable", ["run", "--model", "usermod:", *out], "not of the form module:callable"),
+        ("module missing", ["run", "--model", "nosuchmod:make", *out], "cannot import module 'nosuchmod'"),
+        ("attribute missing", ["run", "--model", "usermod:nope", *out], "has no attribute 'nope'"),
+        ("not callable", ["run", "--model", "usermod:not_callable", *out], "is not callable"),
+        ("config typo", ["run", "--config", str(folder / "typo.toml"), *out], "did you mean 'eigen.top_k'"),
+        ("set typo", ["run", "--set", "eigen.tolerance=1e-3", *out], "did you mean 'eigen.tol'"),
+        ("missing config", ["run", "--config", str(folder / "nope.toml"), *out], "does not exist"),
+        ("missing weights", ["run", "--weights", str(folder / "nope.pt"), *out], "weights file"),
+        ("corrupt weights", ["run", "--weights", str(folder / "corrupt.pt"), *out], "cannot be loaded safely"),
+        ("float labels for cross_entropy", ["run", "--model", "usermod:make_model", "--data", "usermod:make_data",
+                                            *out], "integer class labels"),
+        ("input width mismatch", ["run", "--model", "usermod:make_model", "--data", "usermod:make_wide_data",
+                                  "--loss", "mse", *out], "cannot process a data sample of shape (8,)"),
+        ("top_k too large", ["run", *user, "--top-k", "45"], "exceeds the number of parameters"),
+        ("bad flag value", ["run", "--top-k", "many", *out], "invalid int value"),
+        ("unknown flag", ["run", "--topk", "3", *out], "unrecognized arguments"),
+    ]

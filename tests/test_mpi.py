@@ -1,0 +1,116 @@
+"""Under mpirun: same eigenvalues for 1, 2 and 3 ranks and any batch size; agreed exits; aborts."""
+
+import json
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import bad_inputs
+from helpers import REPO, dense_hessian, mpirun, relative_error, top_eigenvalues
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mpi")
+    bad_inputs.prepare(path)
+    return path
+
+
+def _eigenvalues(path):
+    with h5py.File(path) as f:
+        return f["eigen/values"][:], f.attrs["world_size"]
+
+
+def test_user_module_same_top5_for_1_2_3_ranks_and_batch_sizes(folder):
+    import sys
+
+    sys.path.insert(0, str(folder))
+    import usermod
+
+    exact = top_eigenvalues(dense_hessian(usermod.make_model(), "mse", *usermod.make_data()), 5)
+    found = {}
+    for ranks, batch in [(1, 16), (2, 16), (3, 16), (3, 7)]:
+        out = folder / f"out-{ranks}-{batch}"
+        done = mpirun(ranks, ["-m", "hpcspec", "run", "--model", "usermod:make_model", "--data", "usermod:make_data",
+                              "--loss", "mse", "--top-k", "5", "--tol", "1e-12", "--batch-size", str(batch),
+                              "--output", str(out)], cwd=folder)
+        assert done.returncode == 0, done.stderr
+        values, world_size = _eigenvalues(out / "results.h5")
+        assert world_size == ranks
+        assert relative_error(values, exact) <= 1e-8
+        found[ranks, batch] = values
+        assert done.stdout.count("top-5 Hessian eigenvalues") == 1  # rank 0 alone prints the table
+    reference = found[1, 16]
+    for key, values in found.items():
+        assert relative_error(values, reference) <= 1e-10, key
+
+
+def test_default_job_two_ranks_matches_one(folder):
+    runs = {}
+    for ranks in (1, 2):
+        out = folder / f"default-{ranks}"
+        out.mkdir()
+        done = mpirun(ranks, ["-m", "hpcspec"], cwd=out)
+        assert done.returncode == 0, done.stderr
+        runs[ranks] = _eigenvalues(out / "hpcspec-out" / "results.h5")[0]
+    assert relative_error(runs[2], runs[1]) <= 1e-8
+
+
+def test_every_bad_input_exits_2_on_every_rank_in_one_world(folder):
+    done = mpirun(2, [str(REPO / "tests" / "mpi_bad_inputs.py"), str(folder)], cwd=folder, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_rank = json.loads((folder / "mpi_bad_inputs.json").read_text())
+    for (name, _, message), rank0, rank1 in zip(bad_inputs.cases(folder), *per_rank):
+        assert rank0["code"] == rank1["code"] == 2, name
+        lines = [line for line in rank0["stderr"].splitlines() if line.startswith("hpcspec: error:")]
+        assert len(lines) == 1 and message in lines[0], (name, rank0["stderr"])
+        assert "hpcspec: error:" not in rank1["stderr"], name
+    nan_case = next(r for r in per_rank[0] if r["name"] == "hdf5 with NaN")
+    assert "(on rank 1)" in nan_case["stderr"]  # only rank 1's half holds the NaN
+
+
+def test_cli_exit_code_2_under_mpirun(folder):
+    done = mpirun(2, ["-m", "hpcspec", "run", "--data", str(folder / "nan.h5"), "--output", str(folder / "x")],
+                  cwd=folder)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("hpcspec: error:")]
+    assert len(errors) == 1 and "NaN" in errors[0]
+
+
+def test_crash_on_one_rank_aborts_the_world_quickly(folder):
+    (folder / "crashmod.py").write_text(
+        "import os, torch\n"
+        "def make_model():\n"
+        "    if os.environ.get('OMPI_COMM_WORLD_RANK') == '1':\n"
+        "        raise RuntimeError('boom on rank 1')\n"
+        "    return torch.nn.Linear(4, 2).double()\n")
+    started = time.monotonic()
+    done = mpirun(2, ["-m", "hpcspec", "run", "--model", "crashmod:make_model", "--data", "usermod:make_data",
+                      "--loss", "mse", "--output", str(folder / "crash")], cwd=folder, timeout=60)
+    assert done.returncode not in (0, 2)
+    assert "boom on rank 1" in done.stderr and "aborting all 2 ranks" in done.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_more_ranks_than_samples(folder):
+    (folder / "tinymod.py").write_text(
+        "import torch\n"
+        "def make_data():\n"
+        "    return torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64), torch.tensor([[1.0], [0.0]], dtype=torch.float64)\n"
+        "def make_model():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1)).double()\n")
+    done = mpirun(3, ["-m", "hpcspec", "run", "--model", "tinymod:make_model", "--data", "tinymod:make_data",
+                      "--loss", "mse", "--top-k", "2", "--output", str(folder / "tiny")], cwd=folder)
+    assert done.returncode == 0, done.stderr
+    import sys
+
+    sys.path.insert(0, str(folder))
+    import tinymod
+
+    exact = top_eigenvalues(dense_hessian(tinymod.make_model(), "mse", *tinymod.make_data()), 2)
+    assert relative_error(_eigenvalues(folder / "tiny" / "results.h5")[0], exact) <= 1e-8

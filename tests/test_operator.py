@@ -1,0 +1,87 @@
+"""The Hessian operator against a dense float64 Hessian of the whole data set."""
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import classification_data, dense_hessian, mlp, regression_data
+from hpcspec import HessianOperator, InputError
+from hpcspec.operator import HVP_METHODS
+
+
+def _problem(kind: str):
+    if kind == "mlp-cross_entropy":
+        return mlp(sizes=(5, 7, 3)), "cross_entropy", classification_data()
+    torch.manual_seed(3)
+    return nn.Linear(6, 2).double(), "mse", regression_data()
+
+
+@pytest.mark.parametrize("kind", ["mlp-cross_entropy", "linear-mse"])
+@pytest.mark.parametrize("method", HVP_METHODS)
+@pytest.mark.parametrize("batch_size", [8, 1000])
+def test_hvp_equals_dense_hessian_times_v(kind, method, batch_size):
+    model, loss, (x, y) = _problem(kind)
+    dense = dense_hessian(model, loss, x, y)
+    op = HessianOperator(model, loss, (x, y), batch_size=batch_size, method=method)
+    vectors = torch.randn(op.size, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    expected = dense @ vectors
+    block = op.apply(vectors)
+    assert torch.linalg.matrix_norm(block - expected) <= 1e-10 * torch.linalg.matrix_norm(expected)
+    single = op.apply(vectors[:, 1])
+    assert single.shape == (op.size,)
+    assert torch.allclose(single, block[:, 1], rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_symmetric_and_bitwise_repeatable(method):
+    model, loss, (x, y) = _problem("mlp-cross_entropy")
+    op = HessianOperator(model, loss, (x, y), batch_size=10, method=method)
+    gen = torch.Generator().manual_seed(5)
+    u, v = (torch.randn(op.size, dtype=torch.float64, generator=gen) for _ in range(2))
+    hv = op.apply(v)
+    assert abs(u @ hv - v @ op.apply(u)) <= 1e-12 * u.norm() * hv.norm()
+    assert torch.equal(hv, op.apply(v))
+
+
+def test_float32_model_is_accumulated_in_float64():
+    model, loss, (x, y) = _problem("mlp-cross_entropy")
+    dense = dense_hessian(model, loss, x, y)
+    op = HessianOperator(model.float(), loss, (x, y), batch_size=10)
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    hv = op.apply(v)
+    assert hv.dtype == torch.float64
+    assert (hv - dense @ v).norm() <= 1e-5 * (dense @ v).norm()
+
+
+def test_frozen_parameter_is_excluded_and_unused_one_is_zero():
+    model, loss, (x, y) = _problem("mlp-cross_entropy")
+    model[0].bias.requires_grad_(False)
+    model.register_parameter("unused", nn.Parameter(torch.ones(4, dtype=torch.float64)))
+    op = HessianOperator(model, loss, (x, y))
+    assert op.layout.excluded == ("0.bias",)
+    assert "unused" in op.layout.names
+    hv = op.apply(torch.ones(op.size, dtype=torch.float64))
+    begin = op.layout.offsets[op.layout.names.index("unused")]
+    assert torch.count_nonzero(hv[begin:begin + 4]) == 0
+
+
+def test_gradient_and_loss_match_autograd():
+    model, loss, (x, y) = _problem("linear-mse")
+    op = HessianOperator(model, loss, (x, y), batch_size=7)
+    value, gradient = op.loss_and_gradient()
+    reference = nn.functional.mse_loss(model(x), y)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(reference, list(model.parameters()))])
+    assert value == pytest.approx(reference.item(), rel=1e-13)
+    assert torch.allclose(gradient, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_bad_method_and_targets_are_input_errors():
+    model, loss, (x, y) = _problem("mlp-cross_entropy")
+    with pytest.raises(InputError, match="unknown HVP method"):
+        HessianOperator(model, loss, (x, y), method="finite_differences")
+    op = HessianOperator(model, "cross_entropy", (x, y.double()))
+    with pytest.raises(InputError, match="integer class labels"):
+        op.check_targets()
+    op = HessianOperator(model, "mse", (x, y))
+    with pytest.raises(InputError, match="3 target values per sample"):
+        op.check_targets()
