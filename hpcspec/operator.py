@@ -134,19 +134,18 @@ class HessianOperator:
         hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
         for inputs, targets in self._batches():
             for j, product in enumerate(hvp(inputs, targets, tangents)):
-                total[j] += self._flatten(product)
+                self._accumulate(total[j], product)
         self.num_matvecs += k
         self.num_data_passes += 1
         total = self.comm.allreduce_sum_(total.cpu() if total.device.type != "cpu" else total)
         total /= self.total_count
         return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
 
-    def _flatten(self, parts: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        flat = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+    def _accumulate(self, flat: torch.Tensor, parts: Sequence[torch.Tensor | None]) -> None:
+        """``flat += parts`` slice by slice (float64), skipping parameters with no contribution."""
         for begin, end, part in zip(self.layout.offsets[:-1], self.layout.offsets[1:], parts):
             if part is not None:
-                flat[begin:end] = part.reshape(-1)
-        return flat
+                flat[begin:end] += part.reshape(-1)
 
     def _hvp_double_backward(self, inputs: torch.Tensor, targets: torch.Tensor,
                              tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
@@ -186,7 +185,7 @@ class HessianOperator:
         for inputs, targets in self._batches():
             batch_loss = self.loss.sum(self.model(inputs), targets)
             grads = torch.autograd.grad(batch_loss, self._params, allow_unused=True)
-            local[:-1] += self._flatten(grads)
+            self._accumulate(local[:-1], grads)
             local[-1] += batch_loss.detach().to(torch.float64)
         local = self.comm.allreduce_sum_(local.cpu() if local.device.type != "cpu" else local)
         local /= self.total_count
