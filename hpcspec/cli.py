@@ -12,7 +12,7 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from .comm import AgreedInputError, Communicator, SingleProcess, world
+from .comm import AgreedInputError, Communicator, SingleProcess, agreed, world
 from .config import Config, load_config, parse_override
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
@@ -87,7 +87,7 @@ def _info(comm: Communicator) -> None:
 
 
 def _dispatch(argv: Sequence[str], comm: Communicator) -> int:
-    from .job import agreed, run_job
+    from .job import run_job
 
     parser = build_parser()
     args = agreed(comm, parser.parse_args, argv)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 
 from .errors import InputError
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -210,3 +212,15 @@ def agree_on_failure(comm: Communicator, error: BaseException | None) -> None:
 
 class AgreedInputError(InputError):
     """An :class:`InputError` every rank raised together: safe to exit without aborting."""
+
+
+def agreed(comm: Communicator, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a local step (no collectives inside) on every rank; an :class:`InputError` on any
+    rank is raised on all of them as :class:`AgreedInputError`."""
+    result, error = None, None
+    try:
+        result = step(*args, **kwargs)
+    except InputError as exc:
+        error = exc
+    agree_on_failure(comm, error)
+    return result  # type: ignore[return-value]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from .comm import Communicator, agree_on_failure
+from .comm import Communicator, agreed
 from .config import Config, to_toml
 from .data import Shard, load_shard
 from .device import select_device, set_threads
@@ -29,20 +29,8 @@ from .report import RunInfo, console_table, summary, write_results, write_summar
 from .solvers import LanczosResult, lanczos
 from .train import train_full_batch
 
-T = TypeVar("T")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DEFAULT_TOL = {"float64": 1e-8, "float32": 1e-5}
-
-
-def agreed(comm: Communicator, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a local step on every rank; if it raised :class:`InputError` anywhere, raise everywhere."""
-    result, error = None, None
-    try:
-        result = step(*args, **kwargs)
-    except InputError as exc:
-        error = exc
-    agree_on_failure(comm, error)
-    return result  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,7 @@ def run_job(cfg: Config, comm: Communicator) -> LanczosResult:
     shape = _data_shape(comm, shard, loss.name)
     model = agreed(comm, _model, cfg, shape, device)
     op = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=cfg.hessian.hvp)
-    agreed(comm, op.check_targets)
+    agreed(comm, op.check_data)
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_top_k, cfg.eigen.top_k, op.size)

@@ -102,8 +102,8 @@ class HessianOperator:
         """The model parameters the flat vector covers, in layout order."""
         return list(self._params)
 
-    def check_targets(self) -> None:
-        """Raise :class:`InputError` if this rank's targets do not suit the loss and the model.
+    def check_data(self) -> None:
+        """Raise :class:`InputError` if the model cannot take this rank's inputs or the loss its targets.
 
         Local (no collective): call it where failures are agreed on.
         """

@@ -49,6 +49,19 @@ def test_user_module_same_top5_for_1_2_3_ranks_and_batch_sizes(folder):
         assert relative_error(values, reference) <= 1e-10, key
 
 
+def test_done_when_command_three_ranks_default_settings(folder):
+    import sys
+
+    sys.path.insert(0, str(folder))
+    import usermod
+
+    done = mpirun(3, ["-m", "hpcspec", "run", "--model", "usermod:make_model", "--data", "usermod:make_data",
+                      "--loss", "mse", "--top-k", "5", "--output", "out"], cwd=folder)
+    assert done.returncode == 0, done.stderr
+    exact = top_eigenvalues(dense_hessian(usermod.make_model(), "mse", *usermod.make_data()), 5)
+    assert relative_error(_eigenvalues(folder / "out" / "results.h5")[0], exact) <= 1e-8
+
+
 def test_default_job_two_ranks_matches_one(folder):
     runs = {}
     for ranks in (1, 2):

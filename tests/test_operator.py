@@ -81,7 +81,7 @@ def test_bad_method_and_targets_are_input_errors():
         HessianOperator(model, loss, (x, y), method="finite_differences")
     op = HessianOperator(model, "cross_entropy", (x, y.double()))
     with pytest.raises(InputError, match="integer class labels"):
-        op.check_targets()
+        op.check_data()
     op = HessianOperator(model, "mse", (x, y))
     with pytest.raises(InputError, match="3 target values per sample"):
-        op.check_targets()
+        op.check_data()
