@@ -124,7 +124,7 @@ def run_job(cfg: Config, comm: Communicator) -> LanczosResult:
     info = RunInfo(model=cfg.model.spec, data=cfg.data.spec, loss=loss.name, which=cfg.eigen.which, tol=tol,
                    num_samples=shard.total, world_size=comm.size, dtype=cfg.hessian.dtype, hvp_method=op.method,
                    loss_value=loss_value, seconds=time.perf_counter() - started, config_toml=to_toml(cfg),
-                   provenance=provenance(comm, device))
+                   provenance=provenance(comm, device) if comm.rank == 0 else {})
     agreed(comm, _write_outputs, comm, output, result, op, info)
     if not result.converged:
         log.warning("Lanczos did not converge within %d steps: residuals %s", result.iterations,

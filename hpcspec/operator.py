@@ -8,6 +8,7 @@ across ranks in one message per application, and the result is divided once by C
 
 from __future__ import annotations
 
+import time
 from typing import Protocol, Sequence
 
 import torch
@@ -20,8 +21,9 @@ from .losses import Loss, check_targets, get_loss
 from .params import ParamLayout
 
 HVP_METHODS = ("double_backward", "forward_over_reverse")
-#: Chosen by benchmarks/hvp_cost.py (README "Performance"): double backward was faster on both
-#: the digits MLP and the ~270k-parameter CNN on one CPU thread.
+#: Used by ``method="auto"`` when there is nothing to time (rank 0 holds no samples).
+#: benchmarks/hvp_cost.py found it faster on the digits MLP (float32 and float64) and on ResNet-20
+#: in float32, but forward-over-reverse faster on ResNet-20 in float64 — hence the timing in "auto".
 DEFAULT_HVP_METHOD = "double_backward"
 
 
@@ -62,10 +64,12 @@ class HessianOperator:
         comm: the ranks holding the other shards; a single process when omitted.
         batch_size: samples per forward pass (memory, not mathematics: H does not depend on it).
         method: ``double_backward`` (reverse-over-reverse) or ``forward_over_reverse``
-            (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` picks the measured faster one.
+            (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` times both on rank 0's first
+            samples and uses the faster (set one explicitly for bitwise-reproducible reruns).
 
-    Parameters that do not require gradients are excluded from the flat vector
-    (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
+    The constructor is collective (one reduction, and a broadcast for ``auto``): every rank builds
+    its operator at the same point. Parameters that do not require gradients are excluded from the
+    flat vector (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
     """
 
     def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
@@ -73,8 +77,7 @@ class HessianOperator:
         self.comm = comm or SingleProcess()
         self.model = model.eval()
         self.loss = get_loss(loss) if isinstance(loss, str) else loss
-        self.method = DEFAULT_HVP_METHOD if method == "auto" else method
-        if self.method not in HVP_METHODS:
+        if method != "auto" and method not in HVP_METHODS:
             raise InputError(f"unknown HVP method {method!r}: use auto or one of {', '.join(HVP_METHODS)}")
         if batch_size <= 0:
             raise InputError(f"batch_size must be > 0, got {batch_size}")
@@ -96,6 +99,35 @@ class HessianOperator:
         self.total_count = float(self.comm.allreduce_sum_(count).item())
         self.num_matvecs = 0
         self.num_data_passes = 0
+        self.method = self._fastest_method() if method == "auto" else method
+
+    def _fastest_method(self) -> str:
+        """Time one product of each method on rank 0's first samples; every rank uses rank 0's pick.
+
+        Which is faster depends on the model and the dtype (README "Performance"), so it is
+        measured rather than assumed; a method that fails on this model counts as infinitely slow.
+        """
+        choice = DEFAULT_HVP_METHOD
+        if self.comm.rank == 0 and len(self._inputs):
+            trial = min(self.batch_size, 32)  # enough to rank the methods, cheap next to a run
+            inputs, targets = self._inputs[:trial], self._targets[:trial]
+            gen = torch.Generator().manual_seed(0)
+            tangent = [self.layout.split(torch.randn(self.size, generator=gen, dtype=torch.float64)
+                                         .to(self.device, self.compute_dtype))]
+            seconds = {}
+            for name in HVP_METHODS:
+                hvp = self._hvp_double_backward if name == "double_backward" else self._hvp_forward_over_reverse
+                try:
+                    hvp(inputs, targets, tangent)  # warm-up
+                    started = time.perf_counter()
+                    hvp(inputs, targets, tangent)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    seconds[name] = time.perf_counter() - started
+                except Exception:  # e.g. an operation without forward-mode support
+                    seconds[name] = float("inf")
+            choice = min(HVP_METHODS, key=lambda name: seconds[name])
+        return self.comm.bcast_object(choice)
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:

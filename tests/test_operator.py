@@ -85,3 +85,36 @@ def test_bad_method_and_targets_are_input_errors():
     op = HessianOperator(model, "mse", (x, y))
     with pytest.raises(InputError, match="3 target values per sample"):
         op.check_data()
+
+
+class _SquareWithoutForwardMode(torch.autograd.Function):
+    """Twice differentiable by reverse mode, but unusable under torch.func (no setup_context)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class _SquareNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, 3).double()
+
+    def forward(self, x):
+        return _SquareWithoutForwardMode.apply(self.linear(x))
+
+
+def test_auto_times_both_methods_and_skips_one_that_fails():
+    model, loss, (x, y) = _problem("mlp-cross_entropy")
+    assert HessianOperator(model, loss, (x, y), method="auto").method in HVP_METHODS
+    torch.manual_seed(0)
+    op = HessianOperator(_SquareNet(), "cross_entropy", (x, y), method="auto")
+    assert op.method == "double_backward"
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    assert torch.isfinite(op.apply(v)).all()
