@@ -10,7 +10,6 @@ control messages (error strings, decisions) are pickled.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
@@ -185,12 +184,9 @@ def world(backend: str = "auto") -> Communicator:
     try:
         from mpi4py import MPI
     except ImportError as exc:
-        if backend == "mpi":
-            raise InputError(f"backend 'mpi' needs mpi4py, which does not import: {exc}") from None
-        if launched_by_mpi():
-            print("hpcspec: warning: started by an MPI launcher but mpi4py is not installed; "
-                  "every rank will run alone (pip install mpi4py)", file=sys.stderr)
-        return SingleProcess()
+        # Under a launcher, R independent single-process runs would each write the same output.
+        raise InputError(f"MPI needs mpi4py, which does not import ({exc}); pip install mpi4py, "
+                         "or run without mpirun / with --backend single") from None
     return MPICommunicator(MPI.COMM_WORLD)
 
 

@@ -78,6 +78,8 @@ def _model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
                         hidden=cfg.model.hidden, activation=cfg.model.activation, seed=cfg.seed)
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
+    if not any(param.requires_grad for param in model.parameters()):
+        raise InputError(f"model {cfg.model.spec!r} has no parameters that require gradients")
     return model.to(device=device, dtype=DTYPES[cfg.hessian.dtype])
 
 

@@ -28,6 +28,11 @@ def make_wide_data():
     return torch.cat([x, x], dim=1), y
 
 not_callable = 3
+
+def frozen_model():
+    model = make_model()
+    model.requires_grad_(False)
+    return model
 '''
 
 
@@ -60,6 +65,8 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("module missing", ["run", "--model", "nosuchmod:make", *out], "cannot import module 'nosuchmod'"),
         ("attribute missing", ["run", "--model", "usermod:nope", *out], "has no attribute 'nope'"),
         ("not callable", ["run", "--model", "usermod:not_callable", *out], "is not callable"),
+        ("all parameters frozen", ["run", "--model", "usermod:frozen_model", "--data", "usermod:make_data",
+                                   "--loss", "mse", *out], "no parameters that require gradients"),
         ("config typo", ["run", "--config", str(folder / "typo.toml"), *out], "did you mean 'eigen.top_k'"),
         ("set typo", ["run", "--set", "eigen.tolerance=1e-3", *out], "did you mean 'eigen.tol'"),
         ("missing config", ["run", "--config", str(folder / "nope.toml"), *out], "does not exist"),
