@@ -112,7 +112,7 @@ class MPICommunicator:
             return tensor
         host = _host_view(tensor)
         self._comm.Allreduce(self._MPI.IN_PLACE, host, op=op)
-        if host is not None and tensor.device.type != "cpu":
+        if tensor.device.type != "cpu":
             tensor.copy_(torch.from_numpy(host))
         return tensor
 
@@ -195,7 +195,7 @@ def agree_on_failure(comm: Communicator, error: BaseException | None) -> None:
 
     Every rank calls this at the same point, failed or not, so no rank is left waiting in a
     collective (the torch DCP ``_DistWrapper`` pattern). The raised message is the lowest failing
-    rank's, tagged with that rank when the world has more than one.
+    rank's, tagged with that rank unless every rank failed alike.
     """
     message = None if error is None else str(error)
     messages: Sequence[str | None] = comm.allgather_object(message)

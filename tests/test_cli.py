@@ -5,7 +5,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import bad_inputs
 from helpers import dense_hessian, relative_error, top_eigenvalues
