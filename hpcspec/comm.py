@@ -32,20 +32,11 @@ class Communicator(Protocol):
     def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a contiguous tensor over all ranks, in place; returns the same tensor."""
 
-    def allreduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Element-wise maximum over all ranks, in place; returns the same tensor."""
-
-    def bcast_tensor_(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
-        """Overwrite ``tensor`` on every rank with root's, in place."""
-
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         """Root's small picklable object, on every rank (decisions, names)."""
 
     def allgather_object(self, obj: Any) -> list[Any]:
         """Every rank's small picklable object, in rank order, on every rank."""
-
-    def barrier(self) -> None:
-        """Wait for all ranks."""
 
     def abort(self, code: int = 1) -> None:
         """End every process of the world now (used on uncaught exceptions)."""
@@ -66,20 +57,11 @@ class SingleProcess:
     def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    def allreduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-    def bcast_tensor_(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
-        return tensor
-
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         return obj
 
     def allgather_object(self, obj: Any) -> list[Any]:
         return [obj]
-
-    def barrier(self) -> None:
-        return None
 
     def abort(self, code: int = 1) -> None:
         os._exit(code)
@@ -107,26 +89,11 @@ class MPICommunicator:
         self.local_size: int = node.Get_size()
         node.Free()
 
-    def _collective_(self, tensor: torch.Tensor, op: Any) -> torch.Tensor:
-        if self.size == 1:
-            return tensor
-        host = _host_view(tensor)
-        self._comm.Allreduce(self._MPI.IN_PLACE, host, op=op)
-        if tensor.device.type != "cpu":
-            tensor.copy_(torch.from_numpy(host))
-        return tensor
-
     def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self._collective_(tensor, self._MPI.SUM)
-
-    def allreduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self._collective_(tensor, self._MPI.MAX)
-
-    def bcast_tensor_(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
         if self.size == 1:
             return tensor
         host = _host_view(tensor)
-        self._comm.Bcast(host, root=root)
+        self._comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
         if tensor.device.type != "cpu":
             tensor.copy_(torch.from_numpy(host))
         return tensor
@@ -136,9 +103,6 @@ class MPICommunicator:
 
     def allgather_object(self, obj: Any) -> list[Any]:
         return self._comm.allgather(obj)
-
-    def barrier(self) -> None:
-        self._comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,11 +32,6 @@ class Shard:
 
     def __len__(self) -> int:
         return self.stop - self.start
-
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Fixed-order batches; the last one may be shorter (its loss is weighted by its size)."""
-        for begin in range(0, len(self), batch_size):
-            yield self.inputs[begin:begin + batch_size], self.targets[begin:begin + batch_size]
 
 
 def shard_range(total: int, rank: int, size: int) -> tuple[int, int]:

@@ -98,7 +98,6 @@ class HessianOperator:
         count = torch.tensor([float(self.loss.count(self._targets))], dtype=torch.float64)
         self.total_count = float(self.comm.allreduce_sum_(count).item())
         self.num_matvecs = 0
-        self.num_data_passes = 0
         self.method = self._fastest_method() if method == "auto" else method
 
     def _fastest_method(self) -> str:
@@ -168,7 +167,6 @@ class HessianOperator:
             for j, product in enumerate(hvp(inputs, targets, tangents)):
                 self._accumulate(total[j], product)
         self.num_matvecs += k
-        self.num_data_passes += 1
         total = self.comm.allreduce_sum_(total.cpu() if total.device.type != "cpu" else total)
         total /= self.total_count
         return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
