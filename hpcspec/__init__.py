@@ -2,9 +2,11 @@
 
 Library use, with or without MPI::
 
-    from hpcspec import HessianOperator, lanczos
+    from hpcspec import HessianOperator, lanczos, slq, trace
     op = HessianOperator(model, "cross_entropy", (x, y), comm=None, batch_size=256)
-    result = lanczos(op, k=5)
+    result = lanczos(op, k=5)            # top-5 eigenpairs
+    estimate = trace(op, matvecs=100)    # trace with a standard error
+    quadrature = slq(op, probes=4)       # spectral density by stochastic Lanczos quadrature
 """
 
 __version__ = "0.1.0"
@@ -14,7 +16,9 @@ from .data import Shard, load_shard, shard_range  # noqa: E402
 from .errors import ConfigError, InputError  # noqa: E402
 from .operator import HessianOperator, MatrixOperator  # noqa: E402
 from .params import ParamLayout  # noqa: E402
-from .solvers import LanczosResult, lanczos  # noqa: E402
+from .solvers import (DensityResult, LanczosResult, PowerResult, TraceResult, lanczos,  # noqa: E402
+                      power_iteration, slq, trace)
 
-__all__ = ["Communicator", "ConfigError", "HessianOperator", "InputError", "LanczosResult", "MatrixOperator",
-           "ParamLayout", "Shard", "SingleProcess", "lanczos", "load_shard", "shard_range", "world"]
+__all__ = ["Communicator", "ConfigError", "DensityResult", "HessianOperator", "InputError", "LanczosResult",
+           "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "lanczos",
+           "load_shard", "power_iteration", "shard_range", "slq", "trace", "world"]

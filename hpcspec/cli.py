@@ -1,4 +1,4 @@
-"""Command line: ``python -m hpcspec [run|info] …``. Parsing and dispatch only; nothing numerical.
+"""Command line: ``python -m hpcspec [run|validate|info] …``. Parsing and dispatch only; nothing numerical.
 
 Exit codes: 0 done; 2 bad input or configuration (every rank, one line from rank 0); any other
 code is a crash, after which the whole MPI world is aborted so no rank hangs.
@@ -14,17 +14,23 @@ from typing import Any, Sequence
 
 from .comm import AgreedInputError, Communicator, SingleProcess, agreed, world
 from .config import Config, load_config, parse_override
+from .dense import MAX_DENSE_PARAMS
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
 #: ``python -m hpcspec`` with no arguments: train the default MLP on digits briefly, then analyse it.
-DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out"}
+DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out", "tasks": ["eigen", "trace", "density"]}
+
+#: Task flags: naming any of them on the command line runs exactly the tasks named.
+TASK_FLAGS = {"top_k": "eigen", "trace": "trace", "density": "density"}
 
 #: Dedicated flags and the config keys they set (applied after the config file, before --set).
 FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss", "top_k": "eigen.top_k",
              "output": "output", "dtype": "hessian.dtype", "seed": "seed", "tol": "eigen.tol",
              "which": "eigen.which", "maxiter": "eigen.maxiter", "batch_size": "data.batch_size",
              "hvp": "hessian.hvp", "weights": "model.weights", "train_steps": "train.steps",
-             "threads": "threads"}
+             "threads": "threads", "eigen_method": "eigen.method", "trace_method": "trace.method",
+             "trace_matvecs": "trace.matvecs", "probes": "density.probes", "steps": "density.steps",
+             "bn_mode": "hessian.bn_mode"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,32 +45,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default=os.environ.get("HPCSPEC_BACKEND", "auto"),
                         choices=("auto", "mpi", "single"), help="communication backend (default: auto)")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    run = sub.add_parser("run", help="top-k Hessian eigenpairs of a model on a data set")
+    run = sub.add_parser("run", help="top-k eigenpairs, trace and/or spectral density of a model's Hessian")
+    _add_job_arguments(run)
+    validate = sub.add_parser("validate", help="run the estimators on a small model and compare each with its "
+                                               "dense float64 Hessian")
+    _add_job_arguments(validate)
+    validate.add_argument("--max-params", type=int, default=MAX_DENSE_PARAMS,
+                          help=f"refuse models with more parameters (default {MAX_DENSE_PARAMS:,}: P² float64)")
+    sub.add_parser("info", help="versions, world size and device")
+    return parser
+
+
+def _add_job_arguments(run: argparse.ArgumentParser) -> None:
+    """The flags ``run`` and ``validate`` share (each also has a config key; see README)."""
     run.add_argument("--config", help="TOML job config (see README)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set eigen.maxiter=300 (repeatable; applied last)")
     run.add_argument("--model", help="built-in model name (mlp) or module:callable")
     run.add_argument("--data", help="digits, synthetic, a path to an HDF5 file, or module:callable")
     run.add_argument("--loss", help="cross_entropy or mse")
-    run.add_argument("--top-k", type=int, help="number of eigenpairs")
+    tasks = run.add_argument_group("tasks (any combination; with none named, the config's tasks, default top-k)")
+    tasks.add_argument("--top-k", type=int, help="top-k eigenpairs")
+    tasks.add_argument("--trace", action="store_const", const=True, help="the trace, with a standard error")
+    tasks.add_argument("--density", action="store_const", const=True,
+                       help="the eigenvalue density by stochastic Lanczos quadrature (+ density.png)")
     run.add_argument("--which", help="largest, smallest, largest_magnitude or both_ends")
+    run.add_argument("--eigen-method", help="lanczos (default) or power (PyHessian's power iteration)")
+    run.add_argument("--trace-method", help="hutchpp (default), xtrace or hutchinson")
+    run.add_argument("--trace-matvecs", type=int, help="products the trace may spend (default 100)")
+    run.add_argument("--probes", type=int, help="SLQ probe vectors (default 4)")
+    run.add_argument("--steps", type=int, help="Lanczos steps per SLQ probe (default 80)")
     run.add_argument("--output", help="output directory")
     run.add_argument("--dtype", help="model compute precision: float64 or float32 (solver is float64)")
-    run.add_argument("--seed", type=int, help="seed for the start vector and zoo model initialisation")
+    run.add_argument("--seed", type=int, help="seed for probe and start vectors and zoo model initialisation")
     run.add_argument("--tol", type=float, help="relative Ritz-residual tolerance (0: 1e-8 float64, 1e-5 float32)")
     run.add_argument("--maxiter", type=int, help="maximum Lanczos steps")
     run.add_argument("--batch-size", type=int, help="samples per forward pass")
     run.add_argument("--hvp", help="auto, double_backward or forward_over_reverse")
+    run.add_argument("--bn-mode", help="eval (default: running statistics) or train (batch statistics)")
     run.add_argument("--weights", help="state-dict file to load into the model")
     run.add_argument("--train-steps", type=int, help="full-batch Adam steps before the analysis")
     run.add_argument("--threads", type=int, help="torch threads per rank (0: cores / ranks per node)")
-    sub.add_parser("info", help="versions, world size and device")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
     """Defaults → ``base`` → ``--config`` file → dedicated flags → ``--set`` (later wins)."""
     overrides: dict[str, Any] = dict(base or {})
+    named = [task for flag, task in TASK_FLAGS.items() if getattr(args, flag, None) is not None]
+    if named:
+        overrides["tasks"] = named
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -87,7 +116,7 @@ def _info(comm: Communicator) -> None:
 
 
 def _dispatch(argv: Sequence[str], comm: Communicator) -> int:
-    from .job import run_job
+    from .job import run_job, validate_job
 
     parser = build_parser()
     args = agreed(comm, parser.parse_args, argv)
@@ -97,6 +126,12 @@ def _dispatch(argv: Sequence[str], comm: Communicator) -> int:
     if args.command is None:
         args = parser.parse_args(["run"])
         cfg = agreed(comm, config_from_args, args, DEMO_OVERRIDES)
+    elif args.command == "validate":
+        named = any(getattr(args, flag, None) is not None for flag in TASK_FLAGS)
+        base = {} if named or args.config else {"tasks": ["eigen", "trace", "density"]}
+        cfg = agreed(comm, config_from_args, args, base)
+        validate_job(cfg, comm, max_params=args.max_params)
+        return EXIT_OK
     else:
         cfg = agreed(comm, config_from_args, args)
     run_job(cfg, comm)

@@ -27,6 +27,11 @@ LOSSES = ("cross_entropy", "mse")
 DTYPES = ("float64", "float32")
 HVP_METHODS = ("auto", "double_backward", "forward_over_reverse")
 WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")
+TASKS = ("eigen", "trace", "density")
+EIGEN_METHODS = ("lanczos", "power")
+TRACE_METHODS = ("krylov", "hutchpp", "xtrace", "hutchinson")
+DISTRIBUTIONS = ("rademacher", "gaussian")
+BN_MODES = ("eval", "train")
 
 
 @dataclass(frozen=True)
@@ -56,22 +61,55 @@ class HessianConfig:
     """Which Hessian, and how its products are computed.
 
     ``dtype`` is the precision the model computes in; accumulation, the reduction across ranks
-    and the solver are float64 whatever it is.
+    and the solver are float64 whatever it is. ``bn_mode = "train"`` makes BatchNorm use batch
+    statistics (H then depends on the batch size); ``check`` tests symmetry and repeatability of
+    H·v before the run.
     """
 
     loss: str = "cross_entropy"
     dtype: str = "float64"
     hvp: str = "auto"
+    bn_mode: str = "eval"
+    check: bool = True
 
 
 @dataclass(frozen=True)
 class EigenConfig:
-    """Lanczos top-k settings; ``tol = 0`` and ``maxiter = 0`` mean "choose for the dtype"."""
+    """Top-k eigenpairs; ``tol = 0`` and ``maxiter = 0`` mean "the method's default".
+
+    ``method = "power"`` is PyHessian's power iteration with deflation (largest magnitude, its
+    relative-change stopping rule), for comparison with published PyHessian numbers.
+    """
 
     top_k: int = 5
     which: str = "largest"
+    method: str = "lanczos"
     tol: float = 0.0
     maxiter: int = 0
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Stochastic trace estimation: a budget of ``matvecs`` products, or stop earlier once the
+    standard error is ≤ ``rtol`` × |estimate| (``rtol = 0``: spend the whole budget)."""
+
+    method: str = "krylov"
+    matvecs: int = 100
+    rtol: float = 0.0
+    distribution: str = "rademacher"
+
+
+@dataclass(frozen=True)
+class DensityConfig:
+    """Spectral density by stochastic Lanczos quadrature: ``probes`` × ``steps`` products,
+    broadened by a Gaussian of width ``sigma`` × (spectral range) on ``grid`` points."""
+
+    probes: int = 4
+    steps: int = 80
+    sigma: float = 0.01
+    grid: int = 1000
+    distribution: str = "rademacher"
+    plot: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,10 +127,13 @@ class Config:
     output: str = "hpcspec-out"
     seed: int = 0
     threads: int = 0
+    tasks: tuple[str, ...] = ("eigen",)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     hessian: HessianConfig = field(default_factory=HessianConfig)
     eigen: EigenConfig = field(default_factory=EigenConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -120,10 +161,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Check one value against its field type; ints are accepted where floats are expected."""
     origin = typing.get_origin(kind)
     if origin is tuple:
+        item = typing.get_args(kind)[0]
         if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
+            isinstance(v, item) and not isinstance(v, bool) for v in value
         ):
-            raise ConfigError(f"config key {key!r} must be a list of integers, got {value!r}")
+            noun = "integers" if item is int else "strings"
+            raise ConfigError(f"config key {key!r} must be a list of {noun}, got {value!r}")
         return tuple(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -170,12 +213,31 @@ def validate(cfg: Config) -> Config:
     _check_choice("hessian.dtype", cfg.hessian.dtype, DTYPES)
     _check_choice("hessian.hvp", cfg.hessian.hvp, HVP_METHODS)
     _check_choice("eigen.which", cfg.eigen.which, WHICH)
+    _check_choice("eigen.method", cfg.eigen.method, EIGEN_METHODS)
+    _check_choice("hessian.bn_mode", cfg.hessian.bn_mode, BN_MODES)
+    _check_choice("trace.method", cfg.trace.method, TRACE_METHODS)
+    _check_choice("trace.distribution", cfg.trace.distribution, DISTRIBUTIONS)
+    _check_choice("density.distribution", cfg.density.distribution, DISTRIBUTIONS)
+    if not cfg.tasks:
+        raise ConfigError(f"tasks is empty: name at least one of {', '.join(TASKS)}")
+    for task in cfg.tasks:
+        _check_choice("tasks", task, TASKS)
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        raise ConfigError(f"tasks lists a task twice: {list(cfg.tasks)}")
+    if cfg.eigen.method == "power" and cfg.eigen.which != "largest_magnitude" and cfg.eigen.which != "largest":
+        raise ConfigError(f"eigen.method = 'power' finds the largest-magnitude eigenvalues; eigen.which = "
+                          f"{cfg.eigen.which!r} needs eigen.method = 'lanczos'")
+    if not 0 < cfg.density.sigma < 1:
+        raise ConfigError(f"density.sigma is a fraction of the spectral range in (0, 1), got {cfg.density.sigma!r}")
+    if cfg.density.grid < 2:
+        raise ConfigError(f"density.grid must be >= 2 points, got {cfg.density.grid}")
     for key, value in [("data.batch_size", cfg.data.batch_size), ("data.samples", cfg.data.samples),
                        ("data.features", cfg.data.features), ("data.outputs", cfg.data.outputs),
-                       ("eigen.top_k", cfg.eigen.top_k)]:
+                       ("eigen.top_k", cfg.eigen.top_k), ("trace.matvecs", cfg.trace.matvecs),
+                       ("density.probes", cfg.density.probes), ("density.steps", cfg.density.steps)]:
         _check_positive(key, value)
     for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes),
-                       ("eigen.tol", cfg.eigen.tol), ("eigen.maxiter", cfg.eigen.maxiter),
+                       ("eigen.tol", cfg.eigen.tol), ("eigen.maxiter", cfg.eigen.maxiter), ("trace.rtol", cfg.trace.rtol),
                        ("train.steps", cfg.train.steps), ("train.lr", cfg.train.lr), ("seed", cfg.seed)]:
         _check_positive(key, value, allow_zero=True)
     if any(width <= 0 for width in cfg.model.hidden):

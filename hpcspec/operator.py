@@ -9,10 +9,12 @@ across ranks in one message per application, and the result is divided once by C
 from __future__ import annotations
 
 import time
-from typing import Protocol, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .comm import Communicator, SingleProcess
 from .data import Shard
@@ -25,6 +27,9 @@ HVP_METHODS = ("double_backward", "forward_over_reverse")
 #: benchmarks/hvp_cost.py found it faster on the digits MLP (float32 and float64) and on ResNet-20
 #: in float32, but forward-over-reverse faster on ResNet-20 in float64 — hence the timing in "auto".
 DEFAULT_HVP_METHOD = "double_backward"
+#: ``eval``: BatchNorm normalises with its running (population) statistics; ``train``: with each
+#: batch's own statistics.
+BN_MODES = ("eval", "train")
 
 
 class LinearOperator(Protocol):
@@ -59,6 +64,7 @@ class HessianOperator:
     Args:
         model: the network. Put in eval mode (dropout off, BatchNorm running statistics), so
             H·v is a deterministic function of v. Its parameters' dtype is the compute dtype.
+            (:func:`hpcspec.checks.check_model_modes` tells if a module stayed in training mode.)
         loss: a :class:`~hpcspec.losses.Loss` or its name (``cross_entropy``, ``mse``).
         data: this rank's :class:`~hpcspec.data.Shard`, or an ``(x, y)`` pair of this rank's samples.
         comm: the ranks holding the other shards; a single process when omitted.
@@ -66,6 +72,16 @@ class HessianOperator:
         method: ``double_backward`` (reverse-over-reverse) or ``forward_over_reverse``
             (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` times both on rank 0's first
             samples and uses the faster (set one explicitly for bitwise-reproducible reruns).
+        bn_mode: ``eval`` (default): BatchNorm layers use their running statistics, and H is that
+            of a fixed function of each sample. ``train``: the model is put in eval mode, then its
+            BatchNorm layers back in training mode, so each forward normalises with the statistics
+            of its own batch, as during training. H is then the Hessian of the sum of per-batch
+            losses and depends on ``batch_size`` and on how the data is sharded across ranks
+            (every batch, including a short last one, couples its samples). Ghorbani et al. (2019)
+            found that the outlier eigenvalues BatchNorm suppresses reappear when it normalises
+            with population statistics, so the two modes can give different top eigenvalues.
+            The operator's forwards never change the running statistics (nor
+            ``num_batches_tracked``): ``track_running_stats`` is switched off while they run.
 
     The constructor is collective (one reduction, and a broadcast for ``auto``): every rank builds
     its operator at the same point. Parameters that do not require gradients are excluded from the
@@ -73,9 +89,18 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
-                 comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto") -> None:
+                 comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
+                 bn_mode: str = "eval") -> None:
         self.comm = comm or SingleProcess()
+        if bn_mode not in BN_MODES:
+            raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
+        self.bn_mode = bn_mode
         self.model = model.eval()
+        #: BatchNorm layers normalising with batch statistics (bn_mode "train"); their running
+        #: statistics are frozen during the operator's forwards by :meth:`_frozen_running_stats`.
+        self._batch_stat_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)] if bn_mode == "train" else []
+        for module in self._batch_stat_norms:
+            module.train()
         self.loss = get_loss(loss) if isinstance(loss, str) else loss
         if method != "auto" and method not in HVP_METHODS:
             raise InputError(f"unknown HVP method {method!r}: use auto or one of {', '.join(HVP_METHODS)}")
@@ -133,6 +158,23 @@ class HessianOperator:
         """The model parameters the flat vector covers, in layout order."""
         return list(self._params)
 
+    @contextmanager
+    def _frozen_running_stats(self) -> Iterator[None]:
+        """Forwards inside use batch statistics without updating any BatchNorm buffer.
+
+        A BatchNorm layer in training mode with ``track_running_stats`` off normalises with the
+        batch's statistics and leaves ``running_mean``, ``running_var`` and
+        ``num_batches_tracked`` alone (the functorch-compatible form). No-op for bn_mode "eval".
+        """
+        saved = [module.track_running_stats for module in self._batch_stat_norms]
+        for module in self._batch_stat_norms:
+            module.track_running_stats = False
+        try:
+            yield
+        finally:
+            for module, tracked in zip(self._batch_stat_norms, saved):
+                module.track_running_stats = tracked
+
     def check_data(self) -> None:
         """Raise :class:`InputError` if the model cannot take this rank's inputs or the loss its targets.
 
@@ -140,9 +182,14 @@ class HessianOperator:
         """
         if not len(self._inputs):
             return
+        if self._batch_stat_norms and any(len(inputs) == 1 for inputs, _ in self._batches()):
+            raise InputError(f"bn_mode = 'train' needs at least 2 samples in every batch, but this rank's "
+                             f"{len(self._inputs)} samples in batches of {self.batch_size} leave a batch of 1: "
+                             "change data.batch_size")
         try:
-            with torch.no_grad():
-                outputs = self.model(self._inputs[:1])
+            with torch.no_grad(), self._frozen_running_stats():
+                # batch statistics need two samples (BatchNorm1d refuses one in training mode)
+                outputs = self.model(self._inputs[:2 if self._batch_stat_norms else 1])
         except (RuntimeError, ValueError, TypeError) as exc:
             raise InputError(f"the model cannot process a data sample of shape {tuple(self._inputs.shape[1:])} "
                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
@@ -180,7 +227,8 @@ class HessianOperator:
     def _hvp_double_backward(self, inputs: torch.Tensor, targets: torch.Tensor,
                              tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
         """One forward and first backward per batch, then one second backward per vector."""
-        batch_loss = self.loss.sum(self.model(inputs), targets)
+        with self._frozen_running_stats():
+            batch_loss = self.loss.sum(self.model(inputs), targets)
         grads = torch.autograd.grad(batch_loss, self._params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         products: list[list[torch.Tensor | None]] = []
@@ -203,7 +251,8 @@ class HessianOperator:
         primals = tuple(p.detach() for p in self._params)
 
         def batch_loss(*values: torch.Tensor) -> torch.Tensor:
-            outputs = functional_call(self.model, dict(zip(names, values)), (inputs,))
+            with self._frozen_running_stats():
+                outputs = functional_call(self.model, dict(zip(names, values)), (inputs,))
             return self.loss.sum(outputs, targets)
 
         gradient = grad(batch_loss, argnums=tuple(range(len(primals))))
@@ -213,7 +262,8 @@ class HessianOperator:
         """The mean loss over the whole data set and its flat float64 gradient (one reduction)."""
         local = torch.zeros(self.size + 1, dtype=torch.float64, device=self.device)
         for inputs, targets in self._batches():
-            batch_loss = self.loss.sum(self.model(inputs), targets)
+            with self._frozen_running_stats():
+                batch_loss = self.loss.sum(self.model(inputs), targets)
             grads = torch.autograd.grad(batch_loss, self._params, allow_unused=True)
             self._accumulate(local[:-1], grads)
             local[-1] += batch_loss.detach().to(torch.float64)

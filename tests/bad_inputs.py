@@ -33,6 +33,19 @@ def frozen_model():
     model = make_model()
     model.requires_grad_(False)
     return model
+
+class _AlwaysDropout(torch.nn.Module):
+    """Dropout hard-wired on in forward: eval() cannot switch it off, so H·v is random."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = make_model()
+
+    def forward(self, x):
+        return self.inner(torch.nn.functional.dropout(x, 0.5, training=True))
+
+def noisy_model():
+    return _AlwaysDropout()
 '''
 
 
@@ -79,4 +92,14 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("top_k too large", ["run", *user, "--top-k", "45"], "exceeds the number of parameters"),
         ("bad flag value", ["run", "--top-k", "many", *out], "invalid int value"),
         ("unknown flag", ["run", "--topk", "3", *out], "unrecognized arguments"),
+        ("unknown task", ["run", "--set", 'tasks=["eigen", "spectrum"]', *out], "tasks = 'spectrum' is not one of"),
+        ("unknown trace method", ["run", "--trace", "--trace-method", "hutch", *out],
+         "trace.method = 'hutch' is not one of"),
+        ("power iteration for the smallest end", ["run", "--eigen-method", "power", "--which", "smallest", *out],
+         "needs eigen.method = 'lanczos'"),
+        ("density width out of range", ["run", "--density", "--set", "density.sigma=2", *out],
+         "density.sigma is a fraction"),
+        ("non-deterministic model", ["run", "--model", "usermod:noisy_model", "--data", "usermod:make_data",
+                                     "--loss", "mse", *out], "not repeatable"),
+        ("validate a model too large", ["validate", *user, "--max-params", "10"], "more than --max-params 10"),
     ]

@@ -18,3 +18,20 @@ def _fixed_threads():
     """Tests compare bits; keep the thread count fixed within each test."""
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="session")
+def digits_problem():
+    """The default job's trained digits MLP (3,466 parameters): its float64 operator, the dense
+    Hessian built from that operator's products, and the exact eigenvalues (ascending).
+
+    Session-scoped: building the dense matrix costs 3,466 products (about half a minute)."""
+    import numpy as np
+
+    from hpcspec.demo import digits_mlp_operator
+    from hpcspec.dense import dense_hessian
+
+    torch.set_num_threads(1)
+    op = digits_mlp_operator()
+    matrix = dense_hessian(op)
+    return op, matrix, np.linalg.eigvalsh(matrix.numpy())

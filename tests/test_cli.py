@@ -9,6 +9,7 @@ import pytest
 import bad_inputs
 from helpers import dense_hessian, relative_error, top_eigenvalues
 from hpcspec.cli import main
+from hpcspec.solvers import wasserstein1
 
 
 @pytest.fixture
@@ -77,3 +78,76 @@ def test_float32_and_which_flags(workdir):
     with h5py.File(workdir / "o32" / "results.h5") as f:
         assert f.attrs["dtype"] == "float32"
         assert np.allclose(f["eigen/values"][:], exact, rtol=1e-4, atol=1e-5 * abs(exact).max())
+
+
+def _h5(path):
+    with h5py.File(path) as f:
+        return {name: (dict(f[name].attrs), {key: f[name][key][()] for key in f[name] if isinstance(f[name][key], h5py.Dataset)})
+                for name in f if name != "params"}
+
+
+def test_top_k_trace_and_density_in_one_run(workdir, capsys):
+    assert main(["run", "--model", "usermod:make_model", "--data", "usermod:make_data", "--loss", "mse",
+                 "--top-k", "3", "--trace", "--density", "--trace-matvecs", "40", "--probes", "3", "--steps", "30",
+                 "--output", "all"]) == 0
+    import usermod
+
+    matrix = dense_hessian(usermod.make_model(), "mse", *usermod.make_data()).numpy()
+    exact = np.linalg.eigvalsh(matrix)
+    groups = _h5(workdir / "all" / "results.h5")
+    assert set(groups) == {"eigen", "trace", "density", "lanczos"}
+    assert np.allclose(groups["eigen"][1]["values"], exact[::-1][:3], rtol=1e-8)
+    trace = groups["trace"][0]
+    assert trace["num_matvecs"] == 40 and trace["stderr"] >= 0
+    assert abs(trace["estimate"] - np.trace(matrix)) <= max(4 * trace["stderr"], 1e-8 * abs(np.trace(matrix)))
+    nodes, weights = groups["density"][1]["nodes"], groups["density"][1]["weights"]
+    assert nodes.shape == weights.shape == (3, 30) and np.allclose(weights.sum(axis=1), 1.0)
+    live = nodes[weights > 1e-12]
+    assert live.min() >= exact[0] - 1e-8 and live.max() <= exact[-1] + 1e-8
+    assert groups["lanczos"][1]["alpha"].shape == (3, 30)
+    assert (workdir / "all" / "density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "top-3 Hessian eigenvalues" in out and "trace (" in out and " ± " in out and "density (SLQ" in out
+    summary = json.loads((workdir / "all" / "summary.json").read_text())
+    assert set(summary) >= {"eigen", "trace", "density"}
+
+
+def test_trace_alone_writes_no_eigenpairs(workdir):
+    assert main(["run", "--model", "usermod:make_model", "--data", "usermod:make_data", "--loss", "mse",
+                 "--trace", "--output", "tr"]) == 0
+    assert set(_h5(workdir / "tr" / "results.h5")) == {"trace"}
+
+
+def test_power_iteration_flag(workdir):
+    assert main(["run", "--model", "usermod:make_model", "--data", "usermod:make_data", "--loss", "mse",
+                 "--top-k", "2", "--eigen-method", "power", "--set", "eigen.tol=1e-9", "--set", "eigen.maxiter=2000",
+                 "--output", "pw"]) == 0
+    import usermod
+
+    exact = np.linalg.eigvalsh(dense_hessian(usermod.make_model(), "mse", *usermod.make_data()).numpy())
+    expected = exact[np.argsort(-np.abs(exact))][:2]
+    eigen = _h5(workdir / "pw" / "results.h5")["eigen"]
+    assert eigen[0]["method"] == "power" and eigen[0]["which"] == "largest_magnitude"
+    assert np.allclose(eigen[1]["values"], expected, rtol=1e-6)
+
+
+def test_validate_reports_each_error_against_the_dense_hessian(workdir, capsys):
+    assert main(["validate", "--model", "usermod:make_model", "--data", "usermod:make_data", "--loss", "mse",
+                 "--output", "val", "--steps", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "validation against the dense float64 Hessian (44 × 44)" in out
+    record = json.loads((workdir / "val" / "summary.json").read_text())["validation"]
+    assert record["eigen"]["max_relative_error"] <= 1e-8
+    import usermod
+
+    matrix = dense_hessian(usermod.make_model(), "mse", *usermod.make_data()).numpy()
+    assert abs(record["exact_trace"] - np.trace(matrix)) <= 1e-10 * abs(np.trace(matrix))
+    assert record["trace"]["relative_error"] == abs(record["trace"]["estimate"] - record["exact_trace"]) / abs(record["exact_trace"])
+    # the density errors are those of the stored quadrature against the exact spectrum
+    exact = np.linalg.eigvalsh(matrix)
+    with h5py.File(workdir / "val" / "results.h5") as f:
+        nodes, weights, steps = f["density/nodes"][:], f["density/weights"][:], f["lanczos/steps"][:]
+    live = np.arange(nodes.shape[1])[None, :] < steps[:, None]
+    expected = wasserstein1(nodes[live], weights[live], exact, np.ones(len(exact)))
+    assert np.isclose(record["density"]["wasserstein1"], expected, rtol=1e-9)
+    assert 0 < record["density"]["l1"] < 2

@@ -1,5 +1,9 @@
 """Spectral solvers: pure numerics on a linear operator (no files, no printing, no CLI)."""
 
+from .density import DensityResult, l1_distance, slq, smoothed_density, spectral_grid, wasserstein1
 from .lanczos import LanczosResult, lanczos
+from .power import PowerResult, power_iteration
+from .trace import TraceResult, trace
 
-__all__ = ["LanczosResult", "lanczos"]
+__all__ = ["DensityResult", "LanczosResult", "PowerResult", "TraceResult", "l1_distance", "lanczos",
+           "power_iteration", "slq", "smoothed_density", "spectral_grid", "trace", "wasserstein1"]
