@@ -71,7 +71,7 @@ def _add_job_arguments(run: argparse.ArgumentParser) -> None:
                        help="the eigenvalue density by stochastic Lanczos quadrature (+ density.png)")
     run.add_argument("--which", help="largest, smallest, largest_magnitude or both_ends")
     run.add_argument("--eigen-method", help="lanczos (default) or power (PyHessian's power iteration)")
-    run.add_argument("--trace-method", help="hutchpp (default), xtrace or hutchinson")
+    run.add_argument("--trace-method", help="krylov (default), hutchpp, xtrace or hutchinson")
     run.add_argument("--trace-matvecs", type=int, help="products the trace may spend (default 100)")
     run.add_argument("--probes", type=int, help="SLQ probe vectors (default 4)")
     run.add_argument("--steps", type=int, help="Lanczos steps per SLQ probe (default 80)")
