@@ -32,6 +32,8 @@ EIGEN_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("krylov", "hutchpp", "xtrace", "hutchinson")
 DISTRIBUTIONS = ("rademacher", "gaussian")
 BN_MODES = ("eval", "train")
+#: The fewest products any trace method needs at its default sketch size (hutchpp: 2·1 + 2).
+MIN_TRACE_MATVECS = 4
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,15 @@ def validate(cfg: Config) -> Config:
     if cfg.eigen.method == "power" and cfg.eigen.which != "largest_magnitude" and cfg.eigen.which != "largest":
         raise ConfigError(f"eigen.method = 'power' finds the largest-magnitude eigenvalues; eigen.which = "
                           f"{cfg.eigen.which!r} needs eigen.method = 'lanczos'")
+    if cfg.eigen.method == "lanczos" and 0 < cfg.eigen.maxiter < cfg.eigen.top_k:
+        raise ConfigError(f"eigen.maxiter = {cfg.eigen.maxiter} is below eigen.top_k = {cfg.eigen.top_k}: Lanczos "
+                          "needs at least k steps for k eigenpairs (0 = choose automatically)")
+    if cfg.trace.matvecs < MIN_TRACE_MATVECS:
+        raise ConfigError(f"trace.matvecs = {cfg.trace.matvecs} is too small: every trace method needs at least "
+                          f"{MIN_TRACE_MATVECS} products for an estimate with a standard error")
+    if cfg.trace.rtol > 0 and cfg.trace.method == "xtrace":
+        raise ConfigError("trace.rtol needs a method that can stop early (krylov, hutchpp, hutchinson); "
+                          "xtrace spends its whole budget on one sketch: set trace.rtol = 0 or change trace.method")
     if not 0 < cfg.density.sigma < 1:
         raise ConfigError(f"density.sigma is a fraction of the spectral range in (0, 1), got {cfg.density.sigma!r}")
     if cfg.density.grid < 2:

@@ -59,3 +59,19 @@ def test_parse_override():
     assert parse_override("data.spec=mymod:make") == ("data.spec", "mymod:make")
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("eigen.top_k")
+
+
+def test_config_choices_match_what_the_kernels_accept():
+    """config.py keeps its own choice lists (so parsing a config needs no torch); they must not drift."""
+    import importlib
+
+    from hpcspec import config, operator
+
+    lanczos, probes, trace = (importlib.import_module(f"hpcspec.solvers.{name}") for name in ("lanczos", "probes", "trace"))
+
+    assert set(config.TRACE_METHODS) == set(trace.TRACE_METHODS)
+    assert config.TRACE_METHODS[0] == trace.DEFAULT_TRACE_METHOD == Config().trace.method
+    assert set(config.DISTRIBUTIONS) == set(probes.DISTRIBUTIONS)
+    assert set(config.BN_MODES) == set(operator.BN_MODES)
+    assert set(config.WHICH) == set(lanczos.WHICH)
+    assert set(config.HVP_METHODS) == {"auto", *operator.HVP_METHODS}
