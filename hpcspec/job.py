@@ -168,8 +168,9 @@ def run_job(cfg: Config, comm: Communicator) -> TaskResults:
     return results
 
 
-def validate_job(cfg: Config, comm: Communicator, max_params: int = MAX_DENSE_PARAMS) -> Validation:
-    """``validate``: the run's tasks, then each one's error against the dense float64 Hessian."""
+def validate_job(cfg: Config, comm: Communicator, max_params: int = MAX_DENSE_PARAMS) -> Validation | None:
+    """``validate``: the run's tasks, then each one's error against the dense float64 Hessian
+    (returned on rank 0; None on the other ranks)."""
     problem = prepare(cfg, comm)
     agreed(comm, _check_dense_size, problem.op.size, max_params)
     results = _solve(problem)
@@ -178,7 +179,8 @@ def validate_job(cfg: Config, comm: Communicator, max_params: int = MAX_DENSE_PA
     started = time.perf_counter()
     matrix = dense_hessian(problem.op, max_params=max_params)
     log.info("dense Hessian built in %.2f s", time.perf_counter() - started)
-    validation = validate_results(matrix, results, sigma_fraction=cfg.density.sigma)
+    # every rank holds the same reduced matrix; only rank 0 reports, so only it decomposes it
+    validation = validate_results(matrix, results, sigma_fraction=cfg.density.sigma) if comm.rank == 0 else None
     agreed(comm, _write_outputs, problem, results, _run_info(problem, results), validation)
     return validation
 
