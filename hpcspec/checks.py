@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from .errors import InputError
-from .operator import BN_MODES, LinearOperator
+from .operator import LinearOperator, check_bn_mode
 from .solvers.probes import probe_block, probe_generator
 
 #: Default symmetry tolerances by compute dtype (see :func:`symmetry_error` for the measure).
@@ -159,15 +159,10 @@ def check_operator(op: LinearOperator, *, seed: int = 0, symmetry_tol: float | N
     return OperatorCheck(symmetry_error=error, repeatable=True, num_matvecs=CHECK_MATVECS)
 
 
-def _check_bn_mode(bn_mode: str) -> None:
-    if bn_mode not in BN_MODES:
-        raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
-
-
 def _offenders(model: nn.Module, bn_mode: str) -> list[tuple[str, str, str]]:
     """``(name, why, kind)`` for each module that makes H·v random (kind "random") or dependent on
     the batching (kind "batch", "batch-always") in the model's current modes."""
-    _check_bn_mode(bn_mode)
+    check_bn_mode(bn_mode)
     found = []
     for name, module in model.named_modules():
         label = name or "(root)"

@@ -32,6 +32,12 @@ DEFAULT_HVP_METHOD = "double_backward"
 BN_MODES = ("eval", "train")
 
 
+
+def check_bn_mode(bn_mode: str) -> None:
+    """Raise :class:`InputError` unless ``bn_mode`` is one of :data:`BN_MODES`."""
+    if bn_mode not in BN_MODES:
+        raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
+
 class LinearOperator(Protocol):
     """What the solvers need: a symmetric operator on float64 vectors of length ``size``."""
 
@@ -92,8 +98,7 @@ class HessianOperator:
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
                  bn_mode: str = "eval") -> None:
         self.comm = comm or SingleProcess()
-        if bn_mode not in BN_MODES:
-            raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
+        check_bn_mode(bn_mode)
         self.bn_mode = bn_mode
         self.model = model.eval()
         #: BatchNorm layers normalising with batch statistics (bn_mode "train"); their running

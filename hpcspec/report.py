@@ -92,14 +92,13 @@ def _write_eigen(f: h5py.File, results: TaskResults, layout: ParamLayout, info: 
     eigen.create_dataset("residuals", data=result.residuals)
     attrs: dict[str, Any] = {"which": results.eigen_which, "tol": results.eigen_tol, "method": results.eigen_method,
                              "converged": result.converged, "num_matvecs": result.num_matvecs,
-                             "hvp_method": info.hvp_method, "seconds": results.seconds.get("eigen", 0.0)}
+                             "hvp_method": info.hvp_method, "seconds": results.seconds.get("eigen", 0.0),
+                             "iterations": _iterations(result)}
     if isinstance(result, LanczosResult):
         eigen.create_dataset("alpha", data=result.alpha)
         eigen.create_dataset("beta", data=result.beta)
-        attrs["iterations"] = result.iterations
     else:
         eigen.create_dataset("iterations", data=result.iterations)
-        attrs["iterations"] = int(np.sum(result.iterations))
     eigen.attrs.update(attrs)
 
 

@@ -111,23 +111,26 @@ def run_density(op: LinearOperator, cfg: Config) -> Density:
 def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None) -> TaskResults:
     """Every task in ``cfg.tasks``, in the order eigen, trace, density (collective)."""
     results = TaskResults()
-    if "eigen" in cfg.tasks:
-        started = time.perf_counter()
+
+    def eigen() -> str:
         results.eigen, results.eigen_which, results.eigen_tol = run_eigen(op, cfg, progress)
         results.eigen_method = cfg.eigen.method
-        results.seconds["eigen"] = time.perf_counter() - started
-        if progress is not None:
-            progress(f"eigen ({cfg.eigen.method}) finished in {results.seconds['eigen']:.2f} s")
-    if "trace" in cfg.tasks:
-        started = time.perf_counter()
+        return f"eigen ({cfg.eigen.method})"
+
+    def trace_task() -> str:
         results.trace = run_trace(op, cfg)
-        results.seconds["trace"] = time.perf_counter() - started
-        if progress is not None:
-            progress(f"trace ({cfg.trace.method}) finished in {results.seconds['trace']:.2f} s")
-    if "density" in cfg.tasks:
-        started = time.perf_counter()
+        return f"trace ({cfg.trace.method})"
+
+    def density() -> str:
         results.density = run_density(op, cfg)
-        results.seconds["density"] = time.perf_counter() - started
+        return "density (SLQ)"
+
+    for name, task in (("eigen", eigen), ("trace", trace_task), ("density", density)):
+        if name not in cfg.tasks:
+            continue
+        started = time.perf_counter()
+        label = task()
+        results.seconds[name] = time.perf_counter() - started
         if progress is not None:
-            progress(f"density (SLQ) finished in {results.seconds['density']:.2f} s")
+            progress(f"{label} finished in {results.seconds[name]:.2f} s")
     return results

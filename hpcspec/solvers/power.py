@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..operator import LinearOperator
+from .orthogonal import project_out_
 from .probes import probe
 
 #: PyHessian adds this to ``|θ_prev|`` in its relative-change test (so θ ≈ 0 cannot divide by 0).
@@ -54,17 +55,6 @@ class PowerResult:
     iterations: np.ndarray
     num_matvecs: int
     converged: bool
-
-
-def _project_out_(vectors: torch.Tensor, w: torch.Tensor) -> None:
-    """Remove from ``w`` (in place) its components along the orthonormal columns of ``vectors``.
-
-    Classical Gram–Schmidt applied twice ("twice is enough"): the same projection PyHessian's
-    sequential Gram–Schmidt computes, orthogonal to working precision.
-    """
-    if vectors.shape[1]:
-        for _ in range(2):
-            w -= vectors @ (vectors.T @ w)
 
 
 def power_iteration(op: LinearOperator, k: int = 1, *, maxiter: int = 100, tol: float = 1e-3,
@@ -112,7 +102,7 @@ def power_iteration(op: LinearOperator, k: int = 1, *, maxiter: int = 100, tol: 
         theta_prev: float | None = None
         stopped = False
         for step in range(maxiter):
-            _project_out_(previous, v)
+            project_out_(v, previous)
             v /= torch.linalg.vector_norm(v)
             w = op.apply(v)
             theta = float(v @ w)

@@ -77,6 +77,7 @@ import numpy as np
 import torch
 
 from ..operator import LinearOperator
+from .orthogonal import project_out_
 from .probes import DISTRIBUTIONS, apply_in_blocks, probe_block
 
 TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace", "krylov")
@@ -155,18 +156,10 @@ def _result(method: str, deflated: float, samples: list[float] | np.ndarray, num
                        samples=samples, deflated=deflated, converged=converged)
 
 
-def _project_out_(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
-    """``vectors −= basis basisᵀ vectors`` twice (classical Gram–Schmidt, "twice is enough")."""
-    if basis is not None and basis.shape[1]:
-        vectors -= basis @ (basis.T @ vectors)
-        vectors -= basis @ (basis.T @ vectors)
-    return vectors
-
-
 def _quadratic_forms(op: LinearOperator, probes: torch.Tensor, basis: torch.Tensor | None,
                      block_size: int) -> np.ndarray:
     """``zᵀ(I−QQᵀ)H(I−QQᵀ)z`` for each column z of ``probes`` (one data pass per block)."""
-    projected = _project_out_(probes, basis)
+    projected = project_out_(probes, basis)
     products = apply_in_blocks(op, projected, block_size)
     return (projected * products).sum(dim=0).numpy()
 
@@ -216,12 +209,12 @@ def _next_krylov_block(op: LinearOperator, products: torch.Tensor, basis: torch.
     Directions below ``_RANK_TOL·scale`` after reorthogonalisation are dropped: there the Krylov
     space is invariant. The count kept is rank 0's, broadcast, so all ranks keep the same block.
     """
-    _project_out_(products, basis)
+    project_out_(products, basis)
     left, singular, _ = torch.linalg.svd(products, full_matrices=False)
     keep = int(min(room, int((singular > _RANK_TOL * scale).sum())))
     keep = op.comm.bcast_object(keep)
     block = left[:, :keep].contiguous()
-    _project_out_(block, basis)  # SVD's rounding re-introduces tiny components along the basis
+    project_out_(block, basis)  # SVD's rounding re-introduces tiny components along the basis
     return torch.linalg.qr(block).Q if keep else block
 
 
