@@ -1,6 +1,7 @@
-"""Command line: ``python -m hpcspec [run|validate|info] …``. Parsing and dispatch only; nothing numerical.
+"""Command line: ``python -m hpcspec [run|resume|validate|info] …``. Parsing and dispatch only.
 
-Exit codes: 0 done; 2 bad input or configuration (every rank, one line from rank 0); any other
+Exit codes: 0 done; 2 bad input or configuration (every rank, one line from rank 0); 3 stopped on
+SIGTERM/SIGUSR1/SIGINT after committing a checkpoint (the job scripts requeue on 3); any other
 code is a crash, after which the whole MPI world is aborted so no rank hangs.
 """
 
@@ -12,10 +13,11 @@ import sys
 import traceback
 from typing import Any, Sequence
 
+from .checkpoint import StopFlag, StopRequested
 from .comm import AgreedInputError, Communicator, SingleProcess, agreed, world
 from .config import Config, load_config, parse_override
 from .dense import MAX_DENSE_PARAMS
-from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
 
 #: ``python -m hpcspec`` with no arguments: train the default MLP on digits briefly, then analyse it.
 DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out", "tasks": ["eigen", "trace", "density"]}
@@ -47,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="top-k eigenpairs, trace and/or spectral density of a model's Hessian")
     _add_job_arguments(run)
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the newest good checkpoint in the output directory (start from the "
+                          "beginning if there is none; do nothing if the run already finished)")
+    resume = sub.add_parser("resume", help="continue a stopped run from its output directory, with the config "
+                                           "stored in its checkpoint")
+    resume.add_argument("output_dir", help="the stopped run's output directory (holding checkpoints/)")
+    resume.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key that may change on resume, e.g. --set threads=4")
     validate = sub.add_parser("validate", help="run the estimators on a small model and compare each with its "
                                                "dense float64 Hessian")
     _add_job_arguments(validate)
@@ -115,13 +125,17 @@ def _info(comm: Communicator) -> None:
         print(f"{'device':>13}: {select_device(comm)}")
 
 
-def _dispatch(argv: Sequence[str], comm: Communicator) -> int:
+def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     from .job import run_job, validate_job
 
     parser = build_parser()
     args = agreed(comm, parser.parse_args, argv)
     if args.command == "info":
         _info(comm)
+        return EXIT_OK
+    if args.command == "resume":
+        cfg = agreed(comm, _stored_run_config, args)
+        run_job(cfg, comm, resume=True, flag=flag)
         return EXIT_OK
     if args.command is None:
         args = parser.parse_args(["run"])
@@ -134,8 +148,22 @@ def _dispatch(argv: Sequence[str], comm: Communicator) -> int:
         return EXIT_OK
     else:
         cfg = agreed(comm, config_from_args, args)
-    run_job(cfg, comm)
+    run_job(cfg, comm, resume=bool(getattr(args, "resume", False)), flag=flag)
     return EXIT_OK
+
+
+def _stored_run_config(args: argparse.Namespace) -> Config:
+    """``resume OUTPUT_DIR``: the config stored with the checkpoints, output pointed at OUTPUT_DIR."""
+    from pathlib import Path
+
+    from .job import stored_config
+
+    output = Path(args.output_dir)
+    overrides: dict[str, Any] = {"output": str(output), "checkpoint.dir": ""}
+    for item in args.set:
+        key, value = parse_override(item)
+        overrides[key] = value
+    return load_config(overrides=overrides, text=stored_config(output))
 
 
 def _backend(argv: Sequence[str]) -> str:
@@ -158,8 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"hpcspec: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # Caught for the life of the process: a signal during setup is acted on at the first iteration
+    # boundary, and one after the last is ignored (the run finishes and exits 0).
+    flag = StopFlag().install()
     try:
-        return _dispatch(argv, comm)
+        return _dispatch(argv, comm, flag)
+    except StopRequested as exc:  # every rank committed the checkpoint and raised together
+        if comm.rank == 0:
+            print(f"hpcspec: {exc}; continue with --resume (exit code {EXIT_STOPPED})", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
     except AgreedInputError as exc:
         if comm.rank == 0:
             print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
@@ -173,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpcspec: rank {comm.rank} crashed; aborting all {comm.size} ranks", file=sys.stderr, flush=True)
         _abort(comm, 1)
         return 1
+    finally:
+        flag.uninstall()
 
 
 def _abort(comm: Communicator, code: int) -> None:

@@ -32,6 +32,7 @@ EIGEN_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("krylov", "hutchpp", "xtrace", "hutchinson")
 DISTRIBUTIONS = ("rademacher", "gaussian")
 BN_MODES = ("eval", "train")
+HDF5_LOCKING = ("auto", "true", "false", "best-effort")
 #: The fewest products any trace method needs at its default sketch size (hutchpp: 2·1 + 2).
 MIN_TRACE_MATVECS = 4
 
@@ -123,6 +124,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """When and where the iteration state is committed, so a killed job resumes (``--resume``).
+
+    A checkpoint is committed every ``every_iters`` solver iterations and/or when ``every_seconds``
+    have passed since the last one — the time cadence stretched so that writing costs at most
+    ``max_overhead`` of the run — and always on SIGTERM/SIGUSR1/SIGINT before exiting 3.
+    ``dir`` defaults to ``<output>/checkpoints``. ``hdf5_locking`` applies to every HDF5 file
+    hpcspec opens ("false" for Lustre/NFS without working locks; "auto" leaves HDF5's default
+    and ``$HDF5_USE_FILE_LOCKING``).
+    """
+
+    every_iters: int = 0
+    every_seconds: float = 300.0
+    max_overhead: float = 0.02
+    keep: int = 2
+    dir: str = ""
+    hdf5_locking: str = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; see README "Configuration" for each key."""
 
@@ -137,6 +158,7 @@ class Config:
     trace: TraceConfig = field(default_factory=TraceConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -220,6 +242,9 @@ def validate(cfg: Config) -> Config:
     _check_choice("trace.method", cfg.trace.method, TRACE_METHODS)
     _check_choice("trace.distribution", cfg.trace.distribution, DISTRIBUTIONS)
     _check_choice("density.distribution", cfg.density.distribution, DISTRIBUTIONS)
+    _check_choice("checkpoint.hdf5_locking", cfg.checkpoint.hdf5_locking, HDF5_LOCKING)
+    if not 0 <= cfg.checkpoint.max_overhead < 1:
+        raise ConfigError(f"checkpoint.max_overhead is a share of run time in [0, 1), got {cfg.checkpoint.max_overhead!r}")
     if not cfg.tasks:
         raise ConfigError(f"tasks is empty: name at least one of {', '.join(TASKS)}")
     for task in cfg.tasks:
@@ -245,11 +270,14 @@ def validate(cfg: Config) -> Config:
     for key, value in [("data.batch_size", cfg.data.batch_size), ("data.samples", cfg.data.samples),
                        ("data.features", cfg.data.features), ("data.outputs", cfg.data.outputs),
                        ("eigen.top_k", cfg.eigen.top_k), ("trace.matvecs", cfg.trace.matvecs),
-                       ("density.probes", cfg.density.probes), ("density.steps", cfg.density.steps)]:
+                       ("density.probes", cfg.density.probes), ("density.steps", cfg.density.steps),
+                       ("checkpoint.keep", cfg.checkpoint.keep)]:
         _check_positive(key, value)
     for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes),
                        ("eigen.tol", cfg.eigen.tol), ("eigen.maxiter", cfg.eigen.maxiter), ("trace.rtol", cfg.trace.rtol),
-                       ("train.steps", cfg.train.steps), ("train.lr", cfg.train.lr), ("seed", cfg.seed)]:
+                       ("train.steps", cfg.train.steps), ("train.lr", cfg.train.lr), ("seed", cfg.seed),
+                       ("checkpoint.every_iters", cfg.checkpoint.every_iters),
+                       ("checkpoint.every_seconds", cfg.checkpoint.every_seconds)]:
         _check_positive(key, value, allow_zero=True)
     if any(width <= 0 for width in cfg.model.hidden):
         raise ConfigError(f"model.hidden widths must be > 0, got {list(cfg.model.hidden)}")
@@ -281,10 +309,17 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then the TOML file at ``path``, then dotted ``overrides`` (later wins)."""
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                text: str | None = None) -> Config:
+    """Defaults, then the TOML file at ``path`` (or the TOML ``text``), then dotted ``overrides``
+    (later wins)."""
     tree: dict[str, Any] = {}
-    if path is not None:
+    if text is not None:
+        try:
+            tree = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"stored config is not valid TOML: {exc}") from None
+    elif path is not None:
         path = Path(path)
         try:
             tree = tomllib.loads(path.read_text())

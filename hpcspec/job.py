@@ -3,19 +3,31 @@
 Setup is a sequence of local steps, each followed by a collective agreement on failure, with the
 collectives kept between them — so a bad input on any one rank makes every rank exit 2 with the
 same message and no rank waits in a collective the others never reach.
+
+``run`` checkpoints (:mod:`hpcspec.checkpoint`): with ``resume`` it continues from the newest
+verified checkpoint whose configuration, model and data match this run's; the analysed weights
+(after any training) and the HVP method are restored from it, so the continuation is bitwise the
+uninterrupted run at the same number of ranks. When the run finishes, its results are written
+first, then its checkpoints are replaced by a ``COMPLETE`` marker, so rerunning a finished job
+with ``--resume`` is a no-op.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .checkpoint import (Checkpointer, CheckpointStore, Loaded, StopFlag, config_identity, data_fingerprint,
+                         describe_mismatch, model_fingerprint)
 from .checks import check_model_modes, check_operator
-from .comm import Communicator, agreed
+from .comm import Communicator, SingleProcess, agreed
 from .config import Config, to_toml
 from .data import Shard, load_shard
 from .dense import MAX_DENSE_PARAMS, dense_hessian
@@ -28,11 +40,15 @@ from .operator import HessianOperator
 from .provenance import provenance
 from .report import (RunInfo, console_summary, summary, validation_table, write_density_plot, write_results,
                      write_summary)
+from .solvers.base import State
 from .tasks import TaskResults, run_tasks
 from .train import train_full_batch
 from .validation import Validation, validate_results
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: Written in the checkpoint directory once a run's results are safely on disk.
+COMPLETE = "COMPLETE"
+HDF5_LOCKING_ENV = {"true": "TRUE", "false": "FALSE", "best-effort": "BEST_EFFORT"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,8 @@ def _output_dir(cfg: Config, comm: Communicator) -> Path:
             probe.unlink()
         except OSError as exc:
             raise InputError(f"output directory {str(path)!r} is not writable ({exc.strerror})") from None
+        for stale in path.glob(".*.tmp-*"):  # a results file a killed run was writing (report.atomic_path)
+            stale.unlink(missing_ok=True)
     return path
 
 
@@ -97,15 +115,119 @@ class Problem:
     loss_value: float
     device: torch.device
     started: float
+    store: CheckpointStore | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+    loaded: Loaded | None = None
+    complete: bool = False
 
 
-def prepare(cfg: Config, comm: Communicator) -> Problem:
-    """Output directory, data shard, model, operator, sanity checks and optional training (collective)."""
+def checkpoint_dir(cfg: Config) -> Path:
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output) / "checkpoints"
+
+
+def _flat_parameters(op: HessianOperator) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in op.parameters])
+
+
+def _restore_parameters(model: nn.Module, flat: torch.Tensor) -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    pieces = torch.split(flat, [p.numel() for p in params])
+    with torch.no_grad():
+        for param, piece in zip(params, pieces):
+            param.copy_(piece.view_as(param).to(param.dtype))
+
+
+def stored_config(output: Path) -> str:
+    """The config TOML of the run whose checkpoints (or COMPLETE marker) are in ``output/checkpoints``."""
+    directory = output / "checkpoints"
+    store = CheckpointStore(directory, SingleProcess())
+    for _, path in store.candidates():
+        try:
+            return store.read_manifest(path)["meta"]["config_toml"]
+        except (ValueError, KeyError):
+            continue
+    try:
+        return json.loads((directory / COMPLETE).read_text())["config_toml"]
+    except (OSError, ValueError, KeyError):
+        raise InputError(f"{str(output)!r} holds no checkpoint to resume (no readable manifest in "
+                         f"{str(directory)!r})") from None
+
+
+def _checkpoint_dir_ready(store: CheckpointStore, comm: Communicator) -> None:
+    """Rank 0: create the checkpoint directory now, so a bad path fails before any work."""
+    if comm.rank != 0:
+        return
+    try:
+        store.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create checkpoint directory {str(store.directory)!r} ({exc.strerror})") from None
+    if not os.access(store.directory, os.W_OK | os.X_OK):
+        raise InputError(f"checkpoint directory {str(store.directory)!r} is not writable")
+
+
+def _check_fresh_start(store: CheckpointStore, comm: Communicator) -> None:
+    """Rank 0: refuse to start over a run that could be resumed (its progress would be pruned)."""
+    if comm.rank != 0:
+        return
+    if (store.directory / COMPLETE).exists():  # a finished run's leftovers: start over
+        store.clear_local()
+        (store.directory / COMPLETE).unlink()
+    found = store.committed()
+    if found:
+        raise InputError(f"{str(store.directory)!r} holds checkpoints of an unfinished run ({found[0][1].name}); "
+                         "add --resume to continue it, or delete that directory to start over")
+    (store.directory / COMPLETE).unlink(missing_ok=True)
+
+
+def _completed(store: CheckpointStore, identity: dict[str, Any], output: Path) -> bool:
+    """Whether the ``COMPLETE`` marker says this very run already finished (and its results exist)."""
+    try:
+        saved = json.loads((store.directory / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return False
+    return describe_mismatch(saved, identity) is None and (output / "results.h5").is_file()
+
+
+def _resume_from(store: CheckpointStore, comm: Communicator, identity: dict[str, Any]) -> Loaded | None:
+    """The newest verified checkpoint, checked against this run's identity (collective)."""
+    log = setup_logging(comm)
+    loaded = store.load()
+    if loaded is None:
+        log.info("no checkpoint in %s: starting from the beginning", store.directory)
+        return None
+    problem = describe_mismatch(loaded.meta.get("identity", {}), identity)
+    if problem is not None:
+        raise InputError(f"checkpoint {str(loaded.path)!r} is of another run ({problem}); resume with the "
+                         "settings it was written with, or use another output directory")
+    log.info("resuming from checkpoint %s (written by %d rank%s)", loaded.path, loaded.world_size,
+             "" if loaded.world_size == 1 else "s")
+    return loaded
+
+
+def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resume: bool = False) -> Problem:
+    """Output directory, data shard, model, operator, sanity checks and optional training (collective).
+
+    With ``checkpoints``, also the checkpoint store (stale temporaries removed) and, with
+    ``resume``, the checkpoint to continue from: its weights replace training.
+    """
     log = setup_logging(comm)
     started = time.perf_counter()
     threads = set_threads(comm, cfg.threads)
     device = select_device(comm)
+    if cfg.checkpoint.hdf5_locking in HDF5_LOCKING_ENV:
+        os.environ["HDF5_USE_FILE_LOCKING"] = HDF5_LOCKING_ENV[cfg.checkpoint.hdf5_locking]
     output = agreed(comm, _output_dir, cfg, comm)
+    store = None
+    if checkpoints:
+        store = CheckpointStore(checkpoint_dir(cfg), comm, keep=cfg.checkpoint.keep,
+                                locking=cfg.checkpoint.hdf5_locking)
+        agreed(comm, _checkpoint_dir_ready, store, comm)
+        stale = agreed(comm, store.remove_stale)
+        if stale:
+            log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(stale),
+                        ", ".join(stale))
+        if not resume:
+            agreed(comm, _check_fresh_start, store, comm)
     loss = agreed(comm, get_loss, cfg.hessian.loss)
     shard = agreed(comm, load_shard, cfg.data.spec, comm.rank, comm.size, samples=cfg.data.samples,
                    features=cfg.data.features, classes=cfg.data.classes, outputs=cfg.data.outputs,
@@ -114,14 +236,30 @@ def prepare(cfg: Config, comm: Communicator) -> Problem:
              cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
     shape = _data_shape(comm, shard, loss.name)
     model = agreed(comm, _model, cfg, shape, device)
-    op = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=cfg.hessian.hvp,
+    identity: dict[str, Any] = {}
+    loaded = None
+    if store is not None:
+        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        identity = {"config": config_identity(cfg), "model": model_fingerprint(model),
+                    "data": data_fingerprint(shard, comm), "num_params": size}
+        if resume:
+            if comm.bcast_object(_completed(store, identity, output) if comm.rank == 0 else None):
+                log.info("this run already finished: results in %s", output / "results.h5")
+                return Problem(cfg=cfg, comm=comm, output=output, shard=shard, op=None, loss_value=float("nan"),  # type: ignore[arg-type]
+                               device=device, started=started, store=store, identity=identity, complete=True)
+            loaded = agreed(comm, _resume_from, store, comm, identity)
+    method = cfg.hessian.hvp
+    if loaded is not None:
+        _restore_parameters(model, loaded.state["params"])
+        method = loaded.meta.get("hvp_method", method)
+    op = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=method,
                          bn_mode=cfg.hessian.bn_mode)
     agreed(comm, op.check_data)
     agreed(comm, check_model_modes, op.model, cfg.hessian.bn_mode)
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_sizes, cfg, op.size)
-    if cfg.train.steps:
+    if cfg.train.steps and loaded is None:
         history = train_full_batch(op, cfg.train.steps, cfg.train.lr)
         log.info("trained %d full-batch Adam steps: loss %.4g -> %.4g", cfg.train.steps, history[0], history[-1])
     if cfg.hessian.check:
@@ -131,7 +269,7 @@ def prepare(cfg: Config, comm: Communicator) -> Problem:
                  check.symmetry_error, check.num_matvecs)
     loss_value, _ = op.loss_and_gradient()
     return Problem(cfg=cfg, comm=comm, output=output, shard=shard, op=op, loss_value=loss_value, device=device,
-                   started=started)
+                   started=started, store=store, identity=identity, loaded=loaded)
 
 
 def _check_sizes(cfg: Config, size: int) -> None:
@@ -139,9 +277,25 @@ def _check_sizes(cfg: Config, size: int) -> None:
         raise InputError(f"eigen.top_k = {cfg.eigen.top_k} exceeds the number of parameters in the Hessian ({size})")
 
 
-def _solve(problem: Problem) -> TaskResults:
+def _checkpointer(problem: Problem, flag: StopFlag) -> Checkpointer:
+    cfg, op = problem.cfg, problem.op
+    meta = {"identity": problem.identity, "hvp_method": op.method, "config_toml": to_toml(cfg)}
+    return Checkpointer(problem.store, problem.comm, op.size, every_iters=cfg.checkpoint.every_iters,  # type: ignore[arg-type]
+                        every_seconds=cfg.checkpoint.every_seconds, max_overhead=cfg.checkpoint.max_overhead,
+                        flag=flag, meta=meta)
+
+
+def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskResults:
     log = setup_logging(problem.comm)
-    results = run_tasks(problem.op, problem.cfg, progress=log.info)
+    params = _flat_parameters(problem.op) if checkpointer is not None else None
+
+    def extra_state() -> State:
+        return {"params": params}
+
+    results = run_tasks(problem.op, problem.cfg, progress=log.info,
+                        checkpoint=checkpointer.boundary if checkpointer is not None else None,
+                        resume=problem.loaded.state if problem.loaded is not None else None,
+                        extra_state=extra_state)
     if results.eigen is not None and not results.eigen.converged:
         log.warning("eigenpairs did not converge within eigen.maxiter: residuals %s",
                     ", ".join(f"{r:.2e}" for r in results.eigen.residuals))
@@ -151,21 +305,53 @@ def _solve(problem: Problem) -> TaskResults:
     return results
 
 
-def _run_info(problem: Problem, results: TaskResults) -> RunInfo:
+def _run_info(problem: Problem, results: TaskResults, checkpointer: Checkpointer | None = None) -> RunInfo:
     cfg, comm = problem.cfg, problem.comm
+    commits = checkpointer.commits if checkpointer is not None else []
+    checkpoints = {"checkpoints": len(commits), "checkpoint_seconds": sum(c.seconds for c in commits),
+                   "checkpoint_bytes": max((c.nbytes for c in commits), default=0),
+                   "resumed_from": str(problem.loaded.path) if problem.loaded is not None else ""}
     return RunInfo(model=cfg.model.spec, data=cfg.data.spec, loss=cfg.hessian.loss, num_samples=problem.shard.total,
                    world_size=comm.size, dtype=cfg.hessian.dtype, hvp_method=problem.op.method,
                    bn_mode=cfg.hessian.bn_mode, loss_value=problem.loss_value,
                    seconds=time.perf_counter() - problem.started, config_toml=to_toml(cfg),
-                   provenance=provenance(comm, problem.device) if comm.rank == 0 else {})
+                   provenance={**provenance(comm, problem.device), **checkpoints} if comm.rank == 0 else {})
 
 
-def run_job(cfg: Config, comm: Communicator) -> TaskResults:
-    """The whole ``run`` subcommand on this rank; rank 0 writes the outputs and prints the summary."""
-    problem = prepare(cfg, comm)
-    results = _solve(problem)
-    agreed(comm, _write_outputs, problem, results, _run_info(problem, results), None)
+def run_job(cfg: Config, comm: Communicator, *, resume: bool = False,
+            flag: StopFlag | None = None) -> TaskResults | None:
+    """The whole ``run`` subcommand on this rank; rank 0 writes the outputs and prints the summary.
+
+    ``flag`` is set by the stop-signal handlers (the CLI installs them for the life of the
+    process): at the next iteration boundary every rank commits a checkpoint and
+    :class:`~hpcspec.checkpoint.StopRequested` is raised (exit 3). Returns None when ``resume``
+    finds the run already finished.
+    """
+    problem = prepare(cfg, comm, checkpoints=True, resume=resume)
+    if problem.complete:
+        return None
+    checkpointer = _checkpointer(problem, flag or StopFlag())
+    results = _solve(problem, checkpointer)
+    info = _run_info(problem, results, checkpointer)
+    agreed(comm, _write_outputs, problem, results, info, None)
+    agreed(comm, _mark_complete, problem)
     return results
+
+
+def _mark_complete(problem: Problem) -> None:
+    """Rank 0, after the results are on disk: the COMPLETE marker, then drop the checkpoints."""
+    store = problem.store
+    if problem.comm.rank != 0 or store is None:
+        return
+    try:
+        store.directory.mkdir(parents=True, exist_ok=True)
+        marker = store.directory / COMPLETE
+        tmp = marker.with_name(COMPLETE + ".tmp")
+        tmp.write_text(json.dumps({**problem.identity, "config_toml": to_toml(problem.cfg)}, sort_keys=True))
+        os.replace(tmp, marker)
+    except OSError as exc:
+        raise InputError(f"cannot write {str(store.directory / COMPLETE)!r} ({exc.strerror})") from None
+    store.clear_local()
 
 
 def validate_job(cfg: Config, comm: Communicator, max_params: int = MAX_DENSE_PARAMS) -> Validation | None:

@@ -2,7 +2,8 @@
 
 One data load, one model and one operator serve every task of a run (``tasks`` in the config,
 ``--top-k/--trace/--density`` on the command line). This module knows the config and the solvers,
-but nothing of files, printing or the command line: the driver (:mod:`hpcspec.job`) reports.
+but nothing of files, printing or the command line: the driver (:mod:`hpcspec.job`) reports and
+checkpoints, through the hook :func:`run_tasks` calls between iterations.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ import numpy as np
 
 from .config import Config
 from .operator import LinearOperator
-from .solvers import (DensityResult, LanczosResult, PowerResult, TraceResult, lanczos, power_iteration, slq,
-                      smoothed_density, spectral_grid, trace)
+from .solvers import DensityResult, LanczosResult, PowerResult, TraceResult, smoothed_density, spectral_grid
+from .solvers.base import IterativeSolver, State
+from .solvers.density import SLQ
+from .solvers.lanczos import Lanczos
+from .solvers.power import PowerIteration
+from .solvers.trace import TraceEstimator
 
 DEFAULT_TOL = {"float64": 1e-8, "float32": 1e-5}
 #: PyHessian's defaults for its power iteration (``hessian.eigenvalues(maxIter=100, tol=1e-3)``).
@@ -24,6 +29,9 @@ POWER_DEFAULTS = {"tol": 1e-3, "maxiter": 100}
 
 EigenResult = Union[LanczosResult, PowerResult]
 Progress = Callable[[str], None]
+#: A checkpoint hook: given a function that returns the job state, commit it and/or stop.
+Checkpoint = Callable[[Callable[[], State]], None]
+TASK_ORDER = ("eigen", "trace", "density")
 
 
 @dataclass(frozen=True)
@@ -69,25 +77,29 @@ def eigen_settings(cfg: Config) -> tuple[str, float, int]:
     return cfg.eigen.which, cfg.eigen.tol or DEFAULT_TOL[cfg.hessian.dtype], cfg.eigen.maxiter
 
 
-def run_eigen(op: LinearOperator, cfg: Config, progress: Progress | None = None) -> tuple[EigenResult, str, float]:
-    """Top-k eigenpairs by the configured method; returns the result, ``which`` and the tolerance used."""
+def eigen_solver(op: LinearOperator, cfg: Config, progress: Progress | None = None) -> IterativeSolver:
+    """The configured top-k solver (Lanczos, or PyHessian's power iteration)."""
     which, tol, maxiter = eigen_settings(cfg)
     if cfg.eigen.method == "power":
-        return power_iteration(op, cfg.eigen.top_k, maxiter=maxiter, tol=tol, seed=cfg.seed), which, tol
+        return PowerIteration(op, cfg.eigen.top_k, maxiter=maxiter, tol=tol, seed=cfg.seed)
 
     def report(step: int, values: np.ndarray, residuals: np.ndarray) -> None:
         if progress is not None and step % 10 == 0:
             progress(f"Lanczos step {step}: top Ritz value {values[0]:.10g}, largest wanted residual "
                      f"{residuals.max():.2e}")
 
-    result = lanczos(op, cfg.eigen.top_k, which=which, tol=tol, maxiter=maxiter or None, seed=cfg.seed,
-                     callback=report)
-    return result, which, tol
+    return Lanczos(op, cfg.eigen.top_k, which=which, tol=tol, maxiter=maxiter or None, seed=cfg.seed,
+                   callback=report)
 
 
-def run_trace(op: LinearOperator, cfg: Config) -> TraceResult:
-    return trace(op, method=cfg.trace.method, matvecs=cfg.trace.matvecs, rtol=cfg.trace.rtol, seed=cfg.seed,
-                 distribution=cfg.trace.distribution)
+def trace_solver(op: LinearOperator, cfg: Config) -> IterativeSolver:
+    return TraceEstimator(op, method=cfg.trace.method, matvecs=cfg.trace.matvecs, rtol=cfg.trace.rtol,
+                          seed=cfg.seed, distribution=cfg.trace.distribution)
+
+
+def density_solver(op: LinearOperator, cfg: Config) -> IterativeSolver:
+    return SLQ(op, probes=cfg.density.probes, steps=cfg.density.steps, seed=cfg.seed,
+               distribution=cfg.density.distribution)
 
 
 def broaden(result: DensityResult, sigma_fraction: float, points: int) -> Density:
@@ -102,35 +114,58 @@ def broaden(result: DensityResult, sigma_fraction: float, points: int) -> Densit
                    sigma_fraction=sigma_fraction)
 
 
-def run_density(op: LinearOperator, cfg: Config) -> Density:
-    result = slq(op, probes=cfg.density.probes, steps=cfg.density.steps, seed=cfg.seed,
-                 distribution=cfg.density.distribution)
-    return broaden(result, cfg.density.sigma, cfg.density.grid)
+def substate(state: State | None, prefix: str) -> State | None:
+    """The entries of a job state under ``prefix/``, prefix removed (None if there are none)."""
+    if not state:
+        return None
+    found = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + "/")}
+    return found or None
 
 
-def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None) -> TaskResults:
-    """Every task in ``cfg.tasks``, in the order eigen, trace, density (collective)."""
+def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None, *,
+              checkpoint: Checkpoint | None = None, resume: State | None = None,
+              extra_state: Callable[[], State] | None = None) -> TaskResults:
+    """Every task in ``cfg.tasks``, in the order eigen, trace, density (collective).
+
+    Args:
+        checkpoint: called between any two iterations with a function returning the job state
+            (``extra_state()`` plus every started solver's state under ``<task>/``); it may commit
+            that state or stop the run by raising.
+        resume: a job state from a checkpoint: finished tasks are rebuilt from it without a single
+            product, the task in progress continues where it stopped.
+    """
     results = TaskResults()
+    solvers: dict[str, IterativeSolver] = {}
+    builders = {"eigen": lambda: eigen_solver(op, cfg, progress), "trace": lambda: trace_solver(op, cfg),
+                "density": lambda: density_solver(op, cfg)}
 
-    def eigen() -> str:
-        results.eigen, results.eigen_which, results.eigen_tol = run_eigen(op, cfg, progress)
-        results.eigen_method = cfg.eigen.method
-        return f"eigen ({cfg.eigen.method})"
+    def job_state() -> State:
+        state = dict(extra_state() if extra_state is not None else {})
+        for name, solver in solvers.items():
+            state.update({f"{name}/{key}": value for key, value in solver.state_dict().items()})
+        return state
 
-    def trace_task() -> str:
-        results.trace = run_trace(op, cfg)
-        return f"trace ({cfg.trace.method})"
-
-    def density() -> str:
-        results.density = run_density(op, cfg)
-        return "density (SLQ)"
-
-    for name, task in (("eigen", eigen), ("trace", trace_task), ("density", density)):
+    boundary = (lambda solver: checkpoint(job_state)) if checkpoint is not None else None
+    for name in TASK_ORDER:
         if name not in cfg.tasks:
             continue
+        solver = builders[name]()
+        saved = substate(resume, name)
+        if saved is not None:
+            solver.load_state_dict(saved)
+        solvers[name] = solver
         started = time.perf_counter()
-        label = task()
+        result = solver.run(boundary)
         results.seconds[name] = time.perf_counter() - started
+        if name == "eigen":
+            results.eigen, results.eigen_method = result, cfg.eigen.method
+            results.eigen_which, results.eigen_tol = eigen_settings(cfg)[:2]
+            label = f"eigen ({cfg.eigen.method})"
+        elif name == "trace":
+            results.trace, label = result, f"trace ({cfg.trace.method})"
+        else:
+            results.density, label = broaden(result, cfg.density.sigma, cfg.density.grid), "density (SLQ)"
         if progress is not None:
-            progress(f"{label} finished in {results.seconds[name]:.2f} s")
+            resumed = " (resumed)" if saved is not None else ""
+            progress(f"{label} finished in {results.seconds[name]:.2f} s{resumed}")
     return results

@@ -2,8 +2,9 @@
 
 from .density import DensityResult, l1_distance, slq, smoothed_density, spectral_grid, wasserstein1
 from .lanczos import LanczosResult, lanczos
-from .power import PowerResult, power_iteration
-from .trace import TraceResult, trace
+from .power import PowerIteration, PowerResult, power_iteration
+from .trace import TraceEstimator, TraceResult, trace
 
-__all__ = ["DensityResult", "LanczosResult", "PowerResult", "TraceResult", "l1_distance", "lanczos",
-           "power_iteration", "slq", "smoothed_density", "spectral_grid", "trace", "wasserstein1"]
+__all__ = ["DensityResult", "LanczosResult", "PowerIteration", "PowerResult", "TraceEstimator", "TraceResult",
+           "l1_distance", "lanczos", "power_iteration", "slq", "smoothed_density", "spectral_grid", "trace",
+           "wasserstein1"]

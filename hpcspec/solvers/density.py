@@ -31,6 +31,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from ..operator import LinearOperator
+from .base import IterativeSolver, State
 from .probes import DISTRIBUTIONS, probe_block
 
 STREAM = "density"
@@ -83,6 +84,103 @@ def _quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.nda
     return theta, weights / weights.sum()
 
 
+class SLQ(IterativeSolver[DensityResult]):
+    """Stochastic Lanczos quadrature as a resumable solver; see :func:`slq` for the arguments.
+
+    One :meth:`step` is one Lanczos step of every still active probe (one data pass). The state
+    holds the filled part of every probe's basis (none once finished), α, β, the breakdown scales
+    and the active set.
+    """
+
+    kind = "slq"
+
+    def __init__(self, op: LinearOperator, *, probes: int = 4, steps: int = 80, seed: int = 0,
+                 distribution: str = "rademacher") -> None:
+        n = op.size
+        if probes < 1:
+            raise ValueError(f"probes must be at least 1, got {probes}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"probe distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+        self.op, self.probes = op, probes
+        self.m = m = min(steps, n)
+        start = probe_block(n, seed, STREAM, range(probes), distribution)  # (P, probes)
+        start /= torch.linalg.vector_norm(start, dim=0, keepdim=True)
+        self.basis = torch.zeros(probes, m, n, dtype=torch.float64)  # basis[j, i] = i-th Lanczos vector of probe j
+        self.basis[:, 0] = start.T
+        self.alpha = np.zeros((probes, m))
+        self.beta = np.zeros((probes, max(m - 1, 0)))
+        self.scale = np.zeros(probes)  # Gershgorin bound on ‖T‖ per probe, for the breakdown test
+        self.taken = np.zeros(probes, dtype=np.int64)
+        self.active = np.arange(probes, dtype=np.int64)
+        self.step_index = 0
+        self.num_matvecs = 0
+        self.done = False
+
+    def step(self) -> None:
+        step, active, basis = self.step_index, self.active, self.basis
+        block = basis[active, step].T.contiguous()  # (P, active): one data pass serves every active probe
+        w = self.op.apply(block).T.contiguous()  # (active, P)
+        self.num_matvecs += len(active)
+        rows = basis[:, : step + 1] if len(active) == self.probes else basis[active, : step + 1]  # (active, m', P)
+        coefficients = torch.bmm(rows, w.unsqueeze(2))  # classical Gram–Schmidt, twice
+        w -= torch.bmm(rows.transpose(1, 2), coefficients).squeeze(2)
+        again = torch.bmm(rows, w.unsqueeze(2))
+        w -= torch.bmm(rows.transpose(1, 2), again).squeeze(2)
+        coefficients = (coefficients + again).squeeze(2)
+        a = coefficients[:, step].numpy()
+        b = torch.linalg.vector_norm(w, dim=1).numpy()
+        self.alpha[active, step] = a
+        self.taken[active] = step + 1
+        self.step_index = step + 1
+        if step == self.m - 1:
+            self.done = True
+            return
+        previous = self.beta[active, step - 1] if step > 0 else np.zeros(len(active))
+        self.scale[active] = np.maximum(self.scale[active], np.abs(a) + previous + b)
+        stop = b <= BREAKDOWN * np.maximum(self.scale[active], np.finfo(float).tiny)
+        stop = np.asarray(self.op.comm.bcast_object(stop.tolist()), dtype=bool)
+        going = ~stop
+        self.beta[active[going], step] = b[going]
+        basis[active[going], step + 1] = w[torch.from_numpy(going)] / torch.from_numpy(b[going]).unsqueeze(1)
+        self.active = active[going]
+        self.done = not len(self.active)
+
+    def state_dict(self) -> State:
+        filled = 0 if self.done else self.step_index + 1  # a finished run needs only α, β
+        return {"kind": self.kind, "basis": self.basis[:, :filled].clone(),
+                "alpha": self.alpha.copy(), "beta": self.beta.copy(), "scale": self.scale.copy(),
+                "taken": self.taken.copy(), "active": self.active.copy(), "step": self.step_index,
+                "num_matvecs": self.num_matvecs, "done": self.done}
+
+    def load_state_dict(self, state: State) -> None:
+        self._check_kind(state)
+        filled = state["basis"]
+        if filled.shape[:1] != (self.probes,) or filled.shape[1] > self.m or state["alpha"].shape != self.alpha.shape:
+            raise ValueError(f"SLQ state of shape {tuple(filled.shape)} does not fit {self.probes} probes × "
+                             f"{self.m} steps")
+        self.basis.zero_()
+        self.basis[:, : filled.shape[1]] = filled
+        self.alpha, self.beta = state["alpha"].copy(), state["beta"].copy()
+        self.scale, self.taken = state["scale"].copy(), state["taken"].astype(np.int64)
+        self.active = state["active"].astype(np.int64)
+        self.step_index, self.num_matvecs = int(state["step"]), int(state["num_matvecs"])
+        self.done = bool(state["done"])
+
+    def result(self) -> DensityResult:
+        probes, m = self.probes, self.m
+        nodes = np.zeros((probes, m))
+        weights = np.zeros((probes, m))
+        for j in range(probes):
+            s = self.taken[j]
+            theta, w_j = _quadrature(self.alpha[j, :s], self.beta[j, : s - 1])
+            nodes[j, :s], weights[j, :s] = theta, w_j
+            nodes[j, s:] = theta[-1]
+        return DensityResult(nodes=nodes, weights=weights, alpha=self.alpha.copy(), beta=self.beta.copy(),
+                             steps=self.taken.copy(), num_matvecs=self.num_matvecs)
+
+
 def slq(op: LinearOperator, *, probes: int = 4, steps: int = 80, seed: int = 0,
         distribution: str = "rademacher") -> DensityResult:
     """Stochastic Lanczos quadrature of the spectral measure of the symmetric operator ``op``.
@@ -100,59 +198,7 @@ def slq(op: LinearOperator, *, probes: int = 4, steps: int = 80, seed: int = 0,
     Returns:
         :class:`DensityResult`. Memory: the bases, probes × steps × P float64 numbers.
     """
-    n = op.size
-    if probes < 1:
-        raise ValueError(f"probes must be at least 1, got {probes}")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"probe distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
-    m = min(steps, n)
-    start = probe_block(n, seed, STREAM, range(probes), distribution)  # (P, probes)
-    start /= torch.linalg.vector_norm(start, dim=0, keepdim=True)
-    basis = torch.zeros(probes, m, n, dtype=torch.float64)  # basis[j, i] = i-th Lanczos vector of probe j
-    basis[:, 0] = start.T
-    alpha = np.zeros((probes, m))
-    beta = np.zeros((probes, max(m - 1, 0)))
-    scale = np.zeros(probes)  # Gershgorin bound on ‖T‖ per probe, for the breakdown test
-    taken = np.zeros(probes, dtype=int)
-    active = np.arange(probes)
-    num_matvecs = 0
-    for step in range(m):
-        block = basis[active, step].T.contiguous()  # (P, active): one data pass serves every active probe
-        w = op.apply(block).T.contiguous()  # (active, P)
-        num_matvecs += len(active)
-        rows = basis[:, : step + 1] if len(active) == probes else basis[active, : step + 1]  # (active, m', P)
-        coefficients = torch.bmm(rows, w.unsqueeze(2))  # classical Gram–Schmidt, twice
-        w -= torch.bmm(rows.transpose(1, 2), coefficients).squeeze(2)
-        again = torch.bmm(rows, w.unsqueeze(2))
-        w -= torch.bmm(rows.transpose(1, 2), again).squeeze(2)
-        coefficients = (coefficients + again).squeeze(2)
-        a = coefficients[:, step].numpy()
-        b = torch.linalg.vector_norm(w, dim=1).numpy()
-        alpha[active, step] = a
-        taken[active] = step + 1
-        if step == m - 1:
-            break
-        previous = beta[active, step - 1] if step > 0 else np.zeros(len(active))
-        scale[active] = np.maximum(scale[active], np.abs(a) + previous + b)
-        stop = b <= BREAKDOWN * np.maximum(scale[active], np.finfo(float).tiny)
-        stop = np.asarray(op.comm.bcast_object(stop.tolist()), dtype=bool)
-        going = ~stop
-        beta[active[going], step] = b[going]
-        basis[active[going], step + 1] = w[torch.from_numpy(going)] / torch.from_numpy(b[going]).unsqueeze(1)
-        active = active[going]
-        if not len(active):
-            break
-    nodes = np.zeros((probes, m))
-    weights = np.zeros((probes, m))
-    for j in range(probes):
-        s = taken[j]
-        theta, w_j = _quadrature(alpha[j, :s], beta[j, : s - 1])
-        nodes[j, :s], weights[j, :s] = theta, w_j
-        nodes[j, s:] = theta[-1]
-    return DensityResult(nodes=nodes, weights=weights, alpha=alpha, beta=beta, steps=taken,
-                         num_matvecs=num_matvecs)
+    return SLQ(op, probes=probes, steps=steps, seed=seed, distribution=distribution).run()
 
 
 def spectral_grid(values, sigma_fraction: float = 0.01, points: int = 1000, *,

@@ -7,7 +7,8 @@ pass. Without it, float32 Lanczos returns ghost copies of converged eigenvalues 
 norm ``‖H y_i − θ_i y_i‖`` in exact arithmetic — never by how much an estimate moved.
 
 SPMD: every rank runs this loop on identical replicated vectors; rank 0 decides convergence and
-breakdown and broadcasts the decision, so all ranks stop together.
+breakdown and broadcasts the decision, so all ranks stop together. :class:`Lanczos` runs it one
+product at a time and can be checkpointed between products (:mod:`hpcspec.solvers.base`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from ..operator import LinearOperator
+from .base import IterativeSolver, State
+from .probes import probe
 
 WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")
+STREAM = "lanczos"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,121 @@ def _ritz(alpha: list[float], beta: list[float]) -> tuple[np.ndarray, np.ndarray
     return eigh_tridiagonal(np.array(alpha), np.array(beta[: len(alpha) - 1]))
 
 
+class Lanczos(IterativeSolver[LanczosResult]):
+    """Lanczos with full reorthogonalisation as a resumable solver; see :func:`lanczos` for the arguments.
+
+    One :meth:`step` is one product. The state holds the basis (count × P), the next vector, α, β
+    and the number of restarts (the restart vectors are probes ``(seed, "lanczos", i)``); once
+    finished, the k Ritz vectors instead of the basis.
+    """
+
+    kind = "lanczos"
+
+    def __init__(self, op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
+                 maxiter: int | None = None, seed: int = 0, v0: torch.Tensor | None = None,
+                 callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
+        n = op.size
+        if not 1 <= k <= n:
+            raise ValueError(f"k must be between 1 and the operator size {n}, got {k}")
+        if which not in WHICH:
+            raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+        self.maxiter = min(n, maxiter if maxiter else max(200, 30 * k))
+        if self.maxiter < k:
+            raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
+        self.op, self.k, self.which, self.tol, self.seed, self.callback = op, k, which, tol, seed, callback
+        self.basis = _Basis(n, min(self.maxiter, 64))
+        q = v0.to(torch.float64).clone() if v0 is not None else probe(n, seed, STREAM, 0, "gaussian")
+        self.q = q / torch.linalg.vector_norm(q)
+        self.alpha: list[float] = []
+        self.beta: list[float] = []
+        self.restarts = 0
+        self.num_matvecs = 0
+        self.last_beta = 0.0
+        self.converged = False
+        self.done = False
+        self._vectors: torch.Tensor | None = None
+
+    def step(self) -> None:
+        op, n = self.op, self.op.size
+        self.basis.append(self.q)
+        w = op.apply(self.q)
+        self.num_matvecs += 1
+        a = self.basis.orthogonalise_(w)
+        a += self.basis.orthogonalise_(w)
+        self.alpha.append(float(a[-1]))
+        b = float(torch.linalg.vector_norm(w))
+        m = len(self.alpha)
+        theta, s = _ritz(self.alpha, self.beta)
+        scale = max(float(np.max(np.abs(theta))), np.finfo(float).tiny)
+        invariant = b <= 1e-12 * scale
+        self.last_beta = 0.0 if invariant else b
+        wanted = select(theta, self.k, self.which)
+        residuals = np.abs(self.last_beta * s[-1, wanted])
+        if self.callback is not None:
+            self.callback(m, theta[wanted], residuals)
+        finished = m == n or (m >= self.k and bool(np.all(residuals <= self.tol * scale)))
+        finished, invariant = op.comm.bcast_object((finished, invariant))
+        if finished or m == self.maxiter:
+            self.converged, self.done = bool(finished), True
+            return
+        if invariant:  # an invariant subspace: continue from a fresh direction
+            self.restarts += 1
+            q = probe(n, self.seed, STREAM, self.restarts, "gaussian")
+            self.basis.orthogonalise_(q)
+            self.basis.orthogonalise_(q)
+            self.q = q / torch.linalg.vector_norm(q)
+            self.beta.append(0.0)
+        else:
+            self.q = w / b
+            self.beta.append(b)
+
+    def state_dict(self) -> State:
+        if self.done:  # a finished run carries its k Ritz vectors, not its whole basis
+            vectors = self._ritz_vectors()[2]
+            return {"kind": self.kind, "basis": self.basis.rows[:0].clone(), "vectors": vectors.T.contiguous(),
+                    "q": self.q.clone(), "alpha": np.array(self.alpha, dtype=np.float64),
+                    "beta": np.array(self.beta, dtype=np.float64), "restarts": self.restarts,
+                    "num_matvecs": self.num_matvecs, "last_beta": self.last_beta, "converged": self.converged,
+                    "done": self.done}
+        return {"kind": self.kind, "basis": self.basis.rows.clone(), "q": self.q.clone(),
+                "alpha": np.array(self.alpha, dtype=np.float64), "beta": np.array(self.beta, dtype=np.float64),
+                "restarts": self.restarts, "num_matvecs": self.num_matvecs, "last_beta": self.last_beta,
+                "converged": self.converged, "done": self.done}
+
+    def load_state_dict(self, state: State) -> None:
+        self._check_kind(state)
+        rows = state["basis"]
+        self.basis = _Basis(self.op.size, max(min(self.maxiter, 64), rows.shape[0]))
+        for row in rows:
+            self.basis.append(row)
+        self.q = state["q"].clone()
+        self.alpha = [float(a) for a in state["alpha"]]
+        self.beta = [float(b) for b in state["beta"]]
+        self.restarts, self.num_matvecs = int(state["restarts"]), int(state["num_matvecs"])
+        self.last_beta = float(state["last_beta"])
+        self.converged, self.done = bool(state["converged"]), bool(state["done"])
+        self._vectors = state["vectors"].T.contiguous() if "vectors" in state else None
+
+    def _ritz_vectors(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Wanted Ritz values, residuals and unit Ritz vectors (P, k), sign fixed."""
+        theta, s = _ritz(self.alpha, self.beta)
+        wanted = select(theta, self.k, self.which)
+        residuals = np.abs(self.last_beta * s[-1, wanted])
+        if self._vectors is not None:  # restored from a finished state, whose basis was not kept
+            return theta[wanted].copy(), residuals, self._vectors.clone()
+        vectors = self.basis.rows.T @ torch.from_numpy(np.ascontiguousarray(s[:, wanted]))
+        signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
+        vectors *= torch.where(signs == 0, torch.ones_like(signs), signs)
+        return theta[wanted].copy(), residuals, vectors
+
+    def result(self) -> LanczosResult:
+        eigenvalues, residuals, vectors = self._ritz_vectors()
+        m = len(self.alpha)
+        return LanczosResult(eigenvalues=eigenvalues, eigenvectors=vectors, residuals=residuals,
+                             converged=self.converged, iterations=m, num_matvecs=self.num_matvecs,
+                             alpha=np.array(self.alpha), beta=np.array(self.beta[: m - 1]))
+
+
 def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
             maxiter: int | None = None, seed: int = 0, v0: torch.Tensor | None = None,
             callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> LanczosResult:
@@ -112,7 +231,8 @@ def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: floa
         tol: stop when every wanted Ritz residual ≤ ``tol · max|θ|`` (relative to the estimated
             spectral norm). Eigenvalue errors are about residual²/gap, so they are far smaller.
         maxiter: maximum Krylov dimension (default ``min(P, max(200, 30 k))``).
-        seed: seeds the start vector (and any restart vector); identical on every rank.
+        seed: seeds the start vector (probe ``(seed, "lanczos", 0)``) and any restart vector
+            (probes 1, 2, …); identical on every rank.
         v0: start vector instead of a random one.
         callback: ``callback(iteration, wanted_ritz_values, residuals)`` after each check.
 
@@ -120,59 +240,4 @@ def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: floa
         :class:`LanczosResult`; ``converged`` is False if ``maxiter`` ran out first (the partial
         eigenpairs are still returned, with their residuals).
     """
-    n = op.size
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the operator size {n}, got {k}")
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
-    maxiter = min(n, maxiter if maxiter else max(200, 30 * k))
-    if maxiter < k:
-        raise ValueError(f"maxiter ({maxiter}) must be at least k ({k})")
-    generator = torch.Generator().manual_seed(seed)
-    basis = _Basis(n, min(maxiter, 64))
-    q = v0.to(torch.float64).clone() if v0 is not None else torch.randn(n, generator=generator, dtype=torch.float64)
-    q /= torch.linalg.vector_norm(q)
-    alpha: list[float] = []
-    beta: list[float] = []
-    num_matvecs = 0
-    converged = False
-    theta = residuals = np.zeros(0)
-    s = np.zeros((0, 0))
-    wanted = np.zeros(0, dtype=int)
-    for step in range(maxiter):
-        basis.append(q)
-        w = op.apply(q)
-        num_matvecs += 1
-        a = basis.orthogonalise_(w)
-        a += basis.orthogonalise_(w)
-        alpha.append(float(a[-1]))
-        b = float(torch.linalg.vector_norm(w))
-        m = step + 1
-        theta, s = _ritz(alpha, beta)
-        scale = max(float(np.max(np.abs(theta))), np.finfo(float).tiny)
-        invariant = b <= 1e-12 * scale
-        last_beta = 0.0 if invariant else b
-        wanted = select(theta, k, which)
-        residuals = np.abs(last_beta * s[-1, wanted])
-        if callback is not None:
-            callback(m, theta[wanted], residuals)
-        done = m == n or (m >= k and bool(np.all(residuals <= tol * scale)))
-        done, invariant = op.comm.bcast_object((done, invariant))
-        if done:
-            converged = True
-            break
-        if invariant:  # an invariant subspace: continue from a fresh direction
-            q = torch.randn(n, generator=generator, dtype=torch.float64)
-            basis.orthogonalise_(q)
-            basis.orthogonalise_(q)
-            q /= torch.linalg.vector_norm(q)
-            beta.append(0.0)
-        else:
-            q = w / b
-            beta.append(b)
-    vectors = basis.rows.T @ torch.from_numpy(np.ascontiguousarray(s[:, wanted]))
-    signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
-    vectors *= torch.where(signs == 0, torch.ones_like(signs), signs)
-    return LanczosResult(eigenvalues=theta[wanted].copy(), eigenvectors=vectors, residuals=residuals,
-                         converged=converged, iterations=len(alpha), num_matvecs=num_matvecs,
-                         alpha=np.array(alpha), beta=np.array(beta[: len(alpha) - 1]))
+    return Lanczos(op, k, which=which, tol=tol, maxiter=maxiter, seed=seed, v0=v0, callback=callback).run()

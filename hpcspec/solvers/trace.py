@@ -66,6 +66,11 @@ estimate slightly (optional stopping); the minimum sample count keeps that small
 
 Probes: the i-th Hutchinson/XTrace probe is ``probe(size, seed, "trace", i)`` and the i-th sketch or
 Krylov start vector ``probe(size, seed, "trace-sketch", i)``, identical on every rank.
+
+Checkpointing: :class:`TraceEstimator` runs one data pass (one ``apply_in_blocks`` call) per step —
+hutchpp's sketch, then its basis products; one block of the Krylov recurrence; xtrace's ``HΩ``,
+then ``HQ`` and the estimates; the residual samples, all at once or one adaptive round — and can
+be checkpointed between passes (:mod:`hpcspec.solvers.base`); :func:`trace` runs it to the end.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ import numpy as np
 import torch
 
 from ..operator import LinearOperator
+from .base import IterativeSolver, State
 from .orthogonal import project_out_
 from .probes import DISTRIBUTIONS, apply_in_blocks, probe_block
 
@@ -164,42 +170,19 @@ def _quadratic_forms(op: LinearOperator, probes: torch.Tensor, basis: torch.Tens
     return (projected * products).sum(dim=0).numpy()
 
 
-def _residual_samples(op: LinearOperator, basis: torch.Tensor | None, deflated: float, budget: int, *,
-                      rtol: float, seed: int, distribution: str, block_size: int) -> tuple[np.ndarray, bool]:
-    """Hutchinson samples of the operator deflated by ``basis``: all ``budget`` at once, or, with
-    ``rtol > 0``, in rounds until the standard error is small enough (rank 0 decides)."""
-    n = op.size
-    if rtol <= 0:
-        probes = probe_block(n, seed, PROBE_STREAM, range(budget), distribution)
-        return _quadratic_forms(op, probes, basis, block_size), True
-    round_size = block_size if block_size > 0 else ADAPTIVE_ROUND
-    samples = np.zeros(0)
-    while len(samples) < budget:
-        begin = len(samples)
-        end = min(budget, begin + round_size)
-        probes = probe_block(n, seed, PROBE_STREAM, range(begin, end), distribution)
-        samples = np.concatenate([samples, _quadratic_forms(op, probes, basis, block_size)])
-        done = False
-        if len(samples) >= MIN_ADAPTIVE_SAMPLES:
-            done = _stderr(samples) <= rtol * abs(deflated + float(np.mean(samples)))
-        if op.comm.bcast_object(done):
-            return samples, True
-    return samples, False
+def _as_rows(columns: torch.Tensor) -> torch.Tensor:
+    """A (P, k) block as a contiguous (k, P) copy: how a state holds a block of vectors."""
+    return columns.T.clone(memory_format=torch.contiguous_format)
 
 
-def _hutchinson(op: LinearOperator, matvecs: int, **kwargs) -> TraceResult:
-    samples, converged = _residual_samples(op, None, 0.0, matvecs, **kwargs)
-    return _result("hutchinson", 0.0, samples, len(samples), converged)
-
-
-def _hutchpp(op: LinearOperator, matvecs: int, sketch: int, *, seed: int, distribution: str, block_size: int,
-             **kwargs) -> TraceResult:
-    sketch_vectors = probe_block(op.size, seed, SKETCH_STREAM, range(sketch), distribution)
-    basis = torch.linalg.qr(apply_in_blocks(op, sketch_vectors, block_size)).Q
-    deflated = float((basis * apply_in_blocks(op, basis, block_size)).sum())
-    samples, converged = _residual_samples(op, basis, deflated, matvecs - 2 * sketch, seed=seed,
-                                           distribution=distribution, block_size=block_size, **kwargs)
-    return _result("hutchpp", deflated, samples, 2 * sketch + len(samples), converged)
+def _as_columns(rows: torch.Tensor, layout: str) -> torch.Tensor:
+    """The (P, k) block of a state's (k, P) rows, as a fresh tensor with the memory layout the
+    uninterrupted run had (the layout decides the order of BLAS's sums, so bitwise results):
+    ``"F"`` column-major, as ``torch.linalg.qr`` returns Q; ``"C"`` row-major, as ``torch.cat`` returns."""
+    rows = rows.to(torch.float64)
+    if layout == "F":
+        return rows.clone(memory_format=torch.contiguous_format).T
+    return torch.empty(rows.shape[1], rows.shape[0], dtype=torch.float64).copy_(rows.T)
 
 
 def _next_krylov_block(op: LinearOperator, products: torch.Tensor, basis: torch.Tensor, scale: float,
@@ -218,64 +201,242 @@ def _next_krylov_block(op: LinearOperator, products: torch.Tensor, basis: torch.
     return torch.linalg.qr(block).Q if keep else block
 
 
-def _krylov(op: LinearOperator, matvecs: int, sketch: int, *, seed: int, distribution: str, block_size: int,
-            **kwargs) -> TraceResult:
-    n = op.size
-    width = math.ceil(sketch / min(KRYLOV_DEPTH, sketch))
-    block = torch.linalg.qr(probe_block(n, seed, SKETCH_STREAM, range(width), distribution)).Q
-    basis = torch.empty(n, 0, dtype=torch.float64)
-    deflated, scale = 0.0, 0.0
-    while block.shape[1]:
-        products = apply_in_blocks(op, block, block_size)
-        deflated += float((block * products).sum())
-        scale = max(scale, float(torch.linalg.vector_norm(products, dim=0).max()))
-        basis = torch.cat([basis, block], dim=1)
-        room = sketch - basis.shape[1]
-        if room <= 0:
-            break
-        block = _next_krylov_block(op, products, basis, scale, min(room, width))
-    used = basis.shape[1]  # fewer than sketch if the Krylov space became invariant: the rest samples
-    samples, converged = _residual_samples(op, basis, deflated, matvecs - used, seed=seed,
-                                           distribution=distribution, block_size=block_size, **kwargs)
-    return _result("krylov", deflated, samples, used + len(samples), converged)
-
-
-def _xtrace(op: LinearOperator, matvecs: int, *, seed: int, distribution: str, block_size: int) -> TraceResult:
-    n = op.size
-    s = min(matvecs // 2, n)
-    omega = probe_block(n, seed, PROBE_STREAM, range(s), distribution)
-    y = apply_in_blocks(op, omega, block_size)
-    q, r = torch.linalg.qr(y)
-    z = apply_in_blocks(op, q, block_size)
-    c = q.T @ z
-    c = (c + c.T) / 2
-    x = q.T @ omega                              # column i: Qᵀωᵢ
-    cross = r + z.T @ omega                      # column i: QᵀHωᵢ + (HQ)ᵀωᵢ
-    diag = (omega * y).sum(dim=0)                # ωᵢᵀHωᵢ
-    # sᵢ ∝ R^{−T} eᵢ: the direction of span(Q) that leaving ωᵢ out removes. R = UΣVᵀ gives
-    # R^{−T} = U Σ^{−1} Vᵀ. If HΩ is rank deficient (rank H < s), every leave-one-out space still
-    # contains range(HΩ) = range(H), and any null vector of Rᵀ is a valid choice for every i.
-    u_r, sigma, vt_r = torch.linalg.svd(r)
-    full_rank = bool(sigma[-1] > _RANK_TOL * sigma[0])
-    full_rank = op.comm.bcast_object(full_rank)
-    if full_rank:
-        directions = u_r @ (vt_r / sigma[:, None])
-    else:
-        directions = u_r[:, -1:].expand(s, s)
-    directions = directions / torch.linalg.vector_norm(directions, dim=0)
-    coefficient = (directions * x).sum(dim=0)    # cᵢ = sᵢᵀxᵢ
-    u = x - directions * coefficient             # (I − Q_(i)Q_(i)ᵀ)ωᵢ = ωᵢ − Q uᵢ
-    removed = (directions * (c @ directions)).sum(dim=0)
-    residual = diag - (u * cross).sum(dim=0) + (u * (c @ u)).sum(dim=0)
-    if distribution == "gaussian":
-        norm2 = (omega * omega).sum(dim=0) - (x * x).sum(dim=0) + coefficient ** 2
-        residual = residual * ((n - s + 1) / norm2.clamp_min(torch.finfo(torch.float64).tiny))
-    samples = (residual - removed).numpy()       # tᵢ − tr(C)
-    return _result("xtrace", float(torch.trace(c)), samples, 2 * s, True)
-
-
 def _min_matvecs(method: str, sketch: int) -> int:
     return {"hutchinson": 2, "xtrace": 4, "hutchpp": 2 * sketch + 2, "krylov": sketch + 2}[method]
+
+
+#: The phases of each method, in order ("done" ends every one).
+PHASES = {"hutchinson": ("samples",), "hutchpp": ("sketch", "basis", "samples"), "krylov": ("krylov", "samples"),
+          "xtrace": ("sketch", "project")}
+
+
+class TraceEstimator(IterativeSolver[TraceResult]):
+    """A trace estimate as a resumable solver; see :func:`trace` for the arguments.
+
+    One :meth:`step` is one data pass (one ``apply_in_blocks`` call), and ``phase`` says which:
+
+    - ``sketch``: hutchpp's ``Q = orth(H S)``, or xtrace's first pass ``Y = HΩ = QR``;
+    - ``basis``: hutchpp's ``H Q`` for ``tr(QᵀHQ)``;
+    - ``krylov``: one block of the block-Krylov recurrence (its products, its exact trace, and the
+      next block, whose size rank 0 decides);
+    - ``project``: xtrace's second pass ``Z = HQ`` and the leave-one-out estimates;
+    - ``samples``: the residual Hutchinson samples, all at once in fixed mode, one round per step
+      in adaptive mode (rank 0 decides whether to stop after each round).
+
+    The state holds ``phase``, the basis Q and the pending Krylov block as (k, P) rows, xtrace's R
+    and ``diag(ΩᵀHΩ)`` (s × s and s numbers), the samples so far, ``deflated`` and the Krylov
+    ``scale``. Probes are regenerated from their indices, never stored.
+    """
+
+    kind = "trace"
+
+    def __init__(self, op: LinearOperator, *, method: str = DEFAULT_TRACE_METHOD, matvecs: int = 100,
+                 rtol: float = 0.0, seed: int = 0, distribution: str = "rademacher", block_size: int = 0,
+                 sketch: int | None = None) -> None:
+        if method not in TRACE_METHODS:
+            raise ValueError(f"unknown trace method {method!r}: use one of {', '.join(TRACE_METHODS)}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"probe distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+        if isinstance(matvecs, bool) or not isinstance(matvecs, (int, np.integer)):
+            raise ValueError(f"matvecs must be an integer number of products, got {matvecs!r}")
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 0:
+            raise ValueError(f"block_size must be an integer ≥ 0 (0 = all vectors in one pass), got {block_size!r}")
+        if not math.isfinite(rtol) or rtol < 0:
+            raise ValueError(f"rtol must be ≥ 0 (0 = spend the whole budget), got {rtol}")
+        if rtol > 0 and method not in ADAPTIVE_METHODS:
+            raise ValueError(f"rtol is supported by {', '.join(ADAPTIVE_METHODS)}, not {method} (XTrace needs its "
+                             f"whole sketch up front): use rtol=0 or another method")
+        if sketch is not None:
+            if method not in ("hutchpp", "krylov"):
+                raise ValueError(f"sketch applies to hutchpp and krylov only, not {method}: leave it unset")
+            if isinstance(sketch, bool) or not isinstance(sketch, (int, np.integer)) or sketch < 1:
+                raise ValueError(f"sketch must be an integer ≥ 1, got {sketch!r}")
+        elif method in ("hutchpp", "krylov"):
+            sketch = max(1, matvecs // 3 if method == "hutchpp" else matvecs // 2)
+        needed = _min_matvecs(method, sketch or 0)
+        if matvecs < needed:
+            detail = {"hutchinson": "two probes for a standard error",
+                      "xtrace": "two sketch probes and their two products",
+                      "hutchpp": f"2·sketch + 2 with sketch = {sketch}",
+                      "krylov": f"sketch + 2 with sketch = {sketch}"}[method]
+            fix = " or lower sketch" if method in ("hutchpp", "krylov") else ""
+            raise ValueError(f"matvecs = {matvecs} is too small for {method}: it needs at least {needed} "
+                             f"({detail}); raise matvecs{fix}")
+        n = op.size
+        self.op, self.method, self.matvecs, self.rtol = op, method, int(matvecs), rtol
+        self.seed, self.distribution, self.block_size = int(seed), distribution, int(block_size)
+        #: hutchpp's and krylov's basis size (a basis cannot exceed the space), xtrace's s, krylov's block width
+        self.sketch = min(int(sketch), n) if method in ("hutchpp", "krylov") else 0
+        self.s = min(self.matvecs // 2, n) if method == "xtrace" else 0
+        self.width = math.ceil(self.sketch / min(KRYLOV_DEPTH, self.sketch)) if method == "krylov" else 0
+        self.phase = PHASES[method][0]
+        self.basis: torch.Tensor | None = None  # (P, k): hutchpp's and xtrace's Q, krylov's basis
+        self.block: torch.Tensor | None = None  # (P, width): krylov's next block
+        self.r: torch.Tensor | None = None  # xtrace's R (s × s)
+        self.diag: torch.Tensor | None = None  # xtrace's ωᵢᵀHωᵢ (s,)
+        self.deflated, self.scale = 0.0, 0.0
+        self.samples = np.zeros(0)
+        self.num_matvecs = 0
+        self.converged = True
+        self.done = False
+        if method == "krylov":
+            start = probe_block(n, self.seed, SKETCH_STREAM, range(self.width), distribution)
+            self.block = torch.linalg.qr(start).Q
+            self.basis = torch.empty(n, 0, dtype=torch.float64)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        if self.done:
+            return
+        {"sketch": self._hutchpp_sketch if self.method == "hutchpp" else self._xtrace_sketch,
+         "basis": self._hutchpp_basis, "krylov": self._krylov_block, "project": self._xtrace_project,
+         "samples": self._samples}[self.phase]()
+
+    def _apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        self.num_matvecs += vectors.shape[1]
+        return apply_in_blocks(self.op, vectors, self.block_size)
+
+    def _finish(self, converged: bool) -> None:
+        self.phase, self.converged, self.done = "done", converged, True
+        self.basis = self.block = self.r = self.diag = None
+
+    def _start_samples(self) -> None:
+        self.phase = "samples"
+        self.block = None
+        if self._budget() <= 0:  # not reached after trace()'s checks: the loop over rounds never runs
+            self._finish(self.rtol <= 0)
+
+    def _budget(self) -> int:
+        """Residual samples allowed: what the sketch left of ``matvecs``."""
+        return self.matvecs - (self.num_matvecs - len(self.samples))
+
+    def _hutchpp_sketch(self) -> None:
+        sketch_vectors = probe_block(self.op.size, self.seed, SKETCH_STREAM, range(self.sketch), self.distribution)
+        self.basis = torch.linalg.qr(self._apply(sketch_vectors)).Q
+        self.phase = "basis"
+
+    def _hutchpp_basis(self) -> None:
+        basis = self.basis
+        self.deflated = float((basis * self._apply(basis)).sum())
+        self._start_samples()
+
+    def _krylov_block(self) -> None:
+        block = self.block
+        products = self._apply(block)
+        self.deflated += float((block * products).sum())
+        self.scale = max(self.scale, float(torch.linalg.vector_norm(products, dim=0).max()))
+        self.basis = basis = torch.cat([self.basis, block], dim=1)
+        room = self.sketch - basis.shape[1]
+        if room <= 0:
+            self._start_samples()
+            return
+        block = _next_krylov_block(self.op, products, basis, self.scale, min(room, self.width))
+        if block.shape[1]:
+            self.block = block
+        else:  # the Krylov space became invariant: the rest of the budget goes to samples
+            self._start_samples()
+
+    def _samples(self) -> None:
+        """Hutchinson samples of the operator deflated by ``basis``: all at once, or, with
+        ``rtol > 0``, one round (rank 0 decides whether the standard error is small enough)."""
+        n, budget = self.op.size, self._budget()
+        if self.rtol <= 0:
+            probes = probe_block(n, self.seed, PROBE_STREAM, range(budget), self.distribution)
+            self.num_matvecs += budget
+            self.samples = _quadratic_forms(self.op, probes, self.basis, self.block_size)
+            self._finish(True)
+            return
+        round_size = self.block_size if self.block_size > 0 else ADAPTIVE_ROUND
+        begin = len(self.samples)
+        end = min(budget, begin + round_size)
+        probes = probe_block(n, self.seed, PROBE_STREAM, range(begin, end), self.distribution)
+        self.num_matvecs += end - begin
+        samples = np.concatenate([self.samples, _quadratic_forms(self.op, probes, self.basis, self.block_size)])
+        self.samples = samples
+        done = False
+        if len(samples) >= MIN_ADAPTIVE_SAMPLES:
+            done = _stderr(samples) <= self.rtol * abs(self.deflated + float(np.mean(samples)))
+        if self.op.comm.bcast_object(done):
+            self._finish(True)
+        elif len(samples) >= budget:
+            self._finish(False)
+
+    def _xtrace_sketch(self) -> None:
+        omega = probe_block(self.op.size, self.seed, PROBE_STREAM, range(self.s), self.distribution)
+        y = self._apply(omega)
+        self.basis, self.r = torch.linalg.qr(y)
+        self.diag = (omega * y).sum(dim=0)       # ωᵢᵀHωᵢ: all the second pass needs of Y
+        self.phase = "project"
+
+    def _xtrace_project(self) -> None:
+        n, s, q, r, diag = self.op.size, self.s, self.basis, self.r, self.diag
+        omega = probe_block(n, self.seed, PROBE_STREAM, range(s), self.distribution)
+        z = self._apply(q)
+        c = q.T @ z
+        c = (c + c.T) / 2
+        x = q.T @ omega                              # column i: Qᵀωᵢ
+        cross = r + z.T @ omega                      # column i: QᵀHωᵢ + (HQ)ᵀωᵢ
+        # sᵢ ∝ R^{−T} eᵢ: the direction of span(Q) that leaving ωᵢ out removes. R = UΣVᵀ gives
+        # R^{−T} = U Σ^{−1} Vᵀ. If HΩ is rank deficient (rank H < s), every leave-one-out space still
+        # contains range(HΩ) = range(H), and any null vector of Rᵀ is a valid choice for every i.
+        u_r, sigma, vt_r = torch.linalg.svd(r)
+        full_rank = bool(sigma[-1] > _RANK_TOL * sigma[0])
+        full_rank = self.op.comm.bcast_object(full_rank)
+        if full_rank:
+            directions = u_r @ (vt_r / sigma[:, None])
+        else:
+            directions = u_r[:, -1:].expand(s, s)
+        directions = directions / torch.linalg.vector_norm(directions, dim=0)
+        coefficient = (directions * x).sum(dim=0)    # cᵢ = sᵢᵀxᵢ
+        u = x - directions * coefficient             # (I − Q_(i)Q_(i)ᵀ)ωᵢ = ωᵢ − Q uᵢ
+        removed = (directions * (c @ directions)).sum(dim=0)
+        residual = diag - (u * cross).sum(dim=0) + (u * (c @ u)).sum(dim=0)
+        if self.distribution == "gaussian":
+            norm2 = (omega * omega).sum(dim=0) - (x * x).sum(dim=0) + coefficient ** 2
+            residual = residual * ((n - s + 1) / norm2.clamp_min(torch.finfo(torch.float64).tiny))
+        self.samples = (residual - removed).numpy()  # tᵢ − tr(C)
+        self.deflated = float(torch.trace(c))
+        self._finish(True)
+
+    # --- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> State:
+        # A finished estimate needs only its scalars and samples: its basis is not carried on.
+        live = not self.done
+        return {"kind": self.kind, "method": self.method, "phase": self.phase,
+                "basis": _as_rows(self.basis) if live and self.basis is not None else None,
+                "block": _as_rows(self.block) if live and self.block is not None else None,
+                "r": None if self.r is None else self.r.numpy().copy(),
+                "diag": None if self.diag is None else self.diag.numpy().copy(),
+                "deflated": self.deflated, "scale": self.scale, "samples": np.array(self.samples, dtype=np.float64),
+                "num_matvecs": self.num_matvecs, "converged": self.converged, "done": self.done}
+
+    def load_state_dict(self, state: State) -> None:
+        self._check_kind(state)
+        if state.get("method") != self.method:
+            raise ValueError(f"state of a {state.get('method')!r} trace estimate given to a {self.method!r} one")
+        if state["phase"] not in (*PHASES[self.method], "done"):
+            raise ValueError(f"{self.method} has no phase {state['phase']!r}")
+        for key in ("basis", "block"):
+            if state[key] is not None and state[key].shape[-1] != self.op.size:
+                raise ValueError(f"trace state entry {key!r} has vectors of size {state[key].shape[-1]}, "
+                                 f"not the operator size {self.op.size}")
+        # Q from torch.linalg.qr is column-major; krylov's basis comes from torch.cat (row-major).
+        layout = "C" if self.method == "krylov" else "F"
+        self.phase = str(state["phase"])
+        self.basis = None if state["basis"] is None else _as_columns(state["basis"], layout)
+        self.block = None if state["block"] is None else _as_columns(state["block"], "F")
+        # R as torch.linalg.qr returns it (column-major); diag a plain vector
+        self.r = None if state["r"] is None else torch.from_numpy(np.array(state["r"], dtype=np.float64, order="F"))
+        self.diag = None if state["diag"] is None else torch.from_numpy(np.array(state["diag"], dtype=np.float64))
+        self.deflated, self.scale = float(state["deflated"]), float(state["scale"])
+        self.samples = np.array(state["samples"], dtype=np.float64)
+        self.num_matvecs = int(state["num_matvecs"])
+        self.converged, self.done = bool(state["converged"]), bool(state["done"])
+
+    def result(self) -> TraceResult:
+        return _result(self.method, self.deflated, self.samples.copy(), self.num_matvecs, self.converged)
 
 
 def trace(op: LinearOperator, *, method: str = DEFAULT_TRACE_METHOD, matvecs: int = 100, rtol: float = 0.0,
@@ -305,40 +466,5 @@ def trace(op: LinearOperator, *, method: str = DEFAULT_TRACE_METHOD, matvecs: in
         :class:`TraceResult`. Coverage convention: ``|estimate − tr H| ≤ 2·stderr``
         (:meth:`TraceResult.covers`), a ~95 % interval when the estimate is near normal.
     """
-    if method not in TRACE_METHODS:
-        raise ValueError(f"unknown trace method {method!r}: use one of {', '.join(TRACE_METHODS)}")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"probe distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
-    if isinstance(matvecs, bool) or not isinstance(matvecs, (int, np.integer)):
-        raise ValueError(f"matvecs must be an integer number of products, got {matvecs!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 0:
-        raise ValueError(f"block_size must be an integer ≥ 0 (0 = all vectors in one pass), got {block_size!r}")
-    if not math.isfinite(rtol) or rtol < 0:
-        raise ValueError(f"rtol must be ≥ 0 (0 = spend the whole budget), got {rtol}")
-    if rtol > 0 and method not in ADAPTIVE_METHODS:
-        raise ValueError(f"rtol is supported by {', '.join(ADAPTIVE_METHODS)}, not {method} (XTrace needs its "
-                         f"whole sketch up front): use rtol=0 or another method")
-    if sketch is not None:
-        if method not in ("hutchpp", "krylov"):
-            raise ValueError(f"sketch applies to hutchpp and krylov only, not {method}: leave it unset")
-        if isinstance(sketch, bool) or not isinstance(sketch, (int, np.integer)) or sketch < 1:
-            raise ValueError(f"sketch must be an integer ≥ 1, got {sketch!r}")
-    elif method in ("hutchpp", "krylov"):
-        sketch = max(1, matvecs // 3 if method == "hutchpp" else matvecs // 2)
-    needed = _min_matvecs(method, sketch or 0)
-    if matvecs < needed:
-        detail = {"hutchinson": "two probes for a standard error",
-                  "xtrace": "two sketch probes and their two products",
-                  "hutchpp": f"2·sketch + 2 with sketch = {sketch}",
-                  "krylov": f"sketch + 2 with sketch = {sketch}"}[method]
-        raise ValueError(f"matvecs = {matvecs} is too small for {method}: it needs at least {needed} "
-                         f"({detail}); raise matvecs" + (" or lower sketch" if method in ("hutchpp", "krylov") else ""))
-    options = dict(seed=int(seed), distribution=distribution, block_size=int(block_size))
-    if method == "hutchinson":
-        return _hutchinson(op, int(matvecs), rtol=rtol, **options)
-    if method == "xtrace":
-        return _xtrace(op, int(matvecs), **options)
-    sketch = min(int(sketch), op.size)  # a basis cannot exceed the space
-    if method == "hutchpp":
-        return _hutchpp(op, int(matvecs), sketch, rtol=rtol, **options)
-    return _krylov(op, int(matvecs), sketch, rtol=rtol, **options)
+    return TraceEstimator(op, method=method, matvecs=matvecs, rtol=rtol, seed=seed, distribution=distribution,
+                          block_size=block_size, sketch=sketch).run()

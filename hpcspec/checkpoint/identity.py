@@ -1,0 +1,77 @@
+"""What a checkpoint must match to be resumed: the configuration, the model and the data set.
+
+A resumed run must compute the same Hessian with the same estimators, or "resume" silently mixes
+two problems. So every manifest records the config (minus the keys that may change between a
+run and its resumption), a hash of the model's initial parameters and buffers, and a hash of the
+data set. The data hash is independent of the number of ranks — each sample's CRC is weighted by
+its global index and the per-rank sums are added — so a job may resume on a different rank count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..comm import Communicator
+from ..config import Config, valid_keys
+from ..data import Shard
+
+#: Config keys (or sections) a resumed run may change: where and how fast it runs, not what it computes.
+MAY_CHANGE = ("output", "threads", "checkpoint", "hessian.check", "density.plot")
+_MODULUS = (1 << 61) - 1
+
+
+def config_identity(cfg: Config) -> dict[str, Any]:
+    """The config keys that decide the numbers, as JSON values."""
+    values: dict[str, Any] = {}
+    for key in valid_keys():
+        if any(key == skip or key.startswith(skip + ".") for skip in MAY_CHANGE):
+            continue
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        values[key] = node
+    return json.loads(json.dumps(values))
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, shapes and bytes), in module order."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def data_fingerprint(shard: Shard, comm: Communicator) -> str:
+    """A hash of the whole data set, the same whatever the number of ranks (collective)."""
+    total = 0
+    for offset in range(len(shard)):
+        sample = (shard.inputs[offset].contiguous().numpy().tobytes()
+                  + shard.targets[offset].contiguous().numpy().tobytes())
+        total = (total + (shard.start + offset + 1) * zlib.crc32(sample)) % _MODULUS
+    parts = comm.allgather_object(total)
+    return f"{shard.total}:{sum(parts) % _MODULUS:016x}"
+
+
+def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """What differs between a checkpoint's identity and this run's, in one line; None if nothing."""
+    differences = []
+    saved_config, current_config = saved.get("config", {}), current["config"]
+    for key in sorted(set(saved_config) | set(current_config)):
+        if saved_config.get(key) != current_config.get(key):
+            differences.append(f"{key}: {saved_config.get(key)!r} there, {current_config.get(key)!r} here")
+    if not differences:
+        for what in ("model", "data"):
+            if saved.get(what) != current[what]:
+                differences.append(f"the {what} differs (fingerprint {str(saved.get(what))[:12]} there, "
+                                   f"{current[what][:12]} here)")
+    if saved.get("num_params") != current["num_params"]:
+        differences.append(f"{saved.get('num_params')} parameters there, {current['num_params']} here")
+    return "; ".join(differences[:4]) + (" …" if len(differences) > 4 else "") if differences else None

@@ -1,0 +1,346 @@
+"""Checkpoints on disk: per-rank HDF5 files of vector slices, a rank-0 manifest, atomic commits.
+
+Layout of a checkpoint directory (``<output>/checkpoints`` by default)::
+
+    LATEST                 name of the newest committed checkpoint, replaced by atomic rename
+    step-00000007/         a committed checkpoint
+        rank-00000.h5      rank 0's slice [lo, hi) of every vector, and the small arrays
+        rank-00001.h5      rank 1's slice of every vector
+        manifest.json      files with sizes and SHA-256, world size, identity, scalars; self-checksummed
+    step-00000008.tmp/     a checkpoint being written (deleted at the next start if a run died here)
+    step-00000006.damaged/ a checkpoint that failed verification (kept for inspection, never read)
+
+Commit protocol (DESIGN §6): every rank writes and fsyncs its file in ``step-N.tmp/``; the ranks
+agree that every write succeeded (one gather of sizes and checksums); rank 0 writes and fsyncs
+the manifest, renames the directory to ``step-N``, fsyncs the parent, and replaces ``LATEST``;
+then it prunes committed checkpoints beyond the newest ``keep``. The previous good checkpoint is
+never touched before the new one is committed, so a kill at any moment leaves at least one.
+
+Loading verifies before it trusts: the manifest's own checksum, then every file's size and
+SHA-256 (each rank checks a share of the files). A damaged checkpoint is renamed ``*.damaged``
+and the next older one is tried. Vectors are re-assembled from the slices by offset, so a
+checkpoint written by R ranks loads on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from ..comm import AgreedInputError, Communicator
+from ..solvers.base import SCALARS, State
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+_STEP = re.compile(r"^step-(\d{8})$")
+#: Test hook: seconds each rank r waits (r × this) before writing its file, and rank 0 waits
+#: before the directory rename and before replacing LATEST, so a test can kill the job there.
+TEST_PAUSE_ENV = "HPCSPEC_TEST_CHECKPOINT_PAUSE"
+LOCKING = {"auto": None, "true": True, "false": False, "best-effort": "best-effort"}
+
+log = logging.getLogger("hpcspec")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A committed checkpoint: its directory, sequence number, total bytes and write time."""
+
+    path: Path
+    number: int
+    nbytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A verified checkpoint read back: the state, the manifest's ``meta`` and where it came from."""
+
+    state: State
+    meta: dict[str, Any]
+    path: Path
+    number: int
+    world_size: int
+    size: int
+
+
+def slice_bounds(size: int, rank: int, ranks: int) -> tuple[int, int]:
+    """The contiguous slice ``[lo, hi)`` of a length-``size`` vector that ``rank`` writes."""
+    return rank * size // ranks, (rank + 1) * size // ranks
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _canonical(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _pause(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+class CheckpointStore:
+    """Commits and loads checkpoints in one directory (every method is collective).
+
+    Args:
+        directory: the checkpoint directory (created on first commit); shared by all ranks.
+        comm: the ranks; rank 0 writes the manifest and makes every decision.
+        keep: committed checkpoints kept (≥ 1; the default 2 survives a damaged newest one).
+        locking: HDF5 file locking, one of :data:`LOCKING` (``false`` for Lustre/NFS without locks).
+    """
+
+    def __init__(self, directory: Path, comm: Communicator, *, keep: int = 2, locking: str = "auto") -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        if locking not in LOCKING:
+            raise ValueError(f"locking must be one of {', '.join(LOCKING)}, got {locking!r}")
+        self.directory = Path(directory)
+        self.comm = comm
+        self.keep = keep
+        self._locking = LOCKING[locking]
+        self._pause = float(os.environ.get(TEST_PAUSE_ENV, "0") or 0)
+        self.next_number = 1
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _h5(self, path: Path, mode: str) -> h5py.File:
+        if self._locking is None:
+            return h5py.File(path, mode)
+        return h5py.File(path, mode, locking=self._locking)
+
+    def committed(self) -> list[tuple[int, Path]]:
+        """Committed checkpoint directories, newest first (local listing; no verification)."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _STEP.match(p.name)) and p.is_dir()]
+        return sorted(found, reverse=True)
+
+    def remove_stale(self) -> list[str]:
+        """Delete temporaries a killed run left behind (rank 0; collective). Returns their names."""
+        removed: list[str] = []
+        if self.comm.rank == 0 and self.directory.is_dir():
+            for path in self.directory.iterdir():
+                if path.name.endswith(".tmp"):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    removed.append(path.name)
+        return self.comm.bcast_object(removed)
+
+    # -- commit -------------------------------------------------------------------------------
+
+    def save(self, state: State, size: int, meta: dict[str, Any]) -> Commit:
+        """Commit ``state`` (vectors of length ``size`` split by rank) as the next checkpoint.
+
+        Raises :class:`InputError` on every rank if any rank could not write (the previous
+        checkpoint stays as it was).
+        """
+        started = time.perf_counter()
+        comm = self.comm
+        number = self.next_number
+        name = f"step-{number:08d}"
+        tmp = self.directory / f"{name}.tmp"
+        lo, hi = slice_bounds(size, comm.rank, comm.size)
+        filename = f"rank-{comm.rank:05d}.h5"
+        entry: dict[str, Any] | None = None
+        error = None
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            _pause(self._pause * comm.rank)
+            with self._h5(tmp / filename, "w") as f:
+                f.attrs.update({"rank": comm.rank, "lo": lo, "hi": hi, "size": size})
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        f.create_dataset(f"vectors/{key}", data=value[..., lo:hi].contiguous().numpy())
+                    elif isinstance(value, np.ndarray) and comm.rank == 0:
+                        f.create_dataset(f"arrays/{key}", data=value)
+            _fsync_file(tmp / filename)
+            entry = {"name": filename, "rank": comm.rank, "lo": lo, "hi": hi,
+                     "bytes": (tmp / filename).stat().st_size, "sha256": _sha256(tmp / filename)}
+        except OSError as exc:
+            error = f"cannot write checkpoint file {str(tmp / filename)!r} ({exc.strerror or exc})"
+        gathered = comm.allgather_object((entry, error))
+        errors = [(rank, text) for rank, (_, text) in enumerate(gathered) if text]
+        if errors:
+            if comm.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            rank, text = errors[0]
+            raise AgreedInputError(f"{text} on rank {rank}; the previous checkpoint is kept")
+        commit_error = None
+        if comm.rank == 0:
+            try:
+                self._commit(tmp, name, [e for e, _ in gathered], state, size, meta, number)
+            except OSError as exc:
+                commit_error = f"cannot commit checkpoint {str(tmp)!r} ({exc.strerror or exc})"
+        commit_error = comm.bcast_object(commit_error)
+        if commit_error:
+            raise AgreedInputError(commit_error + "; the previous checkpoint is kept")
+        self.next_number = number + 1
+        nbytes = sum(e["bytes"] for e, _ in gathered)
+        return Commit(self.directory / name, number, nbytes, time.perf_counter() - started)
+
+    def _commit(self, tmp: Path, name: str, files: Sequence[dict[str, Any]], state: State, size: int,
+                meta: dict[str, Any], number: int) -> None:
+        """Rank 0: manifest, fsync, rename, LATEST, prune."""
+        vectors = {k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        arrays = {k: [v.dtype.str, list(v.shape)] for k, v in state.items() if isinstance(v, np.ndarray)}
+        scalars = {k: v for k, v in state.items() if isinstance(v, SCALARS)}
+        body = {"format": FORMAT, "number": number, "world_size": self.comm.size, "size": size,
+                "files": list(files), "vectors": vectors, "arrays": arrays, "scalars": scalars, "meta": meta,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest = {**body, "checksum": hashlib.sha256(_canonical(body).encode()).hexdigest()}
+        with open(tmp / MANIFEST, "w") as handle:
+            json.dump(manifest, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        _pause(self._pause)
+        final = self.directory / name
+        os.rename(tmp, final)
+        _fsync_dir(self.directory)
+        _pause(self._pause)
+        _write_text_atomic(self.directory / LATEST, name + "\n")
+        _fsync_dir(self.directory)
+        for _, old in self.committed()[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def clear_local(self) -> None:
+        """Delete every committed checkpoint and LATEST (rank 0 only, no collective): for after the
+        results are safely written."""
+        if not self.directory.is_dir():
+            return
+        (self.directory / LATEST).unlink(missing_ok=True)
+        for _, path in self.committed():
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- load ---------------------------------------------------------------------------------
+
+    def candidates(self) -> list[tuple[int, Path]]:
+        """Committed checkpoints in the order to try: LATEST's, then the others newest first."""
+        found = self.committed()
+        try:
+            latest = (self.directory / LATEST).read_text().strip()
+        except OSError:
+            latest = ""
+        first = [c for c in found if c[1].name == latest]
+        return first + [c for c in found if c[1].name != latest]
+
+    def read_manifest(self, path: Path) -> dict[str, Any]:
+        """The manifest of ``path``, or ValueError naming what is wrong with it."""
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise ValueError("manifest.json is missing") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"manifest.json is unreadable ({exc})") from None
+        if not isinstance(manifest, dict) or "checksum" not in manifest:
+            raise ValueError("manifest.json has no checksum")
+        body = {k: v for k, v in manifest.items() if k != "checksum"}
+        if hashlib.sha256(_canonical(body).encode()).hexdigest() != manifest["checksum"]:
+            raise ValueError("manifest.json does not match its checksum")
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"manifest format {manifest.get('format')!r} is not {FORMAT}")
+        return manifest
+
+    def _verify_files(self, path: Path, files: list[dict[str, Any]]) -> str | None:
+        """Check this rank's share of the files (size, then SHA-256); the first problem, or None."""
+        for index in range(self.comm.rank, len(files), self.comm.size):
+            entry = files[index]
+            file = path / entry["name"]
+            try:
+                if file.stat().st_size != entry["bytes"]:
+                    return f"{entry['name']} has {file.stat().st_size} bytes, the manifest says {entry['bytes']}"
+            except FileNotFoundError:
+                return f"{entry['name']} is missing"
+            if _sha256(file) != entry["sha256"]:
+                return f"{entry['name']} does not match its checksum"
+        return None
+
+    def load(self) -> Loaded | None:
+        """The newest checkpoint that verifies, or None if there is none (collective).
+
+        Damaged checkpoints met on the way are renamed ``*.damaged`` with a warning. Whether the
+        checkpoint belongs to this run is the caller's question (the manifest's ``meta``).
+        """
+        comm = self.comm
+        candidates = comm.bcast_object(self.candidates() if comm.rank == 0 else None)
+        self.next_number = max([n for n, _ in candidates], default=0) + 1
+        for number, path in candidates:
+            manifest, problem = None, None
+            if comm.rank == 0:
+                try:
+                    manifest = self.read_manifest(path)
+                except ValueError as exc:
+                    problem = str(exc)
+            manifest, problem = comm.bcast_object((manifest, problem))
+            if problem is None:
+                problems = [p for p in comm.allgather_object(self._verify_files(path, manifest["files"])) if p]
+                problem = problems[0] if problems else None
+            if problem is not None:
+                if comm.rank == 0:
+                    log.warning("checkpoint %s is damaged (%s); trying an older one", path, problem)
+                    try:
+                        os.rename(path, path.with_name(path.name + ".damaged"))
+                    except OSError:
+                        pass
+                comm.bcast_object(None)
+                continue
+            state = self._read_state(path, manifest)
+            return Loaded(state=state, meta=manifest["meta"], path=path, number=number,
+                          world_size=manifest["world_size"], size=manifest["size"])
+        return None
+
+    def _read_state(self, path: Path, manifest: dict[str, Any]) -> State:
+        """Every vector re-assembled from all slices, plus arrays and scalars (on every rank)."""
+        state: State = dict(manifest["scalars"])
+        for key, shape in manifest["vectors"].items():
+            state[key] = torch.empty(shape, dtype=torch.float64)
+        for entry in manifest["files"]:
+            with self._h5(path / entry["name"], "r") as f:
+                lo, hi = entry["lo"], entry["hi"]
+                for key in manifest["vectors"]:
+                    if hi > lo:
+                        state[key][..., lo:hi] = torch.from_numpy(f[f"vectors/{key}"][...])
+                if entry["rank"] == 0:
+                    for key in manifest["arrays"]:
+                        state[key] = f[f"arrays/{key}"][...]
+        return state

@@ -1,0 +1,81 @@
+"""Resumable iterative solvers: one iteration at a time, with a state a checkpoint can save.
+
+Every estimator is a :class:`IterativeSolver`: :meth:`~IterativeSolver.step` does one iteration
+(one data pass: one product, or one block of products), :meth:`~IterativeSolver.state_dict`
+returns everything needed to carry on, and a fresh solver given that state by
+:meth:`~IterativeSolver.load_state_dict` continues with bitwise the same numbers as the solver it
+was taken from. Between steps, :meth:`~IterativeSolver.run` calls a *boundary* hook: that is where
+a checkpoint is written or a stop requested, and only there, so a state is never half-updated.
+
+A state is a flat ``dict`` whose values are of three kinds, which the checkpoint store saves
+generically without knowing any solver:
+
+- ``torch.Tensor``: a stack of long vectors, shape ``(..., P)`` with P the operator size, float64
+  (Krylov bases, iterates). The store splits the last axis across ranks, so these are what scale.
+- ``numpy.ndarray``: small arrays, the same on every rank (α, β, samples, counters).
+- ``int``, ``float``, ``bool``, ``str`` or ``None``: scalars.
+
+Random numbers come from counter-based probes (:mod:`hpcspec.solvers.probes`): a state holds how
+many probes a stream has used, never a generator's internal state.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Dict, Generic, TypeVar
+
+import numpy as np
+import torch
+
+R = TypeVar("R")
+State = Dict[str, Any]
+#: Called after every step with the solver; may save ``solver.state_dict()`` or raise to stop.
+Boundary = Callable[["IterativeSolver"], None]
+SCALARS = (bool, int, float, str, type(None))
+
+
+class IterativeSolver(ABC, Generic[R]):
+    """One estimator run as a sequence of steps (SPMD: every rank steps together)."""
+
+    #: Name of the solver kind, checked when a state is loaded.
+    kind: str = ""
+    done: bool = False
+
+    @abstractmethod
+    def step(self) -> None:
+        """One iteration (collective); sets ``done`` when the run is finished."""
+
+    @abstractmethod
+    def state_dict(self) -> State:
+        """Everything needed to continue (see the module docstring for the value kinds)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: State) -> None:
+        """Continue from ``state`` (taken from a solver built with the same arguments)."""
+
+    @abstractmethod
+    def result(self) -> R:
+        """The result; valid once ``done``."""
+
+    def run(self, boundary: Boundary | None = None) -> R:
+        """Step until done, calling ``boundary(self)`` after every step."""
+        while not self.done:
+            self.step()
+            if boundary is not None:
+                boundary(self)
+        return self.result()
+
+    def _check_kind(self, state: State) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"state of a {state.get('kind')!r} solver given to a {self.kind!r} solver")
+
+
+def check_state(state: State, size: int) -> None:
+    """Raise ValueError unless every value of ``state`` is of a kind the checkpoint store saves."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            if value.dtype != torch.float64 or value.ndim < 1 or value.shape[-1] != size:
+                raise ValueError(f"state entry {key!r}: vectors must be float64 of shape (..., {size}), "
+                                 f"got {value.dtype} {tuple(value.shape)}")
+        elif not isinstance(value, (np.ndarray, *SCALARS)):
+            raise ValueError(f"state entry {key!r} has type {type(value).__name__}, which a checkpoint cannot hold")
