@@ -10,6 +10,7 @@ Default model: an MLP 64-480-480-10 on scikit-learn's digits, 266,890 parameters
     python benchmarks/checkpoint_overhead.py                        # cadence 300 s (the default)
     python benchmarks/checkpoint_overhead.py --every-seconds 20     # 15× more often than the default
     python benchmarks/checkpoint_overhead.py --repeats 3 --json out.json
+    python benchmarks/checkpoint_overhead.py --extra "--probes 16 --steps 100" --skip-off   # a ~7 min job
 
 Prints a table and, with ``--json``, saves every run's figures.
 """
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--max-overhead", type=float, default=0.02, help="checkpoint.max_overhead (default 0.02)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="save every run's figures here")
+    parser.add_argument("--extra", default="", help="more run flags, e.g. \"--probes 16 --steps 100\" for a longer job")
+    parser.add_argument("--skip-off", action="store_true", help="only the run with checkpoints (the share needs no other)")
     args = parser.parse_args()
     cadence = ["--set", f"checkpoint.every_seconds={args.every_seconds}",
                "--set", f"checkpoint.max_overhead={args.max_overhead}"]
@@ -69,18 +72,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for name, extra in (("off", off), ("on", cadence)):
-                figures = run(args.ranks, Path(tmp) / f"{name}-{repeat}", extra)
+                if name == "off" and args.skip_off:
+                    continue
+                figures = run(args.ranks, Path(tmp) / f"{name}-{repeat}", extra + args.extra.split())
                 runs[name].append(figures)
                 print(f"{name:>3} #{repeat}: {figures['seconds']:.1f} s, {figures['checkpoints']} checkpoints "
                       f"taking {figures['checkpoint_seconds']:.2f} s, largest {figures['checkpoint_bytes'] / 1e6:.1f} MB",
                       flush=True)
     on, off_runs = runs["on"], runs["off"]
     share = statistics.median(r["checkpoint_seconds"] / r["seconds"] for r in on)
-    slowdown = statistics.median(r["seconds"] for r in on) / statistics.median(r["seconds"] for r in off_runs)
+    off_median = statistics.median(r["seconds"] for r in off_runs) if off_runs else float("nan")
+    slowdown = statistics.median(r["seconds"] for r in on) / off_median
     per_commit = [r["checkpoint_seconds"] / r["checkpoints"] for r in on if r["checkpoints"]]
     print(f"\nmodel: {on[0]['num_params']:,} parameters, {on[0]['matvecs']} products, {args.ranks} ranks; "
           f"cadence every {args.every_seconds:g} s (max_overhead {args.max_overhead:g})")
-    print(f"run time, median: checkpoints off {statistics.median(r['seconds'] for r in off_runs):.1f} s, "
+    print(f"run time, median: checkpoints off {off_median:.1f} s, "
           f"on {statistics.median(r['seconds'] for r in on):.1f} s (ratio {slowdown:.3f})")
     print(f"checkpoints per run: {[r['checkpoints'] for r in on]}; time in checkpoints: median share "
           f"{100 * share:.2f} % of the run; per checkpoint {statistics.median(per_commit) if per_commit else 0:.2f} s; "

@@ -37,7 +37,7 @@ from .logs import setup_logging
 from .losses import get_loss
 from .models import build_model, load_weights
 from .operator import HessianOperator
-from .provenance import provenance
+from .provenance import provenance, versions
 from .report import (RunInfo, console_summary, summary, validation_table, write_density_plot, write_results,
                      write_summary)
 from .solvers.base import State
@@ -176,7 +176,6 @@ def _check_fresh_start(store: CheckpointStore, comm: Communicator) -> None:
     if found:
         raise InputError(f"{str(store.directory)!r} holds checkpoints of an unfinished run ({found[0][1].name}); "
                          "add --resume to continue it, or delete that directory to start over")
-    (store.directory / COMPLETE).unlink(missing_ok=True)
 
 
 def _completed(store: CheckpointStore, identity: dict[str, Any], output: Path) -> bool:
@@ -201,6 +200,12 @@ def _resume_from(store: CheckpointStore, comm: Communicator, identity: dict[str,
                          "settings it was written with, or use another output directory")
     log.info("resuming from checkpoint %s (written by %d rank%s)", loaded.path, loaded.world_size,
              "" if loaded.world_size == 1 else "s")
+    here = {k: v for k, v in versions(comm).items() if k != "communicator"}
+    changed = [f"{k} {v} there, {here.get(k)} here" for k, v in loaded.meta.get("versions", {}).items()
+               if here.get(k) != v]
+    if changed:
+        log.warning("the checkpoint was written with other library versions (%s): the resumed run agrees with an "
+                    "uninterrupted one to rounding, not bitwise", "; ".join(changed))
     return loaded
 
 
@@ -279,7 +284,8 @@ def _check_sizes(cfg: Config, size: int) -> None:
 
 def _checkpointer(problem: Problem, flag: StopFlag) -> Checkpointer:
     cfg, op = problem.cfg, problem.op
-    meta = {"identity": problem.identity, "hvp_method": op.method, "config_toml": to_toml(cfg)}
+    meta = {"identity": problem.identity, "hvp_method": op.method, "config_toml": to_toml(cfg),
+            "versions": {k: v for k, v in versions(problem.comm).items() if k != "communicator"}}
     return Checkpointer(problem.store, problem.comm, op.size, every_iters=cfg.checkpoint.every_iters,  # type: ignore[arg-type]
                         every_seconds=cfg.checkpoint.every_seconds, max_overhead=cfg.checkpoint.max_overhead,
                         flag=flag, meta=meta)

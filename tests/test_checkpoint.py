@@ -124,6 +124,17 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
     assert (tmp_path / "checkpoints" / "step-00000030.damaged").is_dir()  # kept for inspection
 
 
+def test_resume_under_other_library_versions_warns(tmp_path, reference, monkeypatch, capsys):
+    _stopped_run(tmp_path, 10)
+    from hpcspec import job
+
+    real = job.versions
+    monkeypatch.setattr(job, "versions", lambda comm: {**real(comm), "torch": "0.0.1"})
+    run_job(_cfg(tmp_path), SingleProcess(), resume=True)
+    assert "other library versions (torch " in capsys.readouterr().err
+    _assert_bitwise(reference, _numbers(tmp_path))  # the version strings differ, the libraries do not
+
+
 def test_stale_temporary_and_bad_latest_pointer(tmp_path, reference):
     _stopped_run(tmp_path, 12)
     checkpoints = tmp_path / "checkpoints"

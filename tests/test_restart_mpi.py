@@ -146,6 +146,7 @@ def references(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
 def test_sigkill_twenty_times_then_resume_is_bitwise(tmp_path, references, name, args, numbers):
     output = tmp_path / f"killed-{name}"
     moments = _kill_loop(output, args, seed=7 if name == "lanczos" else 8)
+    print(f"{name}: {len(moments)} kills:", "; ".join(moments))  # shown with pytest -s
     assert sum("temporaries" in m for m in moments) >= KILLS // 4, moments  # some kills hit a write
     _run_to_end(2, output, args)
     resumed = _numbers(output, numbers)
@@ -207,6 +208,7 @@ def test_stop_signal_checkpoints_exits_3_and_resumes(tmp_path, references, signu
         if proc.poll() is None:
             _kill_everything(proc, output)
     assert proc.returncode == 3, out[-3000:]
+    print(f"SIG{signal.Signals(signum).name[3:]} to {target}: exit 3 after {elapsed:.2f} s")  # shown with pytest -s
     assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
     assert f"stopped on {signal.Signals(signum).name} after committing checkpoint" in out
     stopped_at = _latest(output / "checkpoints")
