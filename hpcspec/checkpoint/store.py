@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ..comm import AgreedInputError, Communicator
-from ..solvers.base import SCALARS, State
+from ..solvers.base import SCALARS, State, check_state
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -174,6 +174,7 @@ class CheckpointStore:
         Raises :class:`InputError` on every rank if any rank could not write (the previous
         checkpoint stays as it was).
         """
+        check_state(state, size)  # a value the store cannot hold is a programming error: fail before writing
         started = time.perf_counter()
         comm = self.comm
         number = self.next_number
