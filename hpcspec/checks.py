@@ -12,7 +12,7 @@ checks refuse such a model up front, for a few products, with a message that say
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -145,9 +145,11 @@ def check_operator(op: LinearOperator, *, seed: int = 0, symmetry_tol: float | N
     tol = default_symmetry_tol(dtype) if symmetry_tol is None else symmetry_tol
     block = probe_block(op.size, seed, "check", [0, 1], "gaussian")
     first_seed, second_seed = (probe_generator(seed, "check rng", i).initial_seed() for i in (0, 1))
-    with _seeded_rng(op, first_seed):
+    # Kept first-order graphs would freeze one draw of a random forward: recompute for the check.
+    recomputing = getattr(op, "recomputing", nullcontext)
+    with recomputing(), _seeded_rng(op, first_seed):
         first = op.apply(block)
-    with _seeded_rng(op, second_seed if second_seed != first_seed else first_seed + 1):
+    with recomputing(), _seeded_rng(op, second_seed if second_seed != first_seed else first_seed + 1):
         second = op.apply(block)
     error = symmetry_error(block[:, 0], block[:, 1], first[:, 0], first[:, 1])
     message = None

@@ -14,7 +14,7 @@ import traceback
 from typing import Any, Sequence
 
 from .checkpoint import StopFlag, StopRequested
-from .comm import AgreedInputError, Communicator, SingleProcess, agreed, world
+from .comm import BACKENDS, AgreedInputError, Communicator, SingleProcess, agreed, world
 from .config import Config, load_config, parse_override
 from .dense import MAX_DENSE_PARAMS
 from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
@@ -45,7 +45,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hpcspec", description="Hessian spectra of neural networks, distributed over MPI ranks.")
     parser.add_argument("--backend", default=os.environ.get("HPCSPEC_BACKEND", "auto"),
-                        choices=("auto", "mpi", "single"), help="communication backend (default: auto)")
+                        choices=BACKENDS, help="communication backend: mpi (mpi4py), torch (torch.distributed: "
+                                               "gloo on CPU, NCCL on GPU), single; default auto")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="top-k eigenpairs, trace and/or spectral density of a model's Hessian")
     _add_job_arguments(run)

@@ -18,6 +18,7 @@ import torch
 from .errors import InputError
 
 T = TypeVar("T")
+BACKENDS = ("auto", "mpi", "torch", "single")
 
 
 @runtime_checkable
@@ -113,6 +114,84 @@ class MPICommunicator:
         return f"mpi4py {_mpi4py_version()} / {version}"
 
 
+class TorchDistributedCommunicator:
+    """``torch.distributed``: gloo on CPU tensors, NCCL when every rank has a GPU.
+
+    Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``,
+    ``LOCAL_RANK``), or by ``mpirun`` with ``MASTER_ADDR``/``MASTER_PORT`` exported: the rank and
+    world size are then read from the MPI launcher's variables. Reductions run on the tensor's own
+    device with NCCL (GPU-resident, no host staging) and on the host with gloo.
+    """
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        if not dist.is_initialized():
+            rank, size = _launcher_rank_and_size()
+            backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+            try:
+                dist.init_process_group(backend=backend, rank=rank, world_size=size)
+            except (ValueError, RuntimeError) as exc:  # e.g. MASTER_ADDR unset, port taken, peer gone
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"torch.distributed ({backend}) could not start: {first}") from None
+        self.rank: int = dist.get_rank()
+        self.size: int = dist.get_world_size()
+        self.local_rank, self.local_size = _launcher_local_rank_and_size(self.rank, self.size)
+        self._nccl = dist.get_backend() == "nccl"
+
+    def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        if self._nccl or tensor.device.type == "cpu":
+            self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM)
+            return tensor
+        host = tensor.cpu()
+        self._dist.all_reduce(host, op=self._dist.ReduceOp.SUM)
+        return tensor.copy_(host)
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        found: list[Any] = [None] * self.size
+        self._dist.all_gather_object(found, obj)
+        return found
+
+    def abort(self, code: int = 1) -> None:
+        # torch.distributed has no abort: exiting breaks every peer's pending collective, and a
+        # torchrun launcher then stops the other workers.
+        os._exit(code)
+
+    @property
+    def description(self) -> str:
+        return f"torch.distributed {self._dist.get_backend()} (torch {torch.__version__})"
+
+
+def _launcher_rank_and_size() -> tuple[int, int]:
+    for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                               ("PMI_RANK", "PMI_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_var in os.environ and size_var in os.environ:
+            return int(os.environ[rank_var]), int(os.environ[size_var])
+    raise InputError("the torch backend needs RANK and WORLD_SIZE (torchrun sets them) or an MPI launcher")
+
+
+def _launcher_local_rank_and_size(rank: int, size: int) -> tuple[int, int]:
+    for rank_var, size_var in (("LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+                               ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+                               ("SLURM_LOCALID", "SLURM_NTASKS_PER_NODE")):
+        if rank_var in os.environ and size_var in os.environ:
+            return int(os.environ[rank_var]), int(os.environ[size_var].split("(")[0])
+    return rank, size  # one node
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (torch.distributed.run) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "MASTER_ADDR" in os.environ)
+
+
 def _host_view(tensor: torch.Tensor) -> np.ndarray:
     """A contiguous numpy array sharing memory with a CPU tensor, or a host copy of a GPU one."""
     if not tensor.is_contiguous():
@@ -137,12 +216,15 @@ def launched_by_mpi() -> bool:
 def world(backend: str = "auto") -> Communicator:
     """The world communicator for this process; called once, at the entry point.
 
-    ``auto`` uses MPI when an MPI launcher started us (and mpi4py imports), and a single-process
-    world otherwise — without initialising MPI — so ``python -m hpcspec`` runs on a laptop with
-    no MPI installed.
+    ``auto`` uses MPI when an MPI launcher started us (and mpi4py imports), ``torch.distributed``
+    when torchrun did, and a single-process world otherwise — without initialising MPI — so
+    ``python -m hpcspec`` runs on a laptop with no MPI installed. ``torch`` forces
+    ``torch.distributed`` (gloo on CPU, NCCL on GPUs), also under mpirun.
     """
-    if backend not in ("auto", "mpi", "single"):
-        raise InputError(f"unknown communication backend {backend!r}; choose one of auto, mpi, single")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown communication backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch" or (backend == "auto" and launched_by_torchrun() and not launched_by_mpi()):
+        return TorchDistributedCommunicator()
     if backend == "single" or (backend == "auto" and not launched_by_mpi()):
         return SingleProcess()
     try:

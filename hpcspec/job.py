@@ -258,7 +258,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         _restore_parameters(model, loaded.state["params"])
         method = loaded.meta.get("hvp_method", method)
     op = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=method,
-                         bn_mode=cfg.hessian.bn_mode)
+                         bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb)
     agreed(comm, op.check_data)
     agreed(comm, check_model_modes, op.model, cfg.hessian.bn_mode)
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",

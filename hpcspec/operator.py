@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +37,39 @@ def check_bn_mode(bn_mode: str) -> None:
     """Raise :class:`InputError` unless ``bn_mode`` is one of :data:`BN_MODES`."""
     if bn_mode not in BN_MODES:
         raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
+
+class _SavedBytes:
+    """Within ``with``: the bytes of the tensors autograd saves for backward, each counted once
+    (what keeping a graph costs), plus what :meth:`add_current` adds (the gradients themselves)."""
+
+    _active: "_SavedBytes | None" = None
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[tuple[int, int, torch.dtype]] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        tag = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        if tag not in self._seen:
+            self._seen.add(tag)
+            self.total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    @classmethod
+    def add_current(cls, nbytes: int) -> None:
+        if cls._active is not None:
+            cls._active.total += nbytes
+
+    def __enter__(self) -> "_SavedBytes":
+        _SavedBytes._active = self
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+        _SavedBytes._active = None
+
 
 class LinearOperator(Protocol):
     """What the solvers need: a symmetric operator on float64 vectors of length ``size``."""
@@ -88,6 +121,13 @@ class HessianOperator:
             with population statistics, so the two modes can give different top eigenvalues.
             The operator's forwards never change the running statistics (nor
             ``num_batches_tracked``): ``track_running_stats`` is switched off while they run.
+        graph_budget_mb: memory (MiB, per rank) the first-order graphs of the whole shard may take
+            to be kept between products (``double_backward`` only). The data, the weights and so
+            the forward pass and the gradient's graph are the same for every product of a run;
+            kept, each product costs only the second backward. Measured on the first product
+            (the tensors autograd saves); over budget, every product recomputes its forward and
+            gradient batch by batch. 0 turns the cache off. The cache is rebuilt when a
+            parameter or buffer changes (e.g. after training). Same bits either way.
 
     The constructor is collective (one reduction, and a broadcast for ``auto``): every rank builds
     its operator at the same point. Parameters that do not require gradients are excluded from the
@@ -96,7 +136,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
-                 bn_mode: str = "eval") -> None:
+                 bn_mode: str = "eval", graph_budget_mb: float = 0.0) -> None:
         self.comm = comm or SingleProcess()
         check_bn_mode(bn_mode)
         self.bn_mode = bn_mode
@@ -128,6 +168,13 @@ class HessianOperator:
         count = torch.tensor([float(self.loss.count(self._targets))], dtype=torch.float64)
         self.total_count = float(self.comm.allreduce_sum_(count).item())
         self.num_matvecs = 0
+        if not graph_budget_mb >= 0:
+            raise InputError(f"graph_budget_mb must be >= 0, got {graph_budget_mb}")
+        self.graph_budget_bytes = int(graph_budget_mb * 2**20)
+        #: Bytes the shard's first-order graphs were measured to take (None: not measured yet).
+        self.graph_bytes: int | None = None
+        self._graphs: list[tuple[tuple[torch.Tensor | None, ...], list[int]]] | None = None
+        self._graph_key: tuple | None = None
         self.method = self._fastest_method() if method == "auto" else method
 
     def _fastest_method(self) -> str:
@@ -135,6 +182,8 @@ class HessianOperator:
 
         Which is faster depends on the model and the dtype (README "Performance"), so it is
         measured rather than assumed; a method that fails on this model counts as infinitely slow.
+        When the shard's first-order graphs would fit ``graph_budget_mb`` (estimated from the
+        trial batch), double backward is timed as it will run: the second backward alone.
         """
         choice = DEFAULT_HVP_METHOD
         if self.comm.rank == 0 and len(self._inputs):
@@ -147,6 +196,8 @@ class HessianOperator:
             for name in HVP_METHODS:
                 hvp = self._hvp_double_backward if name == "double_backward" else self._hvp_forward_over_reverse
                 try:
+                    if name == "double_backward" and self.graph_budget_bytes > 0:
+                        hvp = self._kept_graph_trial(inputs, targets) or hvp
                     hvp(inputs, targets, tangent)  # warm-up
                     started = time.perf_counter()
                     hvp(inputs, targets, tangent)
@@ -157,6 +208,26 @@ class HessianOperator:
                     seconds[name] = float("inf")
             choice = min(HVP_METHODS, key=lambda name: seconds[name])
         return self.comm.bcast_object(choice)
+
+    @contextmanager
+    def recomputing(self) -> Iterator[None]:
+        """Products inside recompute every forward and gradient (no kept graphs): what a check of
+        the data pipeline's determinism needs, since a kept graph freezes one random draw."""
+        budget, self.graph_budget_bytes = self.graph_budget_bytes, 0
+        try:
+            yield
+        finally:
+            self.graph_budget_bytes = budget
+
+    def _kept_graph_trial(self, inputs: torch.Tensor, targets: torch.Tensor) -> Callable | None:
+        """A product on the trial batch as it runs with kept graphs (the second backward alone),
+        or None if the shard's graphs, extrapolated from this batch, would not fit the budget."""
+        saved = _SavedBytes()
+        with saved:
+            grads, live = self._first_order(inputs, targets)
+        if saved.total * len(self._inputs) / len(inputs) > self.graph_budget_bytes:
+            return None
+        return lambda _inputs, _targets, tangents: self._second_order(grads, live, tangents, keep=True)
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -208,16 +279,48 @@ class HessianOperator:
         return [(self._inputs[i:i + self.batch_size], self._targets[i:i + self.batch_size])
                 for i in range(0, n, self.batch_size)]
 
+    def _weights_key(self) -> tuple:
+        """Changes whenever a parameter or buffer is modified or replaced (invalidates the graphs)."""
+        return tuple((t.data_ptr(), t._version) for t in (*self._params, *self.model.buffers()))
+
+    def _cached_graphs(self) -> list[tuple[tuple[torch.Tensor | None, ...], list[int]]] | None:
+        """The first-order graph of every batch, built (and measured) on first use; None when the
+        cache is off, the method is not double backward, or the graphs exceed the budget."""
+        if self.method != "double_backward" or self.graph_budget_bytes <= 0:
+            return None
+        key = self._weights_key()
+        if self._graph_key == key:
+            return self._graphs
+        self._graphs, self._graph_key = None, key
+        graphs = []
+        saved = _SavedBytes()
+        with saved:
+            for inputs, targets in self._batches():
+                grads, live = self._first_order(inputs, targets)
+                graphs.append((grads, live))
+                if saved.total > self.graph_budget_bytes:
+                    self.graph_bytes = None
+                    return None
+        self.graph_bytes = saved.total
+        self._graphs = graphs
+        return graphs
+
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
         block = vectors.reshape(self.size, -1)
         k = block.shape[1]
         tangents = [self.layout.split(block[:, j].to(self.device, self.compute_dtype)) for j in range(k)]
         total = torch.zeros(k, self.size, dtype=torch.float64, device=self.device)
-        hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
-        for inputs, targets in self._batches():
-            for j, product in enumerate(hvp(inputs, targets, tangents)):
-                self._accumulate(total[j], product)
+        graphs = self._cached_graphs()
+        if graphs is not None:
+            for grads, live in graphs:
+                for j, product in enumerate(self._second_order(grads, live, tangents, keep=True)):
+                    self._accumulate(total[j], product)
+        else:
+            hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
+            for inputs, targets in self._batches():
+                for j, product in enumerate(hvp(inputs, targets, tangents)):
+                    self._accumulate(total[j], product)
         self.num_matvecs += k
         total = self.comm.allreduce_sum_(total.cpu() if total.device.type != "cpu" else total)
         total /= self.total_count
@@ -229,23 +332,33 @@ class HessianOperator:
             if part is not None:
                 flat[begin:end] += part.reshape(-1)
 
-    def _hvp_double_backward(self, inputs: torch.Tensor, targets: torch.Tensor,
-                             tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
-        """One forward and first backward per batch, then one second backward per vector."""
+    def _first_order(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], list[int]]:
+        """The batch's gradient with its graph, and which of its parts depend on the parameters."""
         with self._frozen_running_stats():
             batch_loss = self.loss.sum(self.model(inputs), targets)
         grads = torch.autograd.grad(batch_loss, self._params, create_graph=True, allow_unused=True)
-        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        _SavedBytes.add_current(sum(g.numel() * g.element_size() for g in grads if g is not None))
+        return grads, [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def _second_order(self, grads: tuple[torch.Tensor | None, ...], live: list[int], tangents: list[list[torch.Tensor]],
+                      keep: bool) -> list[list[torch.Tensor | None]]:
+        """One backward of ``gradient · v`` per tangent v (``keep``: the graph survives the last)."""
         products: list[list[torch.Tensor | None]] = []
         for j, tangent in enumerate(tangents):
             result: list[torch.Tensor | None] = [None] * len(self._params)
             if live:
                 hv = torch.autograd.grad([grads[i] for i in live], self._params,
                                          grad_outputs=[tangent[i] for i in live],
-                                         retain_graph=j < len(tangents) - 1, allow_unused=True)
+                                         retain_graph=keep or j < len(tangents) - 1, allow_unused=True)
                 result = list(hv)
             products.append(result)
         return products
+
+    def _hvp_double_backward(self, inputs: torch.Tensor, targets: torch.Tensor,
+                             tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
+        """One forward and first backward per batch, then one second backward per vector."""
+        grads, live = self._first_order(inputs, targets)
+        return self._second_order(grads, live, tangents, keep=False)
 
     def _hvp_forward_over_reverse(self, inputs: torch.Tensor, targets: torch.Tensor,
                                   tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:

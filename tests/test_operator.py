@@ -118,3 +118,42 @@ def test_auto_times_both_methods_and_skips_one_that_fails():
     assert op.method == "double_backward"
     v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     assert torch.isfinite(op.apply(v)).all()
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).double()
+
+
+@pytest.mark.parametrize("make, bn_mode", [(mlp, "eval"), (_bn_net, "eval"), (_bn_net, "train")])
+def test_kept_graphs_give_the_same_bits_as_recomputing(make, bn_mode):
+    x, y = classification_data(n=45)
+    kept = HessianOperator(make(), "cross_entropy", (x, y), batch_size=16, method="double_backward",
+                           bn_mode=bn_mode, graph_budget_mb=64)
+    model = make()
+    fresh = HessianOperator(model, "cross_entropy", (x, y), batch_size=16, method="double_backward", bn_mode=bn_mode)
+    gen = torch.Generator().manual_seed(0)
+    for vectors in (torch.randn(kept.size, generator=gen, dtype=torch.float64),
+                    torch.randn(kept.size, 3, generator=gen, dtype=torch.float64)):
+        for _ in range(2):  # the first product builds the graphs, the second reuses them
+            assert torch.equal(kept.apply(vectors), fresh.apply(vectors))
+    assert kept.graph_bytes and 0 < kept.graph_bytes <= 64 * 2**20
+
+
+def test_kept_graphs_follow_the_weights_and_respect_the_budget():
+    x, y = classification_data(n=45)
+    model = mlp()
+    kept = HessianOperator(model, "cross_entropy", (x, y), batch_size=16, method="double_backward", graph_budget_mb=64)
+    tiny = HessianOperator(model, "cross_entropy", (x, y), batch_size=16, method="double_backward",
+                           graph_budget_mb=1e-4)  # 105 bytes: never fits
+    v = torch.randn(kept.size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    before = kept.apply(v)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] += 0.5  # as training would
+    after = kept.apply(v)
+    exact = dense_hessian(model, "cross_entropy", x, y) @ v
+    assert not torch.equal(before, after)
+    assert torch.allclose(after, exact, rtol=1e-10, atol=1e-12)
+    assert torch.equal(tiny.apply(v), after) and tiny.graph_bytes is None
+    with pytest.raises(InputError, match="graph_budget_mb must be >= 0"):
+        HessianOperator(model, "cross_entropy", (x, y), graph_budget_mb=-1)

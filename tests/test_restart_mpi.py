@@ -168,6 +168,7 @@ def test_resume_on_another_rank_count_agrees_to_1e_10(tmp_path, references, rank
         assert f.attrs["world_size"] == ranks and "step-0000002" in f.attrs["resumed_from"]
     for key in ("eigen/values", "eigen/alpha", "eigen/beta"):
         error = np.max(np.abs(resumed[key] - reference[key]) / np.max(np.abs(reference[key])))
+        print(f"resumed on {ranks} rank(s): {key} relative difference {error:.1e}")  # shown with pytest -s
         assert error <= 1e-10, f"{key}: relative difference {error:.1e} on {ranks} ranks"
 
 
@@ -238,7 +239,8 @@ def test_exception_on_one_rank_mid_run_ends_the_job_within_10_s(tmp_path):
         "def make_model():\n"
         "    return Flaky().double()\n")
     result = mpirun(2, ["-m", "hpcspec", "run", "--model", "flaky:make_model", "--top-k", "3", "--tol", "1e-14",
-                        "--set", "hessian.check=false", "--output", str(tmp_path / "o")], tmp_path, timeout=120)
+                        "--set", "hessian.check=false", "--set", "hessian.graph_budget_mb=0",  # a forward per product
+                        "--output", str(tmp_path / "o")], tmp_path, timeout=120)
     ended = time.time()
     assert result.returncode not in (0, 2, 3), result.stderr[-2000:]
     assert "injected failure on rank 1" in result.stderr and "aborting all 2 ranks" in result.stderr
