@@ -38,6 +38,7 @@ def check_bn_mode(bn_mode: str) -> None:
     if bn_mode not in BN_MODES:
         raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
 
+
 class _SavedBytes:
     """Within ``with``: the bytes of the tensors autograd saves for backward, each counted once
     (what keeping a graph costs), plus what :meth:`add_current` adds (the gradients themselves)."""
