@@ -167,7 +167,7 @@ fi
 
 timer_pid=
 main_pid=$$
-if [ -n "$remaining" ]; then
+if [ -n "$remaining" ] && [ "$stop_requested" -eq 0 ]; then
   delay=$((remaining - LEAD))
   if [ "$delay" -le 0 ]; then
     log "walltime left ${remaining} s is not more than LEAD=${LEAD} s: no stop before the walltime"
@@ -175,11 +175,19 @@ if [ -n "$remaining" ]; then
     log "walltime ${walltime} (from $walltime_source): stopping in ${delay} s, ${LEAD} s before its end"
     # Signals this shell, whose trap forwards to the launcher; the subshell kills its sleep when
     # stopped, so nothing is left behind, and ignores USR1 (qsig may signal every process).
+    # A TERM between starting the sleep and knowing its PID is only noted, then acted on, so the
+    # sleep can never outlive the timer (nor hold this job's output open).
     (
       trap '' USR1
-      sleeper=
-      trap '[ -n "$sleeper" ] && kill "$sleeper" 2>/dev/null && wait "$sleeper"; exit 0' TERM
-      sleep "$delay" & sleeper=$!
+      stopped=0
+      trap 'stopped=1' TERM
+      sleep "$delay" > /dev/null 2>&1 & sleeper=$!
+      trap 'kill "$sleeper" 2>/dev/null; wait "$sleeper"; exit 0' TERM
+      if [ "$stopped" -eq 1 ]; then
+        kill "$sleeper" 2>/dev/null
+        wait "$sleeper"
+        exit 0
+      fi
       wait "$sleeper" || exit 0
       log "walltime ends in ${LEAD} s"
       kill -USR1 "$main_pid" 2>/dev/null
