@@ -314,7 +314,7 @@ def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskRe
 def _run_info(problem: Problem, results: TaskResults, checkpointer: Checkpointer | None = None) -> RunInfo:
     cfg, comm = problem.cfg, problem.comm
     commits = checkpointer.commits if checkpointer is not None else []
-    checkpoints = {"checkpoints": len(commits), "checkpoint_seconds": sum(c.seconds for c in commits),
+    checkpoints = {"checkpoints": len(commits), "checkpoint_seconds": checkpointer.seconds if checkpointer else 0.0,
                    "checkpoint_bytes": max((c.nbytes for c in commits), default=0),
                    "resumed_from": str(problem.loaded.path) if problem.loaded is not None else ""}
     return RunInfo(model=cfg.model.spec, data=cfg.data.spec, loss=cfg.hessian.loss, num_samples=problem.shard.total,

@@ -41,9 +41,7 @@ def check_bn_mode(bn_mode: str) -> None:
 
 class _SavedBytes:
     """Within ``with``: the bytes of the tensors autograd saves for backward, each counted once
-    (what keeping a graph costs), plus what :meth:`add_current` adds (the gradients themselves)."""
-
-    _active: "_SavedBytes | None" = None
+    (with the gradients themselves, :meth:`add_gradients`: what keeping a graph costs)."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -57,19 +55,15 @@ class _SavedBytes:
             self.total += tensor.numel() * tensor.element_size()
         return tensor
 
-    @classmethod
-    def add_current(cls, nbytes: int) -> None:
-        if cls._active is not None:
-            cls._active.total += nbytes
+    def add_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
+        self.total += sum(g.numel() * g.element_size() for g in grads if g is not None)
 
     def __enter__(self) -> "_SavedBytes":
-        _SavedBytes._active = self
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._hooks.__exit__(*exc)
-        _SavedBytes._active = None
 
 
 class LinearOperator(Protocol):
@@ -226,6 +220,7 @@ class HessianOperator:
         saved = _SavedBytes()
         with saved:
             grads, live = self._first_order(inputs, targets)
+        saved.add_gradients(grads)
         if saved.total * len(self._inputs) / len(inputs) > self.graph_budget_bytes:
             return None
         return lambda _inputs, _targets, tangents: self._second_order(grads, live, tangents, keep=True)
@@ -298,6 +293,7 @@ class HessianOperator:
         with saved:
             for inputs, targets in self._batches():
                 grads, live = self._first_order(inputs, targets)
+                saved.add_gradients(grads)
                 graphs.append((grads, live))
                 if saved.total > self.graph_budget_bytes:
                     self.graph_bytes = None
@@ -338,7 +334,6 @@ class HessianOperator:
         with self._frozen_running_stats():
             batch_loss = self.loss.sum(self.model(inputs), targets)
         grads = torch.autograd.grad(batch_loss, self._params, create_graph=True, allow_unused=True)
-        _SavedBytes.add_current(sum(g.numel() * g.element_size() for g in grads if g is not None))
         return grads, [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
     def _second_order(self, grads: tuple[torch.Tensor | None, ...], live: list[int], tangents: list[list[torch.Tensor]],

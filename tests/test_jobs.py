@@ -162,12 +162,17 @@ def run_script(script: Path, env: dict[str, str], args: tuple[str, ...] = (),
         _assert_group_gone(proc.pid)
         return Result(proc.returncode, stdout, stderr, log, started)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if proc.poll() is None:
-            proc.wait()
+        _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of a script's process group, and reap the script."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait()
 
 
 def _assert_group_gone(pgid: int, within: float = 2.0) -> None:
@@ -354,12 +359,7 @@ def test_slurm_with_real_mpirun_term_reaches_ranks_as_usr1(fake_env: dict[str, s
         assert proc.returncode == 0, stderr
         assert Result(proc.returncode, "", stderr, log).calls("scontrol") == [["requeue", JOB_ID]]
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if proc.poll() is None:
-            proc.wait()
+        _kill_group(proc)
 
 
 # --- PBS ------------------------------------------------------------------------------------

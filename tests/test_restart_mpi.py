@@ -52,19 +52,41 @@ def _launch(ranks: int, output: Path, args: list[str], pause: str = PAUSE) -> su
                             start_new_session=True)
 
 
+def _processes(marker: Path) -> dict[int, list[bytes]]:
+    """Live processes whose command line names ``marker``, with their argv (read from /proc, so
+    no procps is needed on a fresh machine)."""
+    found = {}
+    needle = str(marker).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(needle in arg for arg in argv):
+            found[int(entry.name)] = argv
+    return found
+
+
 def _kill_everything(proc: subprocess.Popen, marker: Path) -> None:
     """SIGKILL mpirun and every rank (found by the output path on their command lines)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    subprocess.run(["pkill", "-KILL", "-f", str(marker)], check=False)
-    proc.wait(timeout=30)
     deadline = time.monotonic() + 20
-    while subprocess.run(["pgrep", "-f", str(marker)], capture_output=True).returncode == 0:
+    while True:
+        for pid in _processes(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is not None and not _processes(marker):
+            break
         assert time.monotonic() < deadline, "ranks survived SIGKILL"
-        subprocess.run(["pkill", "-KILL", "-f", str(marker)], check=False)
         time.sleep(0.05)
+    proc.wait(timeout=30)
 
 
 def _latest(checkpoints: Path) -> str:
@@ -174,16 +196,7 @@ def test_resume_on_another_rank_count_agrees_to_1e_10(tmp_path, references, rank
 
 def _rank_pids(marker: Path) -> list[int]:
     """The hpcspec rank processes (not mpirun) whose command line names ``marker``."""
-    found = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True).stdout.split()
-    pids = []
-    for pid in map(int, found):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if Path(argv[0].decode()).name.startswith("python"):
-            pids.append(pid)
-    return pids
+    return [pid for pid, argv in _processes(marker).items() if Path(argv[0].decode()).name.startswith("python")]
 
 
 @pytest.mark.parametrize("signum, target", [(signal.SIGUSR1, "mpirun"), (signal.SIGTERM, "ranks")])

@@ -61,7 +61,6 @@ class Checkpointer:
         self._since = 0
         self._interval = every_seconds
         self.commits: list[Commit] = []
-        self.boundaries = 0
 
     @property
     def seconds(self) -> float:
@@ -75,7 +74,6 @@ class Checkpointer:
 
     def boundary(self, state: Callable[[], State]) -> None:
         """Called by every rank between two iterations; ``state`` is evaluated only to commit."""
-        self.boundaries += 1
         self._since += 1
         votes = torch.tensor([1.0 if self.flag.signal is not None else 0.0,
                               1.0 if self.comm.rank == 0 and self._due() else 0.0], dtype=torch.float64)
