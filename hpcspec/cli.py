@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hpcspec", description="Hessian spectra of neural networks, distributed over MPI ranks.")
     parser.add_argument("--backend", default=os.environ.get("HPCSPEC_BACKEND", "auto"),
                         choices=BACKENDS, help="communication backend: mpi (mpi4py), torch (torch.distributed: "
-                                               "gloo on CPU, NCCL on GPU), single; default auto")
+                                               "gloo on CPU, NCCL on GPU), horovod (Horovod under mpirun; "
+                                               "installed separately), single; default auto")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="top-k eigenpairs, trace and/or spectral density of a model's Hessian")
     _add_job_arguments(run)

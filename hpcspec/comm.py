@@ -18,7 +18,7 @@ import torch
 from .errors import InputError
 
 T = TypeVar("T")
-BACKENDS = ("auto", "mpi", "torch", "single")
+BACKENDS = ("auto", "mpi", "torch", "horovod", "single")
 
 
 @runtime_checkable
@@ -32,6 +32,15 @@ class Communicator(Protocol):
 
     def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a contiguous tensor over all ranks, in place; returns the same tensor."""
+
+    def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Sum a contiguous (P, ...) tensor over all ranks; return this rank's rows ``bounds[rank]``."""
+
+    def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """The (P, ...) tensor whose rows ``bounds[r]`` are rank r's ``rows``, on every rank."""
+
+    def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
+        """As :meth:`allgather_rows`, but only on ``root`` (None elsewhere): for writing results."""
 
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         """Root's small picklable object, on every rank (decisions, names)."""
@@ -57,6 +66,15 @@ class SingleProcess:
 
     def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
+
+    def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        return tensor
+
+    def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        return rows
+
+    def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
+        return rows
 
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         return obj
@@ -98,6 +116,26 @@ class MPICommunicator:
         if tensor.device.type != "cpu":
             tensor.copy_(torch.from_numpy(host))
         return tensor
+
+    def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        counts, _ = _row_counts(tensor, bounds)
+        lo, hi = bounds[self.rank]
+        local = torch.empty((hi - lo, *tensor.shape[1:]), dtype=tensor.dtype)
+        self._comm.Reduce_scatter(_host_view(tensor), local.numpy(), recvcounts=counts, op=self._MPI.SUM)
+        return local
+
+    def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        full = _full_like(rows, bounds)
+        counts, displacements = _row_counts(full, bounds)
+        self._comm.Allgatherv(_host_view(rows), [full.numpy(), counts, displacements, self._MPI.DOUBLE])
+        return full
+
+    def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
+        full = _full_like(rows, bounds) if self.rank == root else None
+        counts, displacements = _row_counts(rows, bounds)
+        target = [full.numpy(), counts, displacements, self._MPI.DOUBLE] if full is not None else None
+        self._comm.Gatherv(_host_view(rows), target, root=root)
+        return full
 
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         return self._comm.bcast(obj, root=root)
@@ -150,6 +188,23 @@ class TorchDistributedCommunicator:
         self._dist.all_reduce(host, op=self._dist.ReduceOp.SUM)
         return tensor.copy_(host)
 
+    def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        # gloo has no uneven reduce-scatter: reduce everything, keep this rank's rows
+        lo, hi = bounds[self.rank]
+        return self.allreduce_sum_(tensor.clone())[lo:hi].clone()
+
+    def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        widest = max(hi - lo for lo, hi in bounds)
+        padded = torch.zeros((widest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        padded[: len(rows)] = rows
+        pieces = [torch.empty_like(padded) for _ in bounds]
+        self._dist.all_gather(pieces, padded)
+        return torch.cat([piece[: hi - lo] for piece, (lo, hi) in zip(pieces, bounds)])
+
+    def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
+        full = self.allgather_rows(rows, bounds)
+        return full if self.rank == root else None
+
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         box = [obj]
         self._dist.broadcast_object_list(box, src=root)
@@ -168,6 +223,101 @@ class TorchDistributedCommunicator:
     @property
     def description(self) -> str:
         return f"torch.distributed {self._dist.get_backend()} (torch {torch.__version__})"
+
+
+class HorovodCommunicator:
+    """Horovod (``horovod.torch``), normally under ``mpirun``: Horovod's own MPI (or Gloo) controller.
+
+    Collectives are matched across ranks by name, so each gets a fresh one from a per-process
+    counter; every rank issues the same collectives in the same order, so the names agree. Vectors
+    travel as float64 CPU tensors: CUDA tensors are staged through host memory, as with mpi4py
+    (Horovod's GPU reductions depend on how it was built). Horovod has no uneven reduce-scatter, so
+    :meth:`reduce_scatter_rows` reduces the whole tensor and keeps this rank's rows.
+    """
+
+    def __init__(self, hvd: Any) -> None:
+        self._hvd = hvd
+        try:
+            hvd.init()
+        except (ValueError, RuntimeError) as exc:  # e.g. launched by a foreign launcher
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"horovod could not start: {first}") from None
+        self.rank: int = hvd.rank()
+        self.size: int = hvd.size()
+        self.local_rank: int = hvd.local_rank()
+        self.local_size: int = hvd.local_size()
+        self._calls = 0
+
+    def _name(self, op: str) -> str:
+        """A name no earlier collective of this process used (ranks agree: same calls, same order)."""
+        self._calls += 1
+        return f"hpcspec.{op}.{self._calls}"
+
+    def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        if not tensor.is_contiguous():
+            raise ValueError("collectives need a contiguous tensor")
+        host = tensor.detach() if tensor.device.type == "cpu" else tensor.detach().cpu()
+        self._hvd.allreduce_(host, op=self._hvd.Sum, name=self._name("allreduce"))
+        if tensor.device.type != "cpu":
+            tensor.copy_(host)
+        return tensor
+
+    def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        lo, hi = bounds[self.rank]
+        total = self.allreduce_sum_(tensor.detach().to("cpu", copy=True))
+        return total[lo:hi].clone()
+
+    def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        if rows.dtype != torch.float64:
+            raise ValueError("row collectives move float64 tensors")
+        # hvd.allgather concatenates along dim 0 in rank order; ranks may send different row counts
+        full = self._hvd.allgather(rows.detach().cpu().contiguous(), name=self._name("allgather"))
+        if full.shape[0] != bounds[-1][1]:
+            raise ValueError(f"gathered {full.shape[0]} rows, expected {bounds[-1][1]}")
+        return full
+
+    def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
+        full = self.allgather_rows(rows, bounds)
+        return full if self.rank == root else None
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self._hvd.broadcast_object(obj, root_rank=root, name=self._name("bcast_object"))
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        # an explicit name: Horovod's default is the object's type, which differs between ranks
+        # that send None and ranks that send a message (see agree_on_failure)
+        return self._hvd.allgather_object(obj, name=self._name("allgather_object"))
+
+    def abort(self, code: int = 1) -> None:
+        # MPI_Abort ends every rank; without MPI (Gloo controller) exiting breaks the peers' collectives
+        if self._hvd.mpi_enabled():
+            try:
+                from mpi4py import MPI
+            except ImportError:
+                pass
+            else:
+                MPI.COMM_WORLD.Abort(code)
+        os._exit(code)
+
+    @property
+    def description(self) -> str:
+        import horovod
+
+        controller = "MPI" if self._hvd.mpi_enabled() else "Gloo"
+        return f"horovod {horovod.__version__} ({controller})"
+
+
+def _horovod() -> Any:
+    """The ``horovod.torch`` module, imported only when the horovod backend is asked for."""
+    try:
+        import horovod.torch as hvd
+    except ImportError as exc:  # not installed, or built against another torch (undefined symbols)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"the horovod backend needs horovod, which is not installed or does not import "
+                         f"({first}); pip install horovod (built with PyTorch and MPI support)") from None
+    return hvd
 
 
 def _launcher_rank_and_size() -> tuple[int, int]:
@@ -201,6 +351,19 @@ def _host_view(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+def _row_counts(tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Element counts and offsets of each rank's rows of a (P, ...) tensor, for the v-collectives."""
+    row = int(np.prod(tensor.shape[1:]))
+    return [(hi - lo) * row for lo, hi in bounds], [lo * row for lo, _ in bounds]
+
+
+def _full_like(rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """An empty float64 CPU tensor with all ranks' rows (``bounds[-1][1]`` of them)."""
+    if rows.dtype != torch.float64:
+        raise ValueError("row collectives move float64 tensors")
+    return torch.empty((bounds[-1][1], *rows.shape[1:]), dtype=torch.float64)
+
+
 def _mpi4py_version() -> str:
     import mpi4py
 
@@ -219,10 +382,13 @@ def world(backend: str = "auto") -> Communicator:
     ``auto`` uses MPI when an MPI launcher started us (and mpi4py imports), ``torch.distributed``
     when torchrun did, and a single-process world otherwise — without initialising MPI — so
     ``python -m hpcspec`` runs on a laptop with no MPI installed. ``torch`` forces
-    ``torch.distributed`` (gloo on CPU, NCCL on GPUs), also under mpirun.
+    ``torch.distributed`` (gloo on CPU, NCCL on GPUs), also under mpirun; ``horovod`` uses Horovod
+    (only when asked for: ``auto`` never picks it, and hpcspec does not need it installed).
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown communication backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "horovod":
+        return HorovodCommunicator(_horovod())
     if backend == "torch" or (backend == "auto" and launched_by_torchrun() and not launched_by_mpi()):
         return TorchDistributedCommunicator()
     if backend == "single" or (backend == "auto" and not launched_by_mpi()):

@@ -68,6 +68,8 @@ class HessianConfig:
     statistics (H then depends on the batch size); ``check`` tests symmetry and repeatability of
     H·v before the run. ``graph_budget_mb`` (per rank) lets ``double_backward`` keep the shard's
     first-order graphs between products when they fit, so a product costs one second backward.
+    ``shard_vectors`` keeps only each rank's slice of every Lanczos/SLQ vector (memory m·P/R per
+    rank; products reduce-scattered); off, every rank holds whole vectors.
     """
 
     loss: str = "cross_entropy"
@@ -76,6 +78,7 @@ class HessianConfig:
     bn_mode: str = "eval"
     check: bool = True
     graph_budget_mb: float = 1024.0
+    shard_vectors: bool = True
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ with ``--resume`` is a no-op.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -41,9 +42,11 @@ from .provenance import provenance, versions
 from .report import (RunInfo, console_summary, summary, validation_table, write_density_plot, write_results,
                      write_summary)
 from .solvers.base import State
+from .solvers.lanczos import LanczosResult
 from .tasks import TaskResults, run_tasks
 from .train import train_full_batch
 from .validation import Validation, validate_results
+from .vectors import Sharded
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Written in the checkpoint directory once a run's results are safely on disk.
@@ -258,7 +261,8 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         _restore_parameters(model, loaded.state["params"])
         method = loaded.meta.get("hvp_method", method)
     op = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=method,
-                         bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb)
+                         bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
+                         shard_vectors=cfg.hessian.shard_vectors)
     agreed(comm, op.check_data)
     agreed(comm, check_model_modes, op.model, cfg.hessian.bn_mode)
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
@@ -302,6 +306,8 @@ def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskRe
                         checkpoint=checkpointer.boundary if checkpointer is not None else None,
                         resume=problem.loaded.state if problem.loaded is not None else None,
                         extra_state=extra_state)
+    if results.eigen is not None and getattr(results.eigen, "rows", None) is not None:
+        results.eigen = _whole_on_root(problem.comm, problem.op.space, results.eigen)
     if results.eigen is not None and not results.eigen.converged:
         log.warning("eigenpairs did not converge within eigen.maxiter: residuals %s",
                     ", ".join(f"{r:.2e}" for r in results.eigen.residuals))
@@ -309,6 +315,13 @@ def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskRe
         log.warning("trace: trace.rtol = %g not reached within trace.matvecs = %d (standard error %.3g)",
                     problem.cfg.trace.rtol, problem.cfg.trace.matvecs, results.trace.stderr)
     return results
+
+
+def _whole_on_root(comm: Communicator, space: Sharded, result: LanczosResult) -> LanczosResult:
+    """Rank 0 gets the k whole Ritz vectors to write (k·P numbers, never a basis); the other ranks
+    keep their rows."""
+    whole = comm.gather_rows(result.eigenvectors.contiguous(), space.bounds)
+    return dataclasses.replace(result, eigenvectors=whole, rows=None) if whole is not None else result
 
 
 def _run_info(problem: Problem, results: TaskResults, checkpointer: Checkpointer | None = None) -> RunInfo:

@@ -21,6 +21,7 @@ from .data import Shard
 from .errors import InputError
 from .losses import Loss, check_targets, get_loss
 from .params import ParamLayout
+from .vectors import VectorSpace, make_space
 
 HVP_METHODS = ("double_backward", "forward_over_reverse")
 #: Used by ``method="auto"`` when there is nothing to time (rank 0 holds no samples).
@@ -79,17 +80,24 @@ class LinearOperator(Protocol):
 class MatrixOperator:
     """A dense symmetric matrix as an operator: ground truth for tests and validation."""
 
-    def __init__(self, matrix: torch.Tensor, comm: Communicator | None = None) -> None:
+    def __init__(self, matrix: torch.Tensor, comm: Communicator | None = None, *, shard_vectors: bool = False) -> None:
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}")
         self.matrix = matrix.to(torch.float64)
         self.size = matrix.shape[0]
         self.comm = comm or SingleProcess()
+        self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)
         self.num_matvecs = 0
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         self.num_matvecs += 1 if vectors.ndim == 1 else vectors.shape[1]
         return self.matrix @ vectors.to(torch.float64)
+
+    def apply_sharded(self, vectors: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Rows ``bounds[rank]`` of ``matrix @ vectors`` (every rank holds the whole matrix)."""
+        self.num_matvecs += 1 if vectors.ndim == 1 else vectors.shape[1]
+        lo, hi = bounds[self.comm.rank]
+        return self.matrix[lo:hi] @ vectors.to(torch.float64)
 
 
 class HessianOperator:
@@ -123,6 +131,9 @@ class HessianOperator:
             (the tensors autograd saves); over budget, every product recomputes its forward and
             gradient batch by batch. 0 turns the cache off. The cache is rebuilt when a
             parameter or buffer changes (e.g. after training). Same bits either way.
+        shard_vectors: solvers keep only this rank's slice of every long vector (``space``, see
+            :mod:`hpcspec.vectors`) and products are reduce-scattered (:meth:`apply_sharded`);
+            off, or on one rank, vectors are replicated and products allreduced (:meth:`apply`).
 
     The constructor is collective (one reduction, and a broadcast for ``auto``): every rank builds
     its operator at the same point. Parameters that do not require gradients are excluded from the
@@ -131,7 +142,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
-                 bn_mode: str = "eval", graph_budget_mb: float = 0.0) -> None:
+                 bn_mode: str = "eval", graph_budget_mb: float = 0.0, shard_vectors: bool = False) -> None:
         self.comm = comm or SingleProcess()
         check_bn_mode(bn_mode)
         self.bn_mode = bn_mode
@@ -151,6 +162,7 @@ class HessianOperator:
         if self.layout.size == 0:
             raise InputError("the model has no parameters that require gradients")
         self.size = self.layout.size
+        self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)
         named = dict(model.named_parameters())
         self._params = [named[name] for name in self.layout.names]
         self.device = self._params[0].device
@@ -304,6 +316,19 @@ class HessianOperator:
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
+        total = self.comm.allreduce_sum_(self._local_products(vectors))
+        total /= self.total_count
+        return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
+
+    def apply_sharded(self, vectors: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Rows ``bounds[rank]`` of ``H @ vectors`` (whole (P,) or (P, k) in, this rank's rows out):
+        the partial products are reduce-scattered, so no rank receives the whole product."""
+        total = self.comm.reduce_scatter_rows(self._local_products(vectors).T.contiguous(), bounds)
+        total /= self.total_count
+        return total.reshape(-1) if vectors.ndim == 1 else total
+
+    def _local_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """This rank's shard's share of ``H @ vectors`` times the count, as (k, P) float64 on the CPU."""
         block = vectors.reshape(self.size, -1)
         k = block.shape[1]
         tangents = [self.layout.split(block[:, j].to(self.device, self.compute_dtype)) for j in range(k)]
@@ -319,9 +344,7 @@ class HessianOperator:
                 for j, product in enumerate(hvp(inputs, targets, tangents)):
                     self._accumulate(total[j], product)
         self.num_matvecs += k
-        total = self.comm.allreduce_sum_(total.cpu() if total.device.type != "cpu" else total)
-        total /= self.total_count
-        return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
+        return total.cpu() if total.device.type != "cpu" else total
 
     def _accumulate(self, flat: torch.Tensor, parts: Sequence[torch.Tensor | None]) -> None:
         """``flat += parts`` slice by slice (float64), skipping parameters with no contribution."""

@@ -1,4 +1,4 @@
-"""The torch.distributed (gloo) backend gives the MPI backend's numbers: launched by torchrun or mpirun."""
+"""The torch.distributed (gloo) and Horovod backends give the MPI backend's numbers: launched by torchrun or mpirun."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
+
+from hpcspec.comm import world
+from hpcspec.errors import InputError
 
 from helpers import REPO, mpirun
 
@@ -41,20 +44,51 @@ def _torchrun(ranks: int, output, cwd) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _assert_same_numbers(ours: dict[str, np.ndarray], mpi: dict[str, np.ndarray], ranks: int) -> None:
+    """Bitwise on 2 ranks (a sum of two partial products is the same in any order); within
+    1e-10 of the largest magnitude on 3, where the backends may add the partial products in other orders."""
+    for name in NUMBERS:
+        if ranks == 2:
+            assert np.array_equal(ours[name], mpi[name]), name
+        else:
+            scale = np.max(np.abs(mpi[name]))
+            assert np.max(np.abs(ours[name] - mpi[name])) <= 1e-10 * scale, name
+
+
+def _mpi_numbers(ranks: int, tmp_path, *backend: str) -> dict[str, np.ndarray]:
+    """The JOB's numbers from ``mpirun -n ranks python -m hpcspec [BACKEND] JOB``."""
+    output = tmp_path / (backend[-1] if backend else "mpi")
+    done = mpirun(ranks, ["-m", "hpcspec", *backend, *JOB, "--output", str(output)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _numbers(output)
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_torchrun_gloo_equals_mpi(tmp_path, ranks):
     _torchrun(ranks, tmp_path / "torch", tmp_path)
-    done = mpirun(ranks, ["-m", "hpcspec", *JOB, "--output", str(tmp_path / "mpi")], tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    gloo, mpi = _numbers(tmp_path / "torch"), _numbers(tmp_path / "mpi")
+    gloo, mpi = _numbers(tmp_path / "torch"), _mpi_numbers(ranks, tmp_path)
     assert gloo.pop("communicator").startswith("torch.distributed gloo")
     assert mpi.pop("communicator").startswith("mpi4py")
-    for name in NUMBERS:
-        if ranks == 2:  # a sum of two partial products is the same in any order: bitwise
-            assert np.array_equal(gloo[name], mpi[name]), name
-        else:
-            scale = np.max(np.abs(mpi[name]))
-            assert np.max(np.abs(gloo[name] - mpi[name])) <= 1e-10 * scale, name
+    _assert_same_numbers(gloo, mpi, ranks)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_horovod_equals_mpi(tmp_path, ranks):
+    pytest.importorskip("horovod.torch")
+    horovod, mpi = _mpi_numbers(ranks, tmp_path, "--backend", "horovod"), _mpi_numbers(ranks, tmp_path)
+    assert horovod.pop("communicator").startswith("horovod")
+    assert mpi.pop("communicator").startswith("mpi4py")
+    _assert_same_numbers(horovod, mpi, ranks)
+
+
+def test_horovod_backend_without_horovod_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "horovod.torch", None)  # ``import horovod.torch`` now fails
+    with pytest.raises(InputError) as caught:
+        world("horovod")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("the horovod backend needs horovod, which is not installed")
+    assert "pip install horovod (built with PyTorch and MPI support)" in message
 
 
 def test_torch_backend_under_mpirun(tmp_path):

@@ -22,7 +22,8 @@ from ..config import Config, valid_keys
 from ..data import Shard
 
 #: Config keys (or sections) a resumed run may change: where and how fast it runs, not what it computes.
-MAY_CHANGE = ("output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "density.plot")
+MAY_CHANGE = ("output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",
+              "density.plot")
 _MODULUS = (1 << 61) - 1
 
 

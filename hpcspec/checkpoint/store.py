@@ -41,6 +41,7 @@ import torch
 
 from ..comm import AgreedInputError, Communicator
 from ..solvers.base import SCALARS, State, check_state
+from ..vectors import LocalSlice, slice_bounds
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -74,11 +75,6 @@ class Loaded:
     number: int
     world_size: int
     size: int
-
-
-def slice_bounds(size: int, rank: int, ranks: int) -> tuple[int, int]:
-    """The contiguous slice ``[lo, hi)`` of a length-``size`` vector that ``rank`` writes."""
-    return rank * size // ranks, (rank + 1) * size // ranks
 
 
 def _fsync_dir(path: Path) -> None:
@@ -181,6 +177,10 @@ class CheckpointStore:
         name = f"step-{number:08d}"
         tmp = self.directory / f"{name}.tmp"
         lo, hi = slice_bounds(size, comm.rank, comm.size)
+        for key, value in state.items():
+            if isinstance(value, LocalSlice) and (value.lo, value.hi) != (lo, hi):
+                raise ValueError(f"state entry {key!r} holds [{value.lo}, {value.hi}), not rank {comm.rank}'s "
+                                 f"slice [{lo}, {hi})")
         filename = f"rank-{comm.rank:05d}.h5"
         entry: dict[str, Any] | None = None
         error = None
@@ -190,7 +190,9 @@ class CheckpointStore:
             with self._h5(tmp / filename, "w") as f:
                 f.attrs.update({"rank": comm.rank, "lo": lo, "hi": hi, "size": size})
                 for key, value in state.items():
-                    if isinstance(value, torch.Tensor):
+                    if isinstance(value, LocalSlice):
+                        f.create_dataset(f"vectors/{key}", data=value.values.contiguous().numpy())
+                    elif isinstance(value, torch.Tensor):
                         f.create_dataset(f"vectors/{key}", data=value[..., lo:hi].contiguous().numpy())
                     elif isinstance(value, np.ndarray) and comm.rank == 0:
                         f.create_dataset(f"arrays/{key}", data=value)
@@ -223,10 +225,12 @@ class CheckpointStore:
                 meta: dict[str, Any], number: int) -> None:
         """Rank 0: manifest, fsync, rename, LATEST, prune."""
         vectors = {k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        sharded = sorted(k for k, v in state.items() if isinstance(v, LocalSlice))
+        vectors.update({k: [*state[k].values.shape[:-1], size] for k in sharded})
         arrays = {k: [v.dtype.str, list(v.shape)] for k, v in state.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in state.items() if isinstance(v, SCALARS)}
         body = {"format": FORMAT, "number": number, "world_size": self.comm.size, "size": size,
-                "files": list(files), "vectors": vectors, "arrays": arrays, "scalars": scalars, "meta": meta,
+                "files": list(files), "vectors": vectors, "sharded": sharded, "arrays": arrays, "scalars": scalars, "meta": meta,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         manifest = {**body, "checksum": hashlib.sha256(_canonical(body).encode()).hexdigest()}
         with open(tmp / MANIFEST, "w") as handle:
@@ -331,17 +335,30 @@ class CheckpointStore:
         return None
 
     def _read_state(self, path: Path, manifest: dict[str, Any]) -> State:
-        """Every vector re-assembled from all slices, plus arrays and scalars (on every rank)."""
+        """Arrays and scalars, and the vectors: whole when they were saved whole, and this rank's
+        :class:`LocalSlice` (for today's rank count) when they were saved sharded. Each rank opens
+        only the files it needs: rank 0's (for the arrays) and those overlapping its slices."""
         state: State = dict(manifest["scalars"])
+        size = manifest["size"]
+        sharded = set(manifest.get("sharded", []))
+        mine = slice_bounds(size, self.comm.rank, self.comm.size)
+        wanted = {key: (0, size) if key not in sharded else mine for key in manifest["vectors"]}
         for key, shape in manifest["vectors"].items():
-            state[key] = torch.empty(shape, dtype=torch.float64)
+            lo, hi = wanted[key]
+            state[key] = torch.empty([*shape[:-1], hi - lo], dtype=torch.float64)
         for entry in manifest["files"]:
+            lo, hi = entry["lo"], entry["hi"]
+            overlapping = [key for key, (a, b) in wanted.items() if max(lo, a) < min(hi, b)]
+            if not overlapping and entry["rank"] != 0:
+                continue
             with self._h5(path / entry["name"], "r") as f:
-                lo, hi = entry["lo"], entry["hi"]
-                for key in manifest["vectors"]:
-                    if hi > lo:
-                        state[key][..., lo:hi] = torch.from_numpy(f[f"vectors/{key}"][...])
+                for key in overlapping:
+                    a, b = wanted[key]
+                    begin, end = max(lo, a), min(hi, b)
+                    state[key][..., begin - a:end - a] = torch.from_numpy(f[f"vectors/{key}"][..., begin - lo:end - lo])
                 if entry["rank"] == 0:
                     for key in manifest["arrays"]:
                         state[key] = f[f"arrays/{key}"][...]
+        for key in sharded:
+            state[key] = LocalSlice(state[key], *mine, size)
         return state

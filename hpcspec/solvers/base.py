@@ -12,6 +12,8 @@ generically without knowing any solver:
 
 - ``torch.Tensor``: a stack of long vectors, shape ``(..., P)`` with P the operator size, float64
   (Krylov bases, iterates). The store splits the last axis across ranks, so these are what scale.
+  A solver whose vectors are sharded (:mod:`hpcspec.vectors`) gives a
+  :class:`~hpcspec.vectors.LocalSlice` instead: this rank's part, which the store writes as it is.
 - ``numpy.ndarray``: small arrays, the same on every rank (α, β, samples, counters).
 - ``int``, ``float``, ``bool``, ``str`` or ``None``: scalars.
 
@@ -26,6 +28,8 @@ from typing import Any, Callable, Dict, Generic, TypeVar
 
 import numpy as np
 import torch
+
+from ..vectors import LocalSlice
 
 R = TypeVar("R")
 State = Dict[str, Any]
@@ -73,7 +77,11 @@ class IterativeSolver(ABC, Generic[R]):
 def check_state(state: State, size: int) -> None:
     """Raise ValueError unless every value of ``state`` is of a kind the checkpoint store saves."""
     for key, value in state.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, LocalSlice):
+            if value.values.dtype != torch.float64 or value.values.ndim < 1 or value.size != size:
+                raise ValueError(f"state entry {key!r}: a slice of vectors of size {value.size} in float64 is "
+                                 f"needed, got {value.values.dtype} {tuple(value.values.shape)} of {value.size}")
+        elif isinstance(value, torch.Tensor):
             if value.dtype != torch.float64 or value.ndim < 1 or value.shape[-1] != size:
                 raise ValueError(f"state entry {key!r}: vectors must be float64 of shape (..., {size}), "
                                  f"got {value.dtype} {tuple(value.shape)}")

@@ -14,7 +14,8 @@ Krylov basis and reorthogonalises fully against it (two classical Gram–Schmidt
 over probes), as :mod:`hpcspec.solvers.lanczos` does. A probe whose β falls to ≤ 1e-12 of the
 scale of its T has found an invariant subspace: its quadrature is already exact for every f (the
 measure μ_q has only that many atoms), so it stops while the others go on. Rank 0 makes that
-decision and broadcasts it, so replicated vectors and stopping agree on every rank.
+decision and broadcasts it, so stopping agrees on every rank. The bases live in the operator's
+vector space (:mod:`hpcspec.vectors`): sharded, each rank keeps probes × m × P/R numbers.
 
 A discrete measure is smoothed for display and comparison by Gaussian broadening,
 ``φ(t) = Σ_k w_k N(t; θ_k, σ²)``. The default σ is 1% of the spectral range (the range of the
@@ -31,6 +32,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from ..operator import LinearOperator
+from ..vectors import space_of
 from .base import IterativeSolver, State
 from .probes import DISTRIBUTIONS, probe_block
 
@@ -104,11 +106,13 @@ class SLQ(IterativeSolver[DensityResult]):
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"probe distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
         self.op, self.probes = op, probes
+        self.space = space = space_of(op)
         self.m = m = min(steps, n)
         start = probe_block(n, seed, STREAM, range(probes), distribution)  # (P, probes)
         start /= torch.linalg.vector_norm(start, dim=0, keepdim=True)
-        self.basis = torch.zeros(probes, m, n, dtype=torch.float64)  # basis[j, i] = i-th Lanczos vector of probe j
-        self.basis[:, 0] = start.T
+        # basis[j, i] = this rank's slice of the i-th Lanczos vector of probe j
+        self.basis = torch.zeros(probes, m, space.local_size, dtype=torch.float64)
+        self.basis[:, 0] = space.local(start).T
         self.alpha = np.zeros((probes, m))
         self.beta = np.zeros((probes, max(m - 1, 0)))
         self.scale = np.zeros(probes)  # Gershgorin bound on ‖T‖ per probe, for the breakdown test
@@ -119,18 +123,18 @@ class SLQ(IterativeSolver[DensityResult]):
         self.done = False
 
     def step(self) -> None:
-        step, active, basis = self.step_index, self.active, self.basis
-        block = basis[active, step].T.contiguous()  # (P, active): one data pass serves every active probe
-        w = self.op.apply(block).T.contiguous()  # (active, P)
+        step, active, basis, space = self.step_index, self.active, self.basis, self.space
+        block = space.gather(basis[active, step].T.contiguous())  # (P, active): one data pass serves every active probe
+        w = space.apply(self.op, block).T.contiguous()  # (active, local rows)
         self.num_matvecs += len(active)
-        rows = basis[:, : step + 1] if len(active) == self.probes else basis[active, : step + 1]  # (active, m', P)
-        coefficients = torch.bmm(rows, w.unsqueeze(2))  # classical Gram–Schmidt, twice
+        rows = basis[:, : step + 1] if len(active) == self.probes else basis[active, : step + 1]  # (active, m', n)
+        coefficients = space.sum(torch.bmm(rows, w.unsqueeze(2)))  # classical Gram–Schmidt, twice
         w -= torch.bmm(rows.transpose(1, 2), coefficients).squeeze(2)
-        again = torch.bmm(rows, w.unsqueeze(2))
+        again = space.sum(torch.bmm(rows, w.unsqueeze(2)))
         w -= torch.bmm(rows.transpose(1, 2), again).squeeze(2)
         coefficients = (coefficients + again).squeeze(2)
         a = coefficients[:, step].numpy()
-        b = torch.linalg.vector_norm(w, dim=1).numpy()
+        b = space.norms(w).numpy()
         self.alpha[active, step] = a
         self.taken[active] = step + 1
         self.step_index = step + 1
@@ -149,14 +153,14 @@ class SLQ(IterativeSolver[DensityResult]):
 
     def state_dict(self) -> State:
         filled = 0 if self.done else self.step_index + 1  # a finished run needs only α, β
-        return {"kind": self.kind, "basis": self.basis[:, :filled].clone(),
+        return {"kind": self.kind, "basis": self.space.export(self.basis[:, :filled].clone()),
                 "alpha": self.alpha.copy(), "beta": self.beta.copy(), "scale": self.scale.copy(),
                 "taken": self.taken.copy(), "active": self.active.copy(), "step": self.step_index,
                 "num_matvecs": self.num_matvecs, "done": self.done}
 
     def load_state_dict(self, state: State) -> None:
         self._check_kind(state)
-        filled = state["basis"]
+        filled = self.space.take(state["basis"])
         if filled.shape[:1] != (self.probes,) or filled.shape[1] > self.m or state["alpha"].shape != self.alpha.shape:
             raise ValueError(f"SLQ state of shape {tuple(filled.shape)} does not fit {self.probes} probes × "
                              f"{self.m} steps")

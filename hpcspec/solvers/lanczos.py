@@ -6,8 +6,10 @@ pass. Without it, float32 Lanczos returns ghost copies of converged eigenvalues 
 2019, appendix; Paige 1971). Convergence is judged by Ritz residuals ``|β_m s_{m,i}|`` — the exact
 norm ``‖H y_i − θ_i y_i‖`` in exact arithmetic — never by how much an estimate moved.
 
-SPMD: every rank runs this loop on identical replicated vectors; rank 0 decides convergence and
-breakdown and broadcasts the decision, so all ranks stop together. :class:`Lanczos` runs it one
+SPMD: every rank runs this loop; rank 0 decides convergence and breakdown and broadcasts the
+decision, so all ranks stop together. Vectors live in the operator's space
+(:mod:`hpcspec.vectors`): replicated, or sharded so that each rank keeps only its slice of the
+basis (memory m·P/R) and the inner products cost one allreduce of m scalars. :class:`Lanczos` runs it one
 product at a time and can be checkpointed between products (:mod:`hpcspec.solvers.base`).
 """
 
@@ -21,6 +23,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from ..operator import LinearOperator
+from ..vectors import VectorSpace, space_of
 from .base import IterativeSolver, State
 from .probes import probe
 
@@ -51,13 +54,16 @@ class LanczosResult:
     num_matvecs: int
     alpha: np.ndarray
     beta: np.ndarray
+    #: ``(lo, hi)`` when ``eigenvectors`` holds only rows [lo, hi) (a sharded run); None: whole.
+    rows: tuple[int, int] | None = None
 
 
 class _Basis:
     """Orthonormal Krylov vectors as rows of a buffer that doubles when full."""
 
-    def __init__(self, n: int, capacity: int) -> None:
-        self._rows = torch.empty(max(capacity, 1), n, dtype=torch.float64)
+    def __init__(self, space: VectorSpace, capacity: int) -> None:
+        self.space = space
+        self._rows = torch.empty(max(capacity, 1), space.local_size, dtype=torch.float64)
         self.count = 0
 
     def append(self, vector: torch.Tensor) -> None:
@@ -74,7 +80,7 @@ class _Basis:
 
     def orthogonalise_(self, w: torch.Tensor) -> torch.Tensor:
         """Remove from ``w`` (in place) its components along the basis; return the coefficients."""
-        coefficients = self.rows @ w
+        coefficients = self.space.sum(self.rows @ w)
         w -= self.rows.T @ coefficients
         return coefficients
 
@@ -124,9 +130,10 @@ class Lanczos(IterativeSolver[LanczosResult]):
         if self.maxiter < k:
             raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
         self.op, self.k, self.which, self.tol, self.seed, self.callback = op, k, which, tol, seed, callback
-        self.basis = _Basis(n, min(self.maxiter, 64))
+        self.space = space_of(op)
+        self.basis = _Basis(self.space, min(self.maxiter, 64))
         q = v0.to(torch.float64).clone() if v0 is not None else probe(n, seed, STREAM, 0, "gaussian")
-        self.q = q / torch.linalg.vector_norm(q)
+        self.q = q / torch.linalg.vector_norm(q)  # whole on every rank: the next vector to multiply
         self.alpha: list[float] = []
         self.beta: list[float] = []
         self.restarts = 0
@@ -137,14 +144,14 @@ class Lanczos(IterativeSolver[LanczosResult]):
         self._vectors: torch.Tensor | None = None
 
     def step(self) -> None:
-        op, n = self.op, self.op.size
-        self.basis.append(self.q)
-        w = op.apply(self.q)
+        op, n, space = self.op, self.op.size, self.space
+        self.basis.append(space.local(self.q))
+        w = space.apply(op, self.q)  # this rank's rows of H q
         self.num_matvecs += 1
         a = self.basis.orthogonalise_(w)
         a += self.basis.orthogonalise_(w)
         self.alpha.append(float(a[-1]))
-        b = float(torch.linalg.vector_norm(w))
+        b = float(space.norms(w))
         m = len(self.alpha)
         theta, s = _ritz(self.alpha, self.beta)
         scale = max(float(np.max(np.abs(theta))), np.finfo(float).tiny)
@@ -161,52 +168,55 @@ class Lanczos(IterativeSolver[LanczosResult]):
             return
         if invariant:  # an invariant subspace: continue from a fresh direction
             self.restarts += 1
-            q = probe(n, self.seed, STREAM, self.restarts, "gaussian")
+            q = space.local(probe(n, self.seed, STREAM, self.restarts, "gaussian")).clone()
             self.basis.orthogonalise_(q)
             self.basis.orthogonalise_(q)
-            self.q = q / torch.linalg.vector_norm(q)
+            self.q = space.gather(q / space.norms(q))
             self.beta.append(0.0)
         else:
-            self.q = w / b
+            self.q = space.gather(w / b)
             self.beta.append(b)
 
     def state_dict(self) -> State:
+        space = self.space
         if self.done:  # a finished run carries its k Ritz vectors, not its whole basis
             vectors = self._ritz_vectors()[2]
-            return {"kind": self.kind, "basis": self.basis.rows[:0].clone(), "vectors": vectors.T.contiguous(),
-                    "q": self.q.clone(), "alpha": np.array(self.alpha, dtype=np.float64),
+            return {"kind": self.kind, "basis": space.export(self.basis.rows[:0].clone()),
+                    "vectors": space.export(vectors.T.contiguous()),
+                    "q": space.export(space.local(self.q).clone()), "alpha": np.array(self.alpha, dtype=np.float64),
                     "beta": np.array(self.beta, dtype=np.float64), "restarts": self.restarts,
                     "num_matvecs": self.num_matvecs, "last_beta": self.last_beta, "converged": self.converged,
                     "done": self.done}
-        return {"kind": self.kind, "basis": self.basis.rows.clone(), "q": self.q.clone(),
+        return {"kind": self.kind, "basis": space.export(self.basis.rows.clone()),
+                "q": space.export(space.local(self.q).clone()),
                 "alpha": np.array(self.alpha, dtype=np.float64), "beta": np.array(self.beta, dtype=np.float64),
                 "restarts": self.restarts, "num_matvecs": self.num_matvecs, "last_beta": self.last_beta,
                 "converged": self.converged, "done": self.done}
 
     def load_state_dict(self, state: State) -> None:
         self._check_kind(state)
-        rows = state["basis"]
-        self.basis = _Basis(self.op.size, max(min(self.maxiter, 64), rows.shape[0]))
+        space = self.space
+        rows = space.take(state["basis"])
+        self.basis = _Basis(space, max(min(self.maxiter, 64), rows.shape[0]))
         for row in rows:
             self.basis.append(row)
-        self.q = state["q"].clone()
+        self.q = space.gather(space.take(state["q"]).clone())
         self.alpha = [float(a) for a in state["alpha"]]
         self.beta = [float(b) for b in state["beta"]]
         self.restarts, self.num_matvecs = int(state["restarts"]), int(state["num_matvecs"])
         self.last_beta = float(state["last_beta"])
         self.converged, self.done = bool(state["converged"]), bool(state["done"])
-        self._vectors = state["vectors"].T.contiguous() if "vectors" in state else None
+        self._vectors = space.take(state["vectors"]).T.contiguous() if "vectors" in state else None
 
     def _ritz_vectors(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """Wanted Ritz values, residuals and unit Ritz vectors (P, k), sign fixed."""
+        """Wanted Ritz values, residuals and unit Ritz vectors (this rank's rows of (P, k)), sign fixed."""
         theta, s = _ritz(self.alpha, self.beta)
         wanted = select(theta, self.k, self.which)
         residuals = np.abs(self.last_beta * s[-1, wanted])
         if self._vectors is not None:  # restored from a finished state, whose basis was not kept
             return theta[wanted].copy(), residuals, self._vectors.clone()
         vectors = self.basis.rows.T @ torch.from_numpy(np.ascontiguousarray(s[:, wanted]))
-        signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
-        vectors *= torch.where(signs == 0, torch.ones_like(signs), signs)
+        vectors *= self.space.signs(vectors)
         return theta[wanted].copy(), residuals, vectors
 
     def result(self) -> LanczosResult:
@@ -214,7 +224,8 @@ class Lanczos(IterativeSolver[LanczosResult]):
         m = len(self.alpha)
         return LanczosResult(eigenvalues=eigenvalues, eigenvectors=vectors, residuals=residuals,
                              converged=self.converged, iterations=m, num_matvecs=self.num_matvecs,
-                             alpha=np.array(self.alpha), beta=np.array(self.beta[: m - 1]))
+                             alpha=np.array(self.alpha), beta=np.array(self.beta[: m - 1]),
+                             rows=(self.space.lo, self.space.hi) if self.space.sharded else None)
 
 
 def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
