@@ -192,14 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # boundary, and one after the last is ignored (the run finishes and exits 0).
     flag = StopFlag().install()
     try:
-        return _dispatch(argv, comm, flag)
+        code = _dispatch(argv, comm, flag)
+        _close(comm)
+        return code
     except StopRequested as exc:  # every rank committed the checkpoint and raised together
         if comm.rank == 0:
             print(f"hpcspec: {exc}; continue with --resume (exit code {EXIT_STOPPED})", file=sys.stderr, flush=True)
+        _close(comm)
         return EXIT_STOPPED
     except AgreedInputError as exc:
         if comm.rank == 0:
             print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
+        _close(comm)
         return EXIT_BAD_INPUT
     except InputError as exc:  # raised on some ranks only: the others may wait in a collective
         print(f"hpcspec: error: {exc} (rank {comm.rank})", file=sys.stderr, flush=True)
@@ -212,6 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         flag.uninstall()
+
+
+def _close(comm: Communicator) -> None:
+    """Every rank together, on a normal exit: let the backend shut down cleanly (if it needs to)."""
+    close = getattr(comm, "close", None)
+    if close is not None:
+        close()
 
 
 def _abort(comm: Communicator, code: int) -> None:

@@ -215,6 +215,12 @@ class TorchDistributedCommunicator:
         self._dist.all_gather_object(found, obj)
         return found
 
+    def close(self) -> None:
+        """Leave the process group together (every rank, at a normal exit): a gloo group torn
+        down by interpreter shutdown while a peer still works can kill the process (SIGABRT)."""
+        self._dist.barrier()
+        self._dist.destroy_process_group()
+
     def abort(self, code: int = 1) -> None:
         # torch.distributed has no abort: exiting breaks every peer's pending collective, and a
         # torchrun launcher then stops the other workers.

@@ -59,16 +59,16 @@ class LanczosResult:
 
 
 class _Basis:
-    """Orthonormal Krylov vectors as rows of a buffer that doubles when full."""
+    """Orthonormal Krylov vectors as rows of a buffer that doubles when full, up to ``limit`` rows."""
 
-    def __init__(self, space: VectorSpace, capacity: int) -> None:
-        self.space = space
+    def __init__(self, space: VectorSpace, capacity: int, limit: int) -> None:
+        self.space, self.limit = space, max(limit, capacity, 1)
         self._rows = torch.empty(max(capacity, 1), space.local_size, dtype=torch.float64)
         self.count = 0
 
     def append(self, vector: torch.Tensor) -> None:
         if self.count == self._rows.shape[0]:
-            grown = torch.empty(2 * self.count, self._rows.shape[1], dtype=torch.float64)
+            grown = torch.empty(min(2 * self.count, self.limit), self._rows.shape[1], dtype=torch.float64)
             grown[: self.count] = self._rows
             self._rows = grown
         self._rows[self.count] = vector
@@ -131,7 +131,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
             raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
         self.op, self.k, self.which, self.tol, self.seed, self.callback = op, k, which, tol, seed, callback
         self.space = space_of(op)
-        self.basis = _Basis(self.space, min(self.maxiter, 64))
+        self.basis = _Basis(self.space, min(self.maxiter, 64), self.maxiter)
         q = v0.to(torch.float64).clone() if v0 is not None else probe(n, seed, STREAM, 0, "gaussian")
         self.q = q / torch.linalg.vector_norm(q)  # whole on every rank: the next vector to multiply
         self.alpha: list[float] = []
@@ -197,7 +197,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
         self._check_kind(state)
         space = self.space
         rows = space.take(state["basis"])
-        self.basis = _Basis(space, max(min(self.maxiter, 64), rows.shape[0]))
+        self.basis = _Basis(space, max(min(self.maxiter, 64), rows.shape[0]), self.maxiter)
         for row in rows:
             self.basis.append(row)
         self.q = space.gather(space.take(state["q"]).clone())
