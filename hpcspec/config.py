@@ -26,6 +26,7 @@ ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid", "softplus")
 LOSSES = ("cross_entropy", "mse")
 DTYPES = ("float64", "float32")
 HVP_METHODS = ("auto", "double_backward", "forward_over_reverse")
+REDUCTIONS = ("fast", "ordered")
 WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")
 TASKS = ("eigen", "trace", "density")
 EIGEN_METHODS = ("lanczos", "power")
@@ -69,7 +70,9 @@ class HessianConfig:
     H·v before the run. ``graph_budget_mb`` (per rank) lets ``double_backward`` keep the shard's
     first-order graphs between products when they fit, so a product costs one second backward.
     ``shard_vectors`` keeps only each rank's slice of every Lanczos/SLQ vector (memory m·P/R per
-    rank; products reduce-scattered); off, every rank holds whole vectors.
+    rank; products reduce-scattered); off, every rank holds whole vectors. ``reduction =
+    "ordered"`` sums the products exactly (fixed point), so with replicated vectors and a fixed
+    thread count the results have the same bits on any number of ranks.
     """
 
     loss: str = "cross_entropy"
@@ -79,6 +82,7 @@ class HessianConfig:
     check: bool = True
     graph_budget_mb: float = 1024.0
     shard_vectors: bool = True
+    reduction: str = "fast"
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("eigen.which", cfg.eigen.which, WHICH)
     _check_choice("eigen.method", cfg.eigen.method, EIGEN_METHODS)
     _check_choice("hessian.bn_mode", cfg.hessian.bn_mode, BN_MODES)
+    _check_choice("hessian.reduction", cfg.hessian.reduction, REDUCTIONS)
     _check_choice("trace.method", cfg.trace.method, TRACE_METHODS)
     _check_choice("trace.distribution", cfg.trace.distribution, DISTRIBUTIONS)
     _check_choice("density.distribution", cfg.density.distribution, DISTRIBUTIONS)

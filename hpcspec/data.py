@@ -34,32 +34,40 @@ class Shard:
         return self.stop - self.start
 
 
-def shard_range(total: int, rank: int, size: int) -> tuple[int, int]:
-    """Samples ``[start, stop)`` owned by ``rank``: contiguous, sizes differ by at most one."""
-    return rank * total // size, (rank + 1) * total // size
+def shard_range(total: int, rank: int, size: int, granule: int = 1) -> tuple[int, int]:
+    """Samples ``[start, stop)`` owned by ``rank``: contiguous, made of whole granules of
+    ``granule`` samples (the last one may be short), granule counts differing by at most one.
+
+    ``granule = batch_size`` keeps every batch of the whole data set on one rank, whatever the
+    rank count: what a rank-count-independent (ordered) reduction needs.
+    """
+    granules = -(-total // granule)
+    start, stop = rank * granules // size * granule, (rank + 1) * granules // size * granule
+    return min(start, total), min(stop, total)
 
 
 def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features: int = 16,
-               classes: int = 4, outputs: int = 1, seed: int = 0) -> Shard:
+               classes: int = 4, outputs: int = 1, seed: int = 0, granule: int = 1) -> Shard:
     """Load this rank's shard of the data set named by ``spec``.
 
     ``spec`` is ``digits`` (scikit-learn's bundled handwritten digits, standardised per feature),
     ``synthetic`` (a seeded teacher problem; ``classes = 0`` gives regression targets of width
     ``outputs``), a path to an HDF5 file with datasets ``x`` and ``y``, or ``module:callable``
-    returning a ``torch.utils.data.Dataset`` or an ``(x, y)`` pair of tensors.
+    returning a ``torch.utils.data.Dataset`` or an ``(x, y)`` pair of tensors. Shards are made
+    of whole ``granule``-sample pieces (:func:`shard_range`).
     """
     if spec == "digits":
         x, y = _digits()
     elif spec == "synthetic":
         x, y = synthetic(samples, features, classes, outputs, seed)
     elif spec.endswith((".h5", ".hdf5")) or "/" in spec or Path(spec).is_file():
-        return _hdf5_shard(Path(spec), rank, size)
+        return _hdf5_shard(Path(spec), rank, size, granule)
     elif is_callable_spec(spec):
-        return _callable_shard(spec, rank, size)
+        return _callable_shard(spec, rank, size, granule)
     else:
         raise InputError(f"unknown data {spec!r}: use one of {', '.join(BUILTIN_DATA)}, "
                          "a path to an HDF5 file, or module:callable")
-    start, stop = shard_range(len(x), rank, size)
+    start, stop = shard_range(len(x), rank, size, granule)
     return _checked_shard(x[start:stop], y[start:stop], start, stop, len(x), spec)
 
 
@@ -90,7 +98,7 @@ def synthetic(samples: int, features: int, classes: int, outputs: int,
     return x, scores
 
 
-def _hdf5_shard(path: Path, rank: int, size: int) -> Shard:
+def _hdf5_shard(path: Path, rank: int, size: int, granule: int) -> Shard:
     """Read only this rank's slice of ``x`` and ``y``, after checking names, shapes and dtypes."""
     import h5py
 
@@ -117,13 +125,13 @@ def _hdf5_shard(path: Path, rank: int, size: int) -> Shard:
                 raise InputError(f"data file {str(path)!r}: dataset {name!r} has non-numeric "
                                  f"dtype {dset.dtype}")
         total = x_set.shape[0]
-        start, stop = shard_range(total, rank, size)
+        start, stop = shard_range(total, rank, size, granule)
         x = torch.from_numpy(np.ascontiguousarray(x_set[start:stop]))
         y = torch.from_numpy(np.ascontiguousarray(y_set[start:stop]))
     return _checked_shard(x, y, start, stop, total, str(path))
 
 
-def _callable_shard(spec: str, rank: int, size: int) -> Shard:
+def _callable_shard(spec: str, rank: int, size: int, granule: int) -> Shard:
     made = resolve_callable(spec, "data")()
     if isinstance(made, (tuple, list)) and len(made) == 2:
         x, y = (torch.as_tensor(part) for part in made)
@@ -131,11 +139,11 @@ def _callable_shard(spec: str, rank: int, size: int) -> Shard:
             raise InputError(f"data {spec!r} returned x with {x.shape[0]} samples and y with "
                              f"{y.shape[0]}")
         total = x.shape[0]
-        start, stop = shard_range(total, rank, size)
+        start, stop = shard_range(total, rank, size, granule)
         return _checked_shard(x[start:stop], y[start:stop], start, stop, total, spec)
     if isinstance(made, torch.utils.data.Dataset) and hasattr(made, "__len__"):
         total = len(made)
-        start, stop = shard_range(total, rank, size)
+        start, stop = shard_range(total, rank, size, granule)
         items = [made[i] for i in range(start, stop)]
         if not items:
             x, y = _stack_items([made[0]], spec)

@@ -239,7 +239,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
     loss = agreed(comm, get_loss, cfg.hessian.loss)
     shard = agreed(comm, load_shard, cfg.data.spec, comm.rank, comm.size, samples=cfg.data.samples,
                    features=cfg.data.features, classes=cfg.data.classes, outputs=cfg.data.outputs,
-                   seed=cfg.seed)
+                   seed=cfg.seed, granule=cfg.data.batch_size if cfg.hessian.reduction == "ordered" else 1)
     log.info("data %s: %d samples, this rank holds [%d, %d); %d thread(s) per rank on %s",
              cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
     shape = _data_shape(comm, shard, loss.name)
@@ -262,7 +262,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         method = loaded.meta.get("hvp_method", method)
     op = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=method,
                          bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
-                         shard_vectors=cfg.hessian.shard_vectors)
+                         shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
     agreed(comm, op.check_data)
     agreed(comm, check_model_modes, op.model, cfg.hessian.bn_mode)
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",

@@ -8,10 +8,12 @@ across ranks in one message per application, and the result is divided once by C
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -24,6 +26,9 @@ from .params import ParamLayout
 from .vectors import VectorSpace, make_space
 
 HVP_METHODS = ("double_backward", "forward_over_reverse")
+#: ``fast``: one float64 allreduce (bits depend on the rank count through the summation order);
+#: ``ordered``: an exact fixed-point sum whose bits do not (see ``HessianOperator._exact_sum``).
+REDUCTIONS = ("fast", "ordered")
 #: Used by ``method="auto"`` when there is nothing to time (rank 0 holds no samples).
 #: benchmarks/hvp_cost.py found it faster on the digits MLP (float32 and float64) and on ResNet-20
 #: in float32, but forward-over-reverse faster on ResNet-20 in float64 — hence the timing in "auto".
@@ -134,6 +139,12 @@ class HessianOperator:
         shard_vectors: solvers keep only this rank's slice of every long vector (``space``, see
             :mod:`hpcspec.vectors`) and products are reduce-scattered (:meth:`apply_sharded`);
             off, or on one rank, vectors are replicated and products allreduced (:meth:`apply`).
+        reduction: ``fast`` (one float64 allreduce of the rank sums) or ``ordered``: every batch's
+            product is reduced exactly on a fixed-point grid, so H·v has the same bits for any
+            rank count and any order, provided each batch is the same on every rank count (shard
+            with ``granule = batch_size``, :func:`hpcspec.data.shard_range`) and ranks use the
+            same thread count. Costs one int64 reduction instead of a float64 one, a gather of k
+            scalars, and one (k, P) term per local batch in memory.
 
     The constructor is collective (one reduction, and a broadcast for ``auto``): every rank builds
     its operator at the same point. Parameters that do not require gradients are excluded from the
@@ -142,8 +153,12 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
-                 bn_mode: str = "eval", graph_budget_mb: float = 0.0, shard_vectors: bool = False) -> None:
+                 bn_mode: str = "eval", graph_budget_mb: float = 0.0, shard_vectors: bool = False,
+                 reduction: str = "fast") -> None:
         self.comm = comm or SingleProcess()
+        if reduction not in REDUCTIONS:
+            raise InputError(f"unknown reduction {reduction!r}: use {' or '.join(REDUCTIONS)}")
+        self.reduction = reduction
         check_bn_mode(bn_mode)
         self.bn_mode = bn_mode
         self.model = model.eval()
@@ -316,35 +331,70 @@ class HessianOperator:
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
-        total = self.comm.allreduce_sum_(self._local_products(vectors))
+        if self.reduction == "ordered":
+            total = self._exact_sum(self._local_products(vectors, per_batch=True), None)
+        else:
+            total = self.comm.allreduce_sum_(self._local_products(vectors)[0])
         total /= self.total_count
         return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
 
     def apply_sharded(self, vectors: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
         """Rows ``bounds[rank]`` of ``H @ vectors`` (whole (P,) or (P, k) in, this rank's rows out):
         the partial products are reduce-scattered, so no rank receives the whole product."""
-        total = self.comm.reduce_scatter_rows(self._local_products(vectors).T.contiguous(), bounds)
+        if self.reduction == "ordered":
+            total = self._exact_sum(self._local_products(vectors, per_batch=True), bounds)
+        else:
+            total = self.comm.reduce_scatter_rows(self._local_products(vectors)[0].T.contiguous(), bounds)
         total /= self.total_count
         return total.reshape(-1) if vectors.ndim == 1 else total
 
-    def _local_products(self, vectors: torch.Tensor) -> torch.Tensor:
-        """This rank's shard's share of ``H @ vectors`` times the count, as (k, P) float64 on the CPU."""
+    def _local_products(self, vectors: torch.Tensor, per_batch: bool = False) -> list[torch.Tensor]:
+        """This rank's shard's share of ``H @ vectors`` times the count, as (k, P) float64 on the
+        CPU: one sum (``[total]``), or one term per batch in batch order (``per_batch``)."""
         block = vectors.reshape(self.size, -1)
         k = block.shape[1]
         tangents = [self.layout.split(block[:, j].to(self.device, self.compute_dtype)) for j in range(k)]
-        total = torch.zeros(k, self.size, dtype=torch.float64, device=self.device)
+        totals = [torch.zeros(k, self.size, dtype=torch.float64, device=self.device)]
         graphs = self._cached_graphs()
         if graphs is not None:
-            for grads, live in graphs:
-                for j, product in enumerate(self._second_order(grads, live, tangents, keep=True)):
-                    self._accumulate(total[j], product)
+            products = (self._second_order(grads, live, tangents, keep=True) for grads, live in graphs)
         else:
             hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
-            for inputs, targets in self._batches():
-                for j, product in enumerate(hvp(inputs, targets, tangents)):
-                    self._accumulate(total[j], product)
+            products = (hvp(inputs, targets, tangents) for inputs, targets in self._batches())
+        for count, batch_products in enumerate(products):
+            if per_batch and count:
+                totals.append(torch.zeros(k, self.size, dtype=torch.float64, device=self.device))
+            for j, product in enumerate(batch_products):
+                self._accumulate(totals[-1][j], product)
         self.num_matvecs += k
-        return total.cpu() if total.device.type != "cpu" else total
+        return [total.cpu() if total.device.type != "cpu" else total for total in totals]
+
+    def _exact_sum(self, parts: list[torch.Tensor], bounds: Sequence[tuple[int, int]] | None) -> torch.Tensor:
+        """The sum over every batch of every rank, with bits that depend on neither the order of
+        the terms nor the rank count (``reduction = "ordered"``).
+
+        Each column's terms are put on one fixed-point grid (2^-s, from the column's largest
+        magnitude over all ranks and the number of batches, so that no int64 sum can overflow)
+        and summed as integers, which is exact and so associative; one allreduce (or
+        reduce-scatter: ``bounds`` given, rows of (P, k) returned) of int64 carries them. The
+        grid keeps 62 − ⌈log2(batches + 1)⌉ bits below each column's largest term: a rounding of
+        about 2^-57 of it per term on data sets of a few dozen batches. Without ``bounds``,
+        returns (k, P).
+        """
+        k = parts[0].shape[0]
+        largest = torch.stack([part.abs().amax(dim=1) for part in parts]).amax(dim=0).numpy() if parts else np.zeros(k)
+        gathered = self.comm.allgather_object((largest, len(parts) if len(self._inputs) else 0))
+        largest = np.max(np.stack([found for found, _ in gathered]), axis=0)
+        headroom = max(1, math.ceil(math.log2(sum(batches for _, batches in gathered) + 1)))
+        # |term · 2^s| < 2^(62−h); capped so that 2^s stays a finite float64
+        shift = torch.from_numpy(np.minimum(62 - headroom - np.frexp(largest)[1], 1000).astype(np.int64))
+        fixed = torch.zeros(k, self.size, dtype=torch.int64)
+        for part in parts:
+            fixed += torch.round(torch.ldexp(part, shift[:, None].to(torch.float64))).to(torch.int64)
+        if bounds is None:
+            return torch.ldexp(self.comm.allreduce_sum_(fixed).to(torch.float64), -shift[:, None].to(torch.float64))
+        rows = self.comm.reduce_scatter_rows(fixed.T.contiguous(), bounds)
+        return torch.ldexp(rows.to(torch.float64), -shift[None, :].to(torch.float64))
 
     def _accumulate(self, flat: torch.Tensor, parts: Sequence[torch.Tensor | None]) -> None:
         """``flat += parts`` slice by slice (float64), skipping parameters with no contribution."""
