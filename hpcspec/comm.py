@@ -296,6 +296,11 @@ class HorovodCommunicator:
         # that send None and ranks that send a message (see agree_on_failure)
         return self._hvd.allgather_object(obj, name=self._name("allgather_object"))
 
+    def close(self) -> None:
+        """Shut Horovod down together (every rank, at a normal exit) while the interpreter is whole,
+        rather than from its atexit hook during interpreter teardown."""
+        self._hvd.shutdown()
+
     def abort(self, code: int = 1) -> None:
         # MPI_Abort ends every rank; without MPI (Gloo controller) exiting breaks the peers' collectives
         if self._hvd.mpi_enabled():
