@@ -181,12 +181,18 @@ class TorchDistributedCommunicator:
     def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.size == 1:
             return tensor
-        if self._nccl or tensor.device.type == "cpu":
-            self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM)
-            return tensor
-        host = tensor.cpu()
-        self._dist.all_reduce(host, op=self._dist.ReduceOp.SUM)
-        return tensor.copy_(host)
+        wire = self._on_wire(tensor)
+        self._dist.all_reduce(wire, op=self._dist.ReduceOp.SUM)
+        return tensor if wire is tensor else tensor.copy_(wire)
+
+    def _on_wire(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor itself when the backend can move it where it is, else a copy where it can:
+        NCCL moves only GPU tensors, gloo host ones."""
+        if self._nccl and tensor.device.type != "cuda":
+            return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        if not self._nccl and tensor.device.type != "cpu":
+            return tensor.cpu()
+        return tensor
 
     def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
         # gloo has no uneven reduce-scatter: reduce everything, keep this rank's rows
@@ -195,11 +201,11 @@ class TorchDistributedCommunicator:
 
     def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
         widest = max(hi - lo for lo, hi in bounds)
-        padded = torch.zeros((widest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        padded = self._on_wire(torch.zeros((widest, *rows.shape[1:]), dtype=rows.dtype))
         padded[: len(rows)] = rows
         pieces = [torch.empty_like(padded) for _ in bounds]
         self._dist.all_gather(pieces, padded)
-        return torch.cat([piece[: hi - lo] for piece, (lo, hi) in zip(pieces, bounds)])
+        return torch.cat([piece[: hi - lo] for piece, (lo, hi) in zip(pieces, bounds)]).to(rows.device)
 
     def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
         full = self.allgather_rows(rows, bounds)

@@ -12,7 +12,9 @@ from .comm import Communicator
 def select_device(comm: Communicator) -> torch.device:
     """``cuda:<local rank mod GPUs>`` when CUDA is available, else the CPU."""
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-        return torch.device("cuda", comm.local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", comm.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)  # NCCL collectives and CUDA-staged buffers use the current device
+        return device
     return torch.device("cpu")
 
 
