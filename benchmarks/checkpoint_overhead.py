@@ -19,30 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 
-REPO = Path(__file__).resolve().parents[1]
-JOB = ["--model", "mlp", "--data", "digits", "--top-k", "5", "--trace", "--density", "--train-steps", "50",
-       "--set", "model.hidden=[480, 480]", "--set", "model.activation='relu'", "--set", "hessian.hvp='double_backward'",
-       "--set", "density.plot=false"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch import MLP_JOB as JOB, mpirun  # noqa: E402
 
 
 def run(ranks: int, output: Path, extra: list[str]) -> dict[str, float]:
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = ["mpirun", "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "hpcspec", "run",
-               "--output", str(output), *JOB, *extra]
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    done, wall = mpirun(ranks, ["-m", "hpcspec", "run", "--output", str(output), *JOB, *extra])
     if done.returncode != 0:
         raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     with h5py.File(output / "results.h5") as f:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch import mpirun  # noqa: E402
+
 MIB = 2**20
 
 
@@ -57,11 +57,8 @@ def worker(steps: int, sharded: bool, out: Path) -> None:
 
 def launch(ranks: int, steps: int, sharded: bool, scratch: Path) -> list[dict]:
     out = scratch / f"{ranks}-{steps}-{sharded}.json"
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = ["mpirun", "--oversubscribe", "-n", str(ranks), sys.executable, __file__, "--worker",
-               "--steps", str(steps), "--out", str(out)] + (["--sharded"] if sharded else [])
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done, _ = mpirun(ranks, [__file__, "--worker", "--steps", str(steps), "--out", str(out),
+                             *(["--sharded"] if sharded else [])], threads=1)
     if done.returncode != 0:
         raise SystemExit(f"worker failed ({ranks} ranks, m = {steps}):\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())

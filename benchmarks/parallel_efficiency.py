@@ -15,32 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 
-REPO = Path(__file__).resolve().parents[1]
-JOB = ["--model", "mlp", "--data", "digits", "--top-k", "5", "--trace", "--density", "--train-steps", "50",
-       "--set", "model.hidden=[480, 480]", "--set", "model.activation='relu'", "--set", "hessian.hvp='double_backward'",
-       "--set", "density.plot=false", "--set", "threads=1"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch import MLP_JOB, mpirun  # noqa: E402
+
+JOB = [*MLP_JOB, "--set", "threads=1"]
 
 
 def run(ranks: int, output: Path, extra: list[str]) -> dict[str, float]:
     """One job; its estimator and total seconds as hpcspec recorded them, and the launcher's wall time."""
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = ["mpirun", "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "hpcspec", "run", *JOB,
-               *extra, "--output", str(output)]
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    done, wall = mpirun(ranks, ["-m", "hpcspec", "run", *JOB, *extra, "--output", str(output)], threads=1)
     if done.returncode != 0:
         raise SystemExit(f"job failed on {ranks} rank(s):\n{done.stderr[-3000:]}")
     with h5py.File(output / "results.h5") as f:
