@@ -1,3 +1,6 @@
+import shutil
+import tempfile
+
 import pytest
 import torch
 
@@ -18,6 +21,20 @@ def _fixed_threads():
     """Tests compare bits; keep the thread count fixed within each test."""
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _own_launcher_tmpdir(monkeypatch):
+    """Each test's launches keep their Open MPI session directories in a fresh folder.
+
+    An mpirun that is SIGKILLed (the restart tests do it on purpose) leaves ``ompi.<host>.<pid>``
+    with its PMIx socket behind; a later mpirun that gets the same PID cannot bind its socket and
+    fails with "The PMIx server's listener thread failed to start" (exit 213) before any rank runs.
+    The path stays short: a Unix socket path has a 108-byte limit."""
+    folder = tempfile.mkdtemp(prefix="hs-")
+    monkeypatch.setenv("TMPDIR", folder)
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -83,14 +83,4 @@ def mpirun(n: int, args: list[str], cwd: Path, timeout: float = 120) -> subproce
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
                PYTHONPATH=os.pathsep.join([str(REPO), str(cwd), os.environ.get("PYTHONPATH", "")]))
     command = ["mpirun", "--oversubscribe", "-n", str(n), sys.executable, *args]
-    for _ in range(LAUNCH_ATTEMPTS):
-        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-        if LAUNCHER_FAILURE not in done.stderr:
-            break
-    return done
-
-
-#: Open MPI 5's launcher sometimes fails to start its PMIx server (exit 213) before any rank runs,
-#: seen intermittently here and in other projects' CI; such a launch is retried, nothing else is.
-LAUNCHER_FAILURE = "The PMIx server's listener thread failed to start"
-LAUNCH_ATTEMPTS = 3
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
