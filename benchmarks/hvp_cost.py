@@ -19,7 +19,8 @@ Why: a Lanczos run costs one H·v per iteration, so "H·v in gradients" is what 
 relative to an epoch of gradients, and the faster method is ``operator.DEFAULT_HVP_METHOD``.
 
 Models: the digits MLP (1797 x 64, 10 classes, hidden (32, 32), tanh, batch 256) and a CIFAR
-ResNet-20 (He et al. 2016, option-A shortcuts) on seeded synthetic 3x32x32 inputs with random labels.
+ResNet-20 (He et al. 2016, option-A shortcuts; the zoo's ``hpcspec.models.resnet``) on seeded
+synthetic 3x32x32 inputs with random labels.
 
 Run: ``PYTHONPATH=. python benchmarks/hvp_cost.py [--models mlp,resnet20] [--repeats 7]
 [--dtype float32] [--samples 256] [--batch-size 128] [--json PATH]``.
@@ -36,12 +37,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hpcspec.data import load_shard
 from hpcspec.losses import get_loss
 from hpcspec.models.mlp import MLP
+from hpcspec.models.resnet import ResNet
 from hpcspec.operator import HVP_METHODS, HessianOperator
 
 MODELS = ("mlp", "resnet20")
@@ -54,53 +55,6 @@ KEPT = "double_backward, graph kept"
 KEPT_BUDGET_MB = 16384
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity shortcut; option A (stride-2 subsampling and
-    zero-padded channels, no parameters) where the shape changes."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.stride = stride
-        self.pad = planes - in_planes
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1 and self.pad == 0:
-            return x
-        x = x[:, :, ::self.stride, ::self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class ResNet20(nn.Module):
-    """CIFAR ResNet-20: conv-BN, 3 stages of 3 basic blocks (16/32/64 channels), global
-    average pool, linear classifier."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        blocks: list[nn.Module] = []
-        in_planes = 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(3):
-                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(F.relu(self.bn(self.conv(x))))
-        return self.fc(out.mean(dim=(2, 3)))
-
-
 def build(name: str, dtype: torch.dtype, samples: int,
           batch_size: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
     """The model (seeded init, eval mode, ``dtype``), its inputs (``dtype``), labels and batch size."""
@@ -110,7 +64,7 @@ def build(name: str, dtype: torch.dtype, samples: int,
         model: nn.Module = MLP(64, 10, (32, 32), "tanh")
         x, y, batch = shard.inputs, shard.targets, 256
     else:
-        model = ResNet20()
+        model = ResNet(3, in_channels=3, num_classes=10)  # ResNet-20, width 16: hpcspec's zoo model
         generator = torch.Generator().manual_seed(SEED)
         x = torch.randn(samples, 3, 32, 32, generator=generator)
         y = torch.randint(0, 10, (samples,), generator=generator)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m hpcspec [run|resume|validate|info] …``. Parsing and dispatch only.
+"""Command line: ``python -m hpcspec [run|resume|validate|train|track|info] …``. Parsing and dispatch only.
 
 Exit codes: 0 done; 2 bad input or configuration (every rank, one line from rank 0); 3 stopped on
 SIGTERM/SIGUSR1/SIGINT after committing a checkpoint (the job scripts requeue on 3); any other
@@ -23,7 +23,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
 DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out", "tasks": ["eigen", "trace", "density"]}
 
 #: Task flags: naming any of them on the command line runs exactly the tasks named.
-TASK_FLAGS = {"top_k": "eigen", "trace": "trace", "density": "density"}
+TASK_FLAGS = {"top_k": "eigen", "trace": "trace", "density": "density", "landscape": "landscape"}
 
 #: Dedicated flags and the config keys they set (applied after the config file, before --set).
 FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss", "top_k": "eigen.top_k",
@@ -32,7 +32,7 @@ FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss",
              "hvp": "hessian.hvp", "weights": "model.weights", "train_steps": "train.steps",
              "threads": "threads", "eigen_method": "eigen.method", "trace_method": "trace.method",
              "trace_matvecs": "trace.matvecs", "probes": "density.probes", "steps": "density.steps",
-             "bn_mode": "hessian.bn_mode"}
+             "bn_mode": "hessian.bn_mode", "params": "model.params"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue from the newest good checkpoint in the output directory (start from the "
                           "beginning if there is none; do nothing if the run already finished)")
+    run.add_argument("--per-block", action="store_true",
+                     help="run the tasks once per parameter block (blocks.depth components of the module path) "
+                          "into OUTPUT/blocks/<block>/; writes blocks.h5 and blocks.png")
+    track = sub.add_parser("track", help="run the tasks on every training checkpoint (step_*.pt) of a folder; "
+                                         "writes track.h5 and track_*.png (rerun: only new checkpoints run)")
+    track.add_argument("checkpoint_dir", help="the folder of step_*.pt files (python -m hpcspec train --output); "
+                                              "its train.toml gives the model, data and Hessian defaults")
+    _add_job_arguments(track)
+    track.add_argument("--resume", action="store_true",
+                       help="accepted for symmetry with run: track always resumes (finished steps are skipped, a "
+                            "stopped one continues)")
     resume = sub.add_parser("resume", help="continue a stopped run from its output directory, with the config "
                                            "stored in its checkpoint")
     resume.add_argument("output_dir", help="the stopped run's output directory (holding checkpoints/)")
@@ -64,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_arguments(validate)
     validate.add_argument("--max-params", type=int, default=MAX_DENSE_PARAMS,
                           help=f"refuse models with more parameters (default {MAX_DENSE_PARAMS:,}: P² float64)")
+    report = sub.add_parser("report", help="rewrite summary.json, the console summary and every plot from stored "
+                                           "results files (offline: no MPI, model or data needed)")
+    report.add_argument("results", nargs="+", help="results.h5 file(s) written by run, validate, track or --per-block")
+    report.add_argument("--output", help="folder for the regenerated files (default: each file's own folder)")
+    report.add_argument("--table", help="also write a Markdown table comparing the runs to this file")
+    train = sub.add_parser("train", help="data-parallel minibatch SGD, saving step_*.pt weights for the analyses "
+                                         "(restartable: --resume)")
+    _add_train_arguments(train)
     sub.add_parser("info", help="versions, world size and device")
     return parser
 
@@ -81,6 +100,9 @@ def _add_job_arguments(run: argparse.ArgumentParser) -> None:
     tasks.add_argument("--trace", action="store_const", const=True, help="the trace, with a standard error")
     tasks.add_argument("--density", action="store_const", const=True,
                        help="the eigenvalue density by stochastic Lanczos quadrature (+ density.png)")
+    tasks.add_argument("--landscape", action="store_const", const=True,
+                       help="the loss along the top eigenvectors and a random direction (needs --top-k; "
+                            "+ landscape_1d.png, landscape_2d.png)")
     run.add_argument("--which", help="largest, smallest, largest_magnitude or both_ends")
     run.add_argument("--eigen-method", help="lanczos (default) or power (PyHessian's power iteration)")
     run.add_argument("--trace-method", help="krylov (default), hutchpp, xtrace or hutchinson")
@@ -96,17 +118,53 @@ def _add_job_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--hvp", help="auto, double_backward or forward_over_reverse")
     run.add_argument("--bn-mode", help="eval (default: running statistics) or train (batch statistics)")
     run.add_argument("--weights", help="state-dict file to load into the model")
+    run.add_argument("--params", help="only these parameters enter the Hessian: comma-separated globs over "
+                                      "parameter names, e.g. 'layer3.*,linear.*' (the others are frozen)")
     run.add_argument("--train-steps", type=int, help="full-batch Adam steps before the analysis")
     run.add_argument("--threads", type=int, help="torch threads per rank (0: cores / ranks per node)")
 
 
-def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
-    """Defaults → ``base`` → ``--config`` file → dedicated flags → ``--set`` (later wins)."""
+#: ``train``'s flags and the config keys they set (``--steps``/``--batch-size`` mean training steps/minibatch).
+TRAIN_FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss", "output": "output",
+                   "dtype": "hessian.dtype", "seed": "seed", "batch_size": "train.batch_size",
+                   "weights": "model.weights", "threads": "threads", "epochs": "train.epochs", "steps": "train.steps",
+                   "lr": "train.lr", "momentum": "train.momentum", "weight_decay": "train.weight_decay",
+                   "schedule": "train.schedule", "save_every": "train.save_every"}
+
+
+def _add_train_arguments(train: argparse.ArgumentParser) -> None:
+    """The flags of ``train`` (each sets the config key in :data:`TRAIN_FLAG_KEYS`; see README "Training")."""
+    train.add_argument("--config", help="TOML job config (see README)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.nesterov=true (repeatable; applied last)")
+    train.add_argument("--model", help="built-in model name or module:callable")
+    train.add_argument("--data", help="digits, synthetic, a path to an HDF5 file, or module:callable")
+    train.add_argument("--loss", help="cross_entropy or mse")
+    train.add_argument("--output", help="directory for step_*.pt, train.toml, train_state.pt, train_log.json")
+    train.add_argument("--dtype", help="training precision: float64 (default) or float32")
+    train.add_argument("--seed", type=int, help="seed of the initial weights and the minibatch order")
+    train.add_argument("--weights", help="state-dict file to start from (default: the seed's initialisation)")
+    train.add_argument("--threads", type=int, help="torch threads per rank (0: cores / ranks per node)")
+    train.add_argument("--epochs", type=int, help="passes over the data (0: use --steps)")
+    train.add_argument("--steps", type=int, help="SGD updates, when --epochs is 0")
+    train.add_argument("--batch-size", type=int, help="global minibatch size, split over the ranks (default 128)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 0.01)")
+    train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    train.add_argument("--weight-decay", type=float, help="L2 weight decay (default 5e-4)")
+    train.add_argument("--schedule", help="cosine (default), step or constant")
+    train.add_argument("--save-every", type=int, help="save step_*.pt every this many steps (0: first and last)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUTPUT/train_state.pt (start from the beginning if there is none)")
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None,
+                     flag_keys: dict[str, str] = FLAG_KEYS) -> Config:
+    """Defaults → ``base`` → ``--config`` file → dedicated flags (``flag_keys``) → ``--set`` (later wins)."""
     overrides: dict[str, Any] = dict(base or {})
     named = [task for flag, task in TASK_FLAGS.items() if getattr(args, flag, None) is not None]
     if named:
         overrides["tasks"] = named
-    for flag, key in FLAG_KEYS.items():
+    for flag, key in flag_keys.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
@@ -127,6 +185,30 @@ def _info(comm: Communicator) -> None:
         print(f"{'device':>13}: {select_device(comm)}")
 
 
+def _report(args: argparse.Namespace, comm: Communicator) -> None:
+    """``report``: rank 0 regenerates each file's outputs (and the comparison table) offline."""
+    from pathlib import Path
+
+    from .offline import comparison_table, regenerate
+
+    if comm.rank != 0:
+        return
+    paths = [Path(item) for item in args.results]
+    output = Path(args.output) if args.output else None
+    for i, path in enumerate(paths):
+        folder = output / f"{i}-{path.parent.name}" if output is not None and len(paths) > 1 else output
+        print(regenerate(path, folder), flush=True)
+    if args.table or len(paths) > 1:
+        table = comparison_table(paths)
+        print(table, flush=True)
+        if args.table:
+            try:
+                Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.table).write_text(table + "\n")
+            except OSError as exc:
+                raise InputError(f"cannot write the table to {args.table!r} ({exc.strerror})") from None
+
+
 def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     from .job import run_job, validate_job
 
@@ -134,6 +216,21 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     args = agreed(comm, parser.parse_args, argv)
     if args.command == "info":
         _info(comm)
+        return EXIT_OK
+    if args.command == "report":
+        agreed(comm, _report, args, comm)
+        return EXIT_OK
+    if args.command == "train":
+        from .trainer import train_job
+
+        cfg = agreed(comm, config_from_args, args, None, TRAIN_FLAG_KEYS)
+        train_job(cfg, comm, resume=args.resume, flag=flag)
+        return EXIT_OK
+    if args.command == "track":
+        from .sweep import track_config, track_job
+
+        cfg, steps = agreed(comm, track_config, args)
+        track_job(cfg, steps, comm, flag)
         return EXIT_OK
     if args.command == "resume":
         cfg = agreed(comm, _stored_run_config, args)
@@ -150,6 +247,11 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
         return EXIT_OK
     else:
         cfg = agreed(comm, config_from_args, args)
+    if getattr(args, "per_block", False):
+        from .sweep import blocks_job
+
+        blocks_job(cfg, comm, flag)
+        return EXIT_OK
     run_job(cfg, comm, resume=bool(getattr(args, "resume", False)), flag=flag)
     return EXIT_OK
 

@@ -28,29 +28,52 @@ DTYPES = ("float64", "float32")
 HVP_METHODS = ("auto", "double_backward", "forward_over_reverse")
 REDUCTIONS = ("fast", "ordered")
 WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")
-TASKS = ("eigen", "trace", "density")
+TASKS = ("eigen", "trace", "density", "landscape")
 EIGEN_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("krylov", "hutchpp", "xtrace", "hutchinson")
 DISTRIBUTIONS = ("rademacher", "gaussian")
 BN_MODES = ("eval", "train")
 HDF5_LOCKING = ("auto", "true", "false", "best-effort")
+SPLITS = ("train", "test")
+NORMALIZE = ("auto", "channel", "none")
+SCHEDULES = ("cosine", "step", "constant")
 #: The fewest products any trace method needs at its default sketch size (hutchpp: 2·1 + 2).
 MIN_TRACE_MATVECS = 4
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: a zoo name or ``module:callable``, and its optional weights file."""
+    """The network: a zoo name or ``module:callable``, and its optional weights file.
+
+    ``params`` selects the parameters that enter the Hessian: comma-separated fnmatch globs over
+    parameter names (``"layer3.*,linear.*"``); the others are frozen. Empty: all parameters.
+    """
 
     spec: str = "mlp"
     hidden: tuple[int, ...] = (32, 32)
     activation: str = "tanh"
     weights: str = ""
+    # ResNets and cnn: base channels (ResNet stages: width, 2·width, 4·width); ResNet switches
+    batchnorm: bool = True
+    residual: bool = True
+    width: int = 16
+    # transformer: embedding dimension, blocks, attention heads (embed divisible by heads)
+    embed: int = 64
+    layers: int = 2
+    heads: int = 4
+    params: str = ""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The data set (``digits``, ``synthetic``, an ``.h5`` path, or ``module:callable``)."""
+    """The data set (``digits``, ``synthetic``, ``cifar10:DIR``, ``cifar100:DIR``, ``tokens``, an
+    ``.h5`` path, or ``module:callable``).
+
+    ``split`` picks CIFAR's ``train`` or ``test`` set; ``normalize`` is ``auto`` (per channel for
+    CIFAR, per feature for digits, none otherwise), ``channel`` (per-channel mean/std over the
+    whole data set) or ``none``; ``tokens`` draws ``samples`` sequences of ``context`` tokens
+    over ``vocab`` symbols.
+    """
 
     spec: str = "digits"
     batch_size: int = 256
@@ -58,6 +81,10 @@ class DataConfig:
     features: int = 16
     classes: int = 4
     outputs: int = 1
+    split: str = "train"
+    normalize: str = "auto"
+    context: int = 32
+    vocab: int = 64
 
 
 @dataclass(frozen=True)
@@ -126,10 +153,29 @@ class DensityConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Brief full-batch Adam training before the analysis (0 steps = analyse as loaded)."""
+    """Training: ``run`` uses ``steps`` and ``lr`` for brief full-batch Adam before the analysis
+    (0 steps = analyse as loaded); ``python -m hpcspec train`` uses every key for data-parallel
+    minibatch SGD (see README "Training").
+
+    ``train`` runs ``epochs`` passes over the data (0: ``steps`` updates instead) of global
+    minibatches of ``batch_size`` samples, SGD with ``momentum``/``nesterov``/``weight_decay``,
+    the learning rate ``lr`` following ``schedule`` (``cosine`` to 0, ``step``: × ``gamma`` at
+    each of ``milestones``, fractions of the total steps; ``constant``) after a linear ``warmup``
+    over that many steps, and saves the weights every ``save_every`` steps (0: first and last only).
+    """
 
     steps: int = 0
     lr: float = 0.01
+    epochs: int = 0
+    batch_size: int = 128
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    warmup: int = 0
+    save_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +199,27 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class LandscapeConfig:
+    """The ``landscape`` task: the mean loss along the top eigenvector v₁ (and a seeded random unit
+    direction, ``random``) on ``points`` steps α ∈ [−radius, radius], and over the plane of v₁, v₂
+    on ``points_2d`` × ``points_2d`` steps (0: no 2-D grid). α is a parameter-space distance: the
+    directions have unit norm. Needs the ``eigen`` task (top_k ≥ 2 for the 2-D grid)."""
+
+    radius: float = 0.5
+    points: int = 21
+    points_2d: int = 11
+    random: bool = True
+
+
+@dataclass(frozen=True)
+class BlocksConfig:
+    """``run --per-block``: a block is the first ``depth`` components of a parameter's module path
+    (ResNet: conv1, bn1, layer1.0, …, linear; an MLP's Sequential: layers.0, layers.2, …)."""
+
+    depth: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; see README "Configuration" for each key."""
 
@@ -168,6 +235,8 @@ class Config:
     density: DensityConfig = field(default_factory=DensityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    blocks: BlocksConfig = field(default_factory=BlocksConfig)
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
 
 
 def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -196,11 +265,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     if origin is tuple:
         item = typing.get_args(kind)[0]
         if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, item) and not isinstance(v, bool) for v in value
+            isinstance(v, (int, float) if item is float else item) and not isinstance(v, bool) for v in value
         ):
-            noun = "integers" if item is int else "strings"
+            noun = {int: "integers", float: "numbers"}.get(item, "strings")
             raise ConfigError(f"config key {key!r} must be a list of {noun}, got {value!r}")
-        return tuple(value)
+        return tuple(float(v) for v in value) if item is float else tuple(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
@@ -253,6 +322,8 @@ def validate(cfg: Config) -> Config:
     _check_choice("trace.distribution", cfg.trace.distribution, DISTRIBUTIONS)
     _check_choice("density.distribution", cfg.density.distribution, DISTRIBUTIONS)
     _check_choice("checkpoint.hdf5_locking", cfg.checkpoint.hdf5_locking, HDF5_LOCKING)
+    _check_choice("data.split", cfg.data.split, SPLITS)
+    _check_choice("data.normalize", cfg.data.normalize, NORMALIZE)
     if not 0 <= cfg.checkpoint.max_overhead < 1:
         raise ConfigError(f"checkpoint.max_overhead is a share of run time in [0, 1), got {cfg.checkpoint.max_overhead!r}")
     if not cfg.tasks:
@@ -281,7 +352,10 @@ def validate(cfg: Config) -> Config:
                        ("data.features", cfg.data.features), ("data.outputs", cfg.data.outputs),
                        ("eigen.top_k", cfg.eigen.top_k), ("trace.matvecs", cfg.trace.matvecs),
                        ("density.probes", cfg.density.probes), ("density.steps", cfg.density.steps),
-                       ("checkpoint.keep", cfg.checkpoint.keep)]:
+                       ("checkpoint.keep", cfg.checkpoint.keep), ("model.width", cfg.model.width),
+                       ("model.embed", cfg.model.embed), ("model.layers", cfg.model.layers),
+                       ("model.heads", cfg.model.heads), ("data.context", cfg.data.context),
+                       ("data.vocab", cfg.data.vocab), ("blocks.depth", cfg.blocks.depth)]:
         _check_positive(key, value)
     for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes),
                        ("eigen.tol", cfg.eigen.tol), ("eigen.maxiter", cfg.eigen.maxiter), ("trace.rtol", cfg.trace.rtol),
@@ -290,11 +364,51 @@ def validate(cfg: Config) -> Config:
                        ("hessian.graph_budget_mb", cfg.hessian.graph_budget_mb),
                        ("checkpoint.every_seconds", cfg.checkpoint.every_seconds)]:
         _check_positive(key, value, allow_zero=True)
+    _validate_train(cfg.train)
+    _validate_landscape(cfg)
     if any(width <= 0 for width in cfg.model.hidden):
         raise ConfigError(f"model.hidden widths must be > 0, got {list(cfg.model.hidden)}")
     if not cfg.output:
         raise ConfigError("output must name a directory")
     return cfg
+
+
+def _validate_landscape(cfg: Config) -> None:
+    """``[landscape]`` values, and the eigenvectors the task walks along."""
+    land = cfg.landscape
+    if not land.radius > 0:
+        raise ConfigError(f"landscape.radius must be > 0, got {land.radius!r}")
+    if land.points < 2:
+        raise ConfigError(f"landscape.points must be >= 2, got {land.points}")
+    if land.points_2d < 0 or land.points_2d == 1:
+        raise ConfigError(f"landscape.points_2d must be 0 (no 2-D grid) or >= 2, got {land.points_2d}")
+    if "landscape" not in cfg.tasks:
+        return
+    if "eigen" not in cfg.tasks:
+        raise ConfigError("the landscape task walks along the eigen task's eigenvectors: add eigen to tasks "
+                          "(on the command line: --top-k 2 --landscape)")
+    if land.points_2d and cfg.eigen.top_k < 2:
+        raise ConfigError(f"landscape.points_2d = {land.points_2d} needs eigen.top_k >= 2 (the plane of v1 and v2), "
+                          f"got {cfg.eigen.top_k}; or set landscape.points_2d = 0 for the 1-D curves only")
+
+
+def _validate_train(train: TrainConfig) -> None:
+    """The ``[train]`` values ``python -m hpcspec train`` relies on (``steps``/``lr`` are checked above)."""
+    _check_choice("train.schedule", train.schedule, SCHEDULES)
+    for key, value in [("train.epochs", train.epochs), ("train.weight_decay", train.weight_decay),
+                       ("train.warmup", train.warmup), ("train.save_every", train.save_every)]:
+        _check_positive(key, value, allow_zero=True)
+    _check_positive("train.batch_size", train.batch_size)
+    if not 0 <= train.momentum < 1:
+        raise ConfigError(f"train.momentum must lie in [0, 1), got {train.momentum!r}")
+    if train.nesterov and train.momentum == 0:
+        raise ConfigError("train.nesterov = true needs train.momentum > 0")
+    if not 0 < train.gamma <= 1:
+        raise ConfigError(f"train.gamma (the step schedule's factor) must lie in (0, 1], got {train.gamma!r}")
+    milestones = list(train.milestones)
+    if any(not 0 < m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise ConfigError(f"train.milestones must be increasing fractions of the total steps in (0, 1), "
+                          f"got {milestones}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

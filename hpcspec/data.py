@@ -3,6 +3,10 @@
 Rank r of R holds samples ``[r*N//R, (r+1)*N//R)`` of the data set in its stored order: no
 shuffling, no augmentation, so the Hessian is that of the mean loss over all N samples whatever R
 is. Loading is local to the rank (no collectives), so a failure can be agreed on afterwards.
+
+Normalisation statistics (``normalize = "channel"``) are always those of the whole data set,
+computed the same way from the same numbers on every rank (each rank reads what it needs of the
+whole set for them), so the shards of R ranks are exactly the slices of the one-rank data set.
 """
 
 from __future__ import annotations
@@ -14,21 +18,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cifar import LAYOUTS as CIFAR_LAYOUTS, load_cifar
 from .errors import InputError
 from .spec import is_callable_spec, resolve_callable
+from .tokens import markov_tokens
 
-BUILTIN_DATA = ("digits", "synthetic")
+BUILTIN_DATA = ("digits", "synthetic", "tokens", "cifar10:DIR", "cifar100:DIR")
+#: Bytes of float64 samples per read when computing statistics of an HDF5 data set in pieces.
+STATS_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
 class Shard:
-    """This rank's contiguous slice ``[start, stop)`` of a data set of ``total`` samples."""
+    """This rank's contiguous slice ``[start, stop)`` of a data set of ``total`` samples;
+    ``classes`` is the number of classes (vocabulary for tokens) the source declares, 0 when the
+    labels alone tell (a shard or a small data set may lack the highest ones)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     start: int
     stop: int
     total: int
+    classes: int = 0
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -47,40 +58,114 @@ def shard_range(total: int, rank: int, size: int, granule: int = 1) -> tuple[int
 
 
 def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features: int = 16,
-               classes: int = 4, outputs: int = 1, seed: int = 0, granule: int = 1) -> Shard:
+               classes: int = 4, outputs: int = 1, seed: int = 0, granule: int = 1, split: str = "train",
+               normalize: str = "auto", context: int = 32, vocab: int = 64) -> Shard:
     """Load this rank's shard of the data set named by ``spec``.
 
-    ``spec`` is ``digits`` (scikit-learn's bundled handwritten digits, standardised per feature),
-    ``synthetic`` (a seeded teacher problem; ``classes = 0`` gives regression targets of width
-    ``outputs``), a path to an HDF5 file with datasets ``x`` and ``y``, or ``module:callable``
-    returning a ``torch.utils.data.Dataset`` or an ``(x, y)`` pair of tensors. Shards are made
-    of whole ``granule``-sample pieces (:func:`shard_range`).
+    ``spec`` is ``digits`` (scikit-learn's bundled handwritten digits, ``(1797, 1, 8, 8)``,
+    standardised per pixel), ``synthetic`` (a seeded teacher problem; ``classes = 0`` gives
+    regression targets of width ``outputs``), ``tokens`` (``samples`` seeded Markov sequences of
+    ``context`` tokens over ``vocab``, :mod:`hpcspec.tokens`), ``cifar10:DIR`` / ``cifar100:DIR``
+    (the python-version batch files, ``split`` ``train`` or ``test``, :mod:`hpcspec.cifar`), a path
+    to an HDF5 file with datasets ``x`` and ``y``, or ``module:callable`` returning a
+    ``torch.utils.data.Dataset`` or an ``(x, y)`` pair of tensors. ``normalize``: ``auto``
+    (CIFAR per channel, digits per pixel, others as stored), ``channel`` (axis 1 standardised with
+    the whole set's mean and standard deviation) or ``none``. Shards are made of whole
+    ``granule``-sample pieces (:func:`shard_range`).
     """
+    name = spec.split(":", 1)[0]
+    if split != "train" and name not in CIFAR_LAYOUTS:
+        raise InputError(f"data.split = {split!r} applies to cifar10:DIR and cifar100:DIR; data {spec!r} "
+                         "is a single set (use data.split = 'train')")
+    declared = 0
+    if name in CIFAR_LAYOUTS and ":" in spec:
+        folder = spec.split(":", 1)[1]
+        if not folder:
+            raise InputError(f"data {spec!r} names no folder: use {name}:DIR")
+        x_np, y_np, start, stop, total = load_cifar(
+            name, Path(folder), split, "none" if normalize == "none" else "channel",
+            lambda n: shard_range(n, rank, size, granule))
+        return _checked_shard(torch.from_numpy(x_np), torch.from_numpy(y_np), start, stop, total, spec,
+                              classes=CIFAR_LAYOUTS[name][4])
     if spec == "digits":
-        x, y = _digits()
+        x, y = _digits(normalize)
     elif spec == "synthetic":
-        x, y = synthetic(samples, features, classes, outputs, seed)
+        x, y = _normalized(*synthetic(samples, features, classes, outputs, seed), normalize, spec)
+    elif spec == "tokens":
+        x, y = _normalized(*markov_tokens(samples, context, vocab, seed), normalize, spec)
+        declared = vocab
     elif spec.endswith((".h5", ".hdf5")) or "/" in spec or Path(spec).is_file():
-        return _hdf5_shard(Path(spec), rank, size, granule)
+        return _hdf5_shard(Path(spec), rank, size, granule, normalize)
     elif is_callable_spec(spec):
-        return _callable_shard(spec, rank, size, granule)
+        return _callable_shard(spec, rank, size, granule, normalize)
     else:
         raise InputError(f"unknown data {spec!r}: use one of {', '.join(BUILTIN_DATA)}, "
                          "a path to an HDF5 file, or module:callable")
     start, stop = shard_range(len(x), rank, size, granule)
-    return _checked_shard(x[start:stop], y[start:stop], start, stop, len(x), spec)
+    return _checked_shard(x[start:stop], y[start:stop], start, stop, len(x), spec, classes=declared)
 
 
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+def _digits(normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1797, 1, 8, 8)`` images; ``auto`` standardises each pixel over the set (as the MLP
+    default always did), ``channel`` all pixels together, ``none`` keeps the 0–16 gray levels."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise InputError("data 'digits' needs scikit-learn: pip install 'hpcspec[demo]'") from None
     bunch = load_digits()
     x = bunch.data.astype(np.float64)
-    std = x.std(axis=0)
-    x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    if normalize == "auto":
+        std = x.std(axis=0)
+        x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    x = x.reshape(-1, 1, 8, 8)
+    if normalize == "channel":
+        x = _standardise(x, *channel_stats(x))
     return torch.from_numpy(x), torch.from_numpy(bunch.target.astype(np.int64))
+
+
+def channel_stats(x: Any, chunk_bytes: int = STATS_CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (ddof 0) of each channel (axis 1) of ``x`` (an array or an
+    HDF5 dataset, shape ``(N, C, …)``), over all samples and positions, in float64.
+
+    Read in pieces of about ``chunk_bytes`` (whole samples), combined with Chan et al.'s
+    pairwise update (mean and sum of squared deviations per piece): one pass, no cancellation,
+    and the same pieces in the same order on every rank, hence the same bits.
+    """
+    shape = tuple(x.shape)
+    channels, per_sample = shape[1], int(np.prod(shape[1:]))
+    rows = max(1, chunk_bytes // (8 * per_sample))
+    count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
+    for first in range(0, shape[0], rows):
+        piece = np.asarray(x[first:first + rows], dtype=np.float64)
+        values = np.moveaxis(piece, 1, 0).reshape(channels, -1)
+        n = values.shape[1]
+        piece_mean = values.mean(axis=1)
+        piece_m2 = ((values - piece_mean[:, None]) ** 2).sum(axis=1)
+        delta, combined = piece_mean - mean, count + n
+        mean = mean + delta * (n / combined)
+        m2 = m2 + piece_m2 + delta**2 * (count * n / combined)
+        count = combined
+    std = np.sqrt(m2 / max(count, 1))
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x − mean_c) / std_c`` along axis 1, in x's floating type (float32 for integer data)."""
+    dtype = x.dtype if x.dtype.kind == "f" else np.float32
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return ((x - mean.reshape(shape)) / std.reshape(shape)).astype(dtype)
+
+
+def _normalized(x: torch.Tensor, y: torch.Tensor, normalize: str, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-data-set ``channel`` standardisation of in-memory inputs (``auto``/``none``: as given)."""
+    if normalize != "channel":
+        return x, y
+    if not x.dtype.is_floating_point or x.ndim < 2:
+        raise InputError(f"data.normalize = 'channel' needs real-valued inputs (samples, channels, …); data "
+                         f"{spec!r} has {str(x.dtype).replace('torch.', '')} inputs of shape {tuple(x.shape)}: "
+                         "use data.normalize = 'none'")
+    array = x.detach().cpu().numpy()
+    return torch.from_numpy(_standardise(array, *channel_stats(array))), y
 
 
 def synthetic(samples: int, features: int, classes: int, outputs: int,
@@ -98,8 +183,9 @@ def synthetic(samples: int, features: int, classes: int, outputs: int,
     return x, scores
 
 
-def _hdf5_shard(path: Path, rank: int, size: int, granule: int) -> Shard:
-    """Read only this rank's slice of ``x`` and ``y``, after checking names, shapes and dtypes."""
+def _hdf5_shard(path: Path, rank: int, size: int, granule: int, normalize: str = "auto") -> Shard:
+    """Read only this rank's slice of ``x`` and ``y``, after checking names, shapes and dtypes
+    (and, for ``normalize = "channel"``, the whole of ``x`` in pieces for its statistics)."""
     import h5py
 
     if not path.is_file():
@@ -126,22 +212,32 @@ def _hdf5_shard(path: Path, rank: int, size: int, granule: int) -> Shard:
                                  f"dtype {dset.dtype}")
         total = x_set.shape[0]
         start, stop = shard_range(total, rank, size, granule)
-        x = torch.from_numpy(np.ascontiguousarray(x_set[start:stop]))
+        x_np = np.ascontiguousarray(x_set[start:stop])
+        if normalize == "channel":
+            if x_set.dtype.kind not in "fiu":
+                raise InputError(f"data file {str(path)!r}: data.normalize = 'channel' needs numeric 'x', "
+                                 f"got {x_set.dtype}")
+            x_np = _standardise(x_np, *channel_stats(x_set))
+        x = torch.from_numpy(x_np)
         y = torch.from_numpy(np.ascontiguousarray(y_set[start:stop]))
     return _checked_shard(x, y, start, stop, total, str(path))
 
 
-def _callable_shard(spec: str, rank: int, size: int, granule: int) -> Shard:
+def _callable_shard(spec: str, rank: int, size: int, granule: int, normalize: str = "auto") -> Shard:
     made = resolve_callable(spec, "data")()
     if isinstance(made, (tuple, list)) and len(made) == 2:
         x, y = (torch.as_tensor(part) for part in made)
         if x.shape[0] != y.shape[0]:
             raise InputError(f"data {spec!r} returned x with {x.shape[0]} samples and y with "
                              f"{y.shape[0]}")
+        x, y = _normalized(x, y, normalize, spec)
         total = x.shape[0]
         start, stop = shard_range(total, rank, size, granule)
         return _checked_shard(x[start:stop], y[start:stop], start, stop, total, spec)
     if isinstance(made, torch.utils.data.Dataset) and hasattr(made, "__len__"):
+        if normalize == "channel":
+            raise InputError(f"data.normalize = 'channel' needs the whole data set at once; data {spec!r} is a "
+                             "Dataset: return an (x, y) pair of tensors, or normalise inside the Dataset")
         total = len(made)
         start, stop = shard_range(total, rank, size, granule)
         items = [made[i] for i in range(start, stop)]
@@ -163,7 +259,7 @@ def _stack_items(items: list[Any], spec: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _checked_shard(x: torch.Tensor, y: torch.Tensor, start: int, stop: int, total: int,
-                   name: str) -> Shard:
+                   name: str, classes: int = 0) -> Shard:
     """Refuse empty data sets and non-finite values; keep targets as given (the loss checks them)."""
     if total == 0:
         raise InputError(f"data {name!r} has no samples")
@@ -173,4 +269,5 @@ def _checked_shard(x: torch.Tensor, y: torch.Tensor, start: int, stop: int, tota
         if part.dtype.is_floating_point and not bool(torch.isfinite(part).all()):
             bad = int((~torch.isfinite(part)).reshape(len(part), -1).any(dim=1).nonzero()[0, 0]) + start
             raise InputError(f"data {name!r}: {label} contain NaN or infinite values (first at sample {bad})")
-    return Shard(inputs=x.contiguous(), targets=y.contiguous(), start=start, stop=stop, total=total)
+    return Shard(inputs=x.contiguous(), targets=y.contiguous(), start=start, stop=stop, total=total,
+                 classes=classes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .comm import Communicator, SingleProcess
+from .config import ModelConfig
 from .data import load_shard
 from .models import build_model
 from .operator import HessianOperator
@@ -26,7 +27,8 @@ def digits_mlp_operator(comm: Communicator | None = None, *, dtype: torch.dtype 
     """
     comm = comm or SingleProcess()
     shard = load_shard("digits", comm.rank, comm.size)
-    model = build_model("mlp", input_dim=64, output_dim=10, hidden=hidden, activation="tanh", seed=seed)
+    model = build_model("mlp", input_shape=(1, 8, 8), output_dim=10,
+                        cfg_model=ModelConfig(hidden=hidden, activation="tanh"), seed=seed)
     model = model.to(torch.float64)
     if train_steps:
         trainer = HessianOperator(model, "cross_entropy", shard, comm, batch_size=batch_size, method=method)

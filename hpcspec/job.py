@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from .logs import setup_logging
 from .losses import get_loss
 from .models import build_model, load_weights
 from .operator import HessianOperator
+from .params import select_parameters
+from .plots import write_landscape_plots
 from .provenance import provenance, versions
 from .report import (RunInfo, console_summary, summary, validation_table, write_density_plot, write_results,
                      write_summary)
@@ -56,23 +59,30 @@ HDF5_LOCKING_ENV = {"true": "TRUE", "false": "FALSE", "best-effort": "BEST_EFFOR
 
 @dataclass(frozen=True)
 class DataShape:
-    """What the zoo needs to size a model, agreed over all ranks' shards."""
+    """What the zoo needs to size a model, agreed over all ranks' shards: one sample's flattened
+    width and shape, and the output width."""
 
     input_dim: int
     output_dim: int
+    input_shape: tuple[int, ...] = ()
 
 
 def _data_shape(comm: Communicator, shard: Shard, loss_name: str) -> DataShape:
-    """Input width and output width (classes for cross-entropy, target width for MSE), over ranks."""
+    """Input shape and output width over ranks: for cross-entropy the classes (the vocabulary for
+    integer token sequences: highest token in x or y, + 1), at least what the source declares
+    (``shard.classes``); for MSE the target width."""
     local = None
     if len(shard):
         classes = int(shard.targets.max()) + 1 if not shard.targets.dtype.is_floating_point else 0
-        local = (shard.inputs[0].numel(), classes, shard.targets[0].numel())
+        if classes and shard.targets.ndim == 2 and not shard.inputs.dtype.is_floating_point:
+            classes = max(classes, int(shard.inputs.max()) + 1)
+        local = (tuple(shard.inputs.shape[1:]), classes, shard.targets[0].numel())
     found = [entry for entry in comm.allgather_object(local) if entry is not None]
-    input_dim = found[0][0]
+    input_shape = tuple(found[0][0])
+    input_dim = math.prod(input_shape)
     if loss_name == "cross_entropy":
-        return DataShape(input_dim, max(max(entry[1] for entry in found), 1))
-    return DataShape(input_dim, found[0][2])
+        return DataShape(input_dim, max(max(entry[1] for entry in found), shard.classes, 1), input_shape)
+    return DataShape(input_dim, found[0][2], input_shape)
 
 
 def _output_dir(cfg: Config, comm: Communicator) -> Path:
@@ -97,10 +107,11 @@ def _output_dir(cfg: Config, comm: Communicator) -> Path:
 
 
 def _model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
-    model = build_model(cfg.model.spec, input_dim=shape.input_dim, output_dim=shape.output_dim,
-                        hidden=cfg.model.hidden, activation=cfg.model.activation, seed=cfg.seed)
+    model = build_model(cfg.model.spec, input_shape=shape.input_shape or (shape.input_dim,),
+                        output_dim=shape.output_dim, cfg_model=cfg.model, seed=cfg.seed)
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
+    select_parameters(model, cfg.model.params)  # the others are frozen: H is their diagonal block
     if not any(param.requires_grad for param in model.parameters()):
         raise InputError(f"model {cfg.model.spec!r} has no parameters that require gradients")
     return model.to(device=device, dtype=DTYPES[cfg.hessian.dtype])
@@ -237,9 +248,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         if not resume:
             agreed(comm, _check_fresh_start, store, comm)
     loss = agreed(comm, get_loss, cfg.hessian.loss)
-    shard = agreed(comm, load_shard, cfg.data.spec, comm.rank, comm.size, samples=cfg.data.samples,
-                   features=cfg.data.features, classes=cfg.data.classes, outputs=cfg.data.outputs,
-                   seed=cfg.seed, granule=cfg.data.batch_size if cfg.hessian.reduction == "ordered" else 1)
+    shard = agreed(comm, load_data, cfg, comm)
     log.info("data %s: %d samples, this rank holds [%d, %d); %d thread(s) per rank on %s",
              cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
     shape = _data_shape(comm, shard, loss.name)
@@ -279,6 +288,21 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
     loss_value, _ = op.loss_and_gradient()
     return Problem(cfg=cfg, comm=comm, output=output, shard=shard, op=op, loss_value=loss_value, device=device,
                    started=started, store=store, identity=identity, loaded=loaded)
+
+
+def load_data(cfg: Config, comm: Communicator) -> Shard:
+    """This rank's shard of ``cfg.data`` (local, no collective): what ``run`` and ``train`` analyse and train on."""
+    return load_shard(cfg.data.spec, comm.rank, comm.size, samples=cfg.data.samples, features=cfg.data.features,
+                      classes=cfg.data.classes, outputs=cfg.data.outputs, seed=cfg.seed, granule=_granule(cfg),
+                      split=cfg.data.split, normalize=cfg.data.normalize, context=cfg.data.context,
+                      vocab=cfg.data.vocab)
+
+
+def _granule(cfg: Config) -> int:
+    """Shards are cut at whole batches when the batches must not depend on the rank count: for the
+    ordered (exact) reduction, and for train-mode BatchNorm, whose Hessian depends on which samples
+    share a batch (fixed batches ``[i·B, (i+1)·B)`` of the whole data set on any number of ranks)."""
+    return cfg.data.batch_size if cfg.hessian.reduction == "ordered" or cfg.hessian.bn_mode == "train" else 1
 
 
 def _check_sizes(cfg: Config, size: int) -> None:
@@ -412,6 +436,13 @@ def _write_outputs(problem: Problem, results: TaskResults, info: RunInfo, valida
     except ImportError as exc:  # the numbers are written; a missing plotting library must not lose them
         setup_logging(problem.comm).warning("density.png not written: %s", exc)
         plot = None
+    if results.landscape is not None:
+        try:
+            write_landscape_plots(output / "results.h5", output)
+        except OSError as exc:
+            raise InputError(f"cannot write the landscape plots to {str(output)!r} ({exc})") from None
+        except ImportError as exc:
+            setup_logging(problem.comm).warning("landscape plots not written: %s", exc)
     print(console_summary(results, layout, info, output, plot), flush=True)
     if validation is not None:
         print(validation_table(validation, results), flush=True)

@@ -27,7 +27,8 @@ class Loss:
 
 
 def _cross_entropy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(outputs, targets, reduction="sum")
+    # (B, C) with (B,), or a sequence model's (B, T, C) with (B, T): every target token counts once
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction="sum")
 
 
 def _mse_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -35,8 +36,8 @@ def _mse_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 LOSSES = {
-    # mean over samples
-    "cross_entropy": Loss("cross_entropy", _cross_entropy_sum, lambda targets: len(targets)),
+    # mean over samples, or over target tokens for sequences
+    "cross_entropy": Loss("cross_entropy", _cross_entropy_sum, lambda targets: targets.numel()),
     # mean over every element, as torch's MSELoss(reduction="mean") does
     "mse": Loss("mse", _mse_sum, lambda targets: targets.numel()),
 }
@@ -50,12 +51,22 @@ def get_loss(name: str) -> Loss:
         raise InputError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}") from None
 
 
-def check_targets(loss: Loss, targets: torch.Tensor, num_outputs: int) -> None:
-    """Refuse targets the loss cannot use, with the shapes in the message."""
+def check_targets(loss: Loss, targets: torch.Tensor, num_outputs: int,
+                  output_shape: tuple[int, ...] | None = None) -> None:
+    """Refuse targets the loss cannot use, with the shapes in the message.
+
+    ``output_shape`` (the model's output for a batch, when known): cross-entropy pairs outputs
+    ``(B, C)`` with labels ``(B,)`` and a sequence model's ``(B, T, C)`` with tokens ``(B, T)``.
+    """
     if loss.name == "cross_entropy":
-        if targets.dtype.is_floating_point or targets.ndim != 1:
-            raise InputError(f"loss 'cross_entropy' needs integer class labels of shape (samples,), got "
-                             f"{str(targets.dtype).replace('torch.', '')} targets of shape {tuple(targets.shape)}")
+        if targets.dtype.is_floating_point or targets.ndim not in (1, 2):
+            raise InputError(f"loss 'cross_entropy' needs integer class labels of shape (samples,) or tokens "
+                             f"(samples, length), got {str(targets.dtype).replace('torch.', '')} targets of shape "
+                             f"{tuple(targets.shape)}")
+        if output_shape is not None and tuple(output_shape[1:-1]) != tuple(targets.shape[1:]):
+            raise InputError(f"loss 'cross_entropy': the model's outputs per sample {tuple(output_shape[1:])} do "
+                             f"not match targets per sample {tuple(targets.shape[1:])} (labels need outputs "
+                             "(classes,); tokens (length,) need outputs (length, vocabulary))")
         if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= num_outputs):
             raise InputError(f"class labels must lie in [0, {num_outputs}) for a model with {num_outputs} "
                              f"outputs; found labels in [{int(targets.min())}, {int(targets.max())}]")

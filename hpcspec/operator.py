@@ -295,7 +295,7 @@ class HessianOperator:
         if not isinstance(outputs, torch.Tensor):
             raise InputError(f"the model must return a tensor, got {type(outputs).__name__}")
         width = outputs.shape[-1] if outputs is not None and outputs.ndim > 1 else 1
-        check_targets(self.loss, self._targets, width)
+        check_targets(self.loss, self._targets, width, tuple(outputs.shape))
 
     def _batches(self) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self._inputs)
@@ -457,3 +457,22 @@ class HessianOperator:
         local = self.comm.allreduce_sum_(local.cpu() if local.device.type != "cpu" else local)
         local /= self.total_count
         return float(local[-1]), local[:-1]
+
+    def local_loss_sum(self) -> torch.Tensor:
+        """This rank's summed (not averaged) loss at the current parameters: a float64 scalar on
+        the CPU, with no gradient and no reduction (local).
+
+        For callers that batch many evaluations into one reduction (:mod:`hpcspec.landscape`):
+        reduce the sums, divide by :attr:`total_count`. The batches, the BatchNorm handling and
+        the float64 accumulation are those of :meth:`loss_and_gradient`, so at the same
+        parameters the reduced mean is its loss.
+        """
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with torch.no_grad(), self._frozen_running_stats():
+            for inputs, targets in self._batches():
+                total += self.loss.sum(self.model(inputs), targets).to(torch.float64)
+        return total.cpu()
+
+    def mean_loss(self) -> float:
+        """The mean loss over the whole data set at the current parameters (one reduction; no gradient)."""
+        return float(self.comm.allreduce_sum_(self.local_loss_sum().reshape(1))[0]) / self.total_count

@@ -44,3 +44,38 @@ class ParamLayout:
         """Views of a flat vector, one per parameter, in parameter shapes."""
         return [flat[begin:end].view(shape) for begin, end, shape
                 in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
+
+
+def select_parameters(model: nn.Module, patterns: str) -> list[str]:
+    """Freeze every parameter whose name matches none of ``patterns``; return the selected names.
+
+    ``patterns`` is a comma-separated list of :mod:`fnmatch` globs over
+    ``model.named_parameters()`` names (e.g. ``"layer3.*"`` or ``"0.weight,2.*"``); empty selects
+    every parameter and changes nothing. The Hessian over the selected parameters is then the
+    diagonal block of the full Hessian for them (:class:`ParamLayout` leaves frozen parameters
+    out and records them as ``excluded``). Parameters frozen already stay frozen.
+
+    Raises:
+        InputError: a pattern matches no parameter (the message lists some names to choose from).
+    """
+    from fnmatch import fnmatchcase
+
+    from .errors import InputError
+
+    globs = [item.strip() for item in patterns.split(",") if item.strip()]
+    named = list(model.named_parameters())
+    if not globs:
+        return [name for name, param in named if param.requires_grad]
+    for glob in globs:
+        if not any(fnmatchcase(name, glob) for name, _ in named):
+            shown = ", ".join(name for name, _ in named[:8]) + (", …" if len(named) > 8 else "")
+            raise InputError(f"model.params pattern {glob!r} matches no parameter of the model "
+                             f"({len(named)} parameters: {shown})")
+    selected = []
+    for name, param in named:
+        if any(fnmatchcase(name, glob) for glob in globs):
+            if param.requires_grad:
+                selected.append(name)
+        else:
+            param.requires_grad_(False)
+    return selected

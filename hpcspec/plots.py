@@ -77,3 +77,96 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
         plt.close(figure)
         if temporary.exists():
             temporary.unlink()
+
+
+def _save(plt, figure, path) -> None:
+    """Write ``figure`` to ``path`` (format from the suffix) under a temporary name, then rename."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(temporary, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
+        os.replace(temporary, path)
+    finally:
+        plt.close(figure)
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _landscape(results_path):
+    """The ``/landscape`` group of a results file as plain arrays and attributes."""
+    import h5py
+
+    with h5py.File(results_path, "r") as f:
+        if "landscape" not in f:
+            raise ValueError(f"{str(results_path)!r} holds no /landscape group (run with --landscape)")
+        group = f["landscape"]
+        data = {key: group[key][()] for key in group}
+        data.update({key: group.attrs[key] for key in group.attrs})
+        data["title"] = f"{f.attrs.get('model', '?')} on {f.attrs.get('data', '?')}"
+    return data
+
+
+def plot_landscape_1d(results_path, path) -> None:
+    """``landscape_1d.png`` from a results file: the loss along the top eigenvector v₁ and along a
+    random unit direction against the step α, with the quadratic model L + α g·v₁ + ½ λ₁ α²
+    (PyHessian's figure; the random curve shows how much flatter a typical direction is)."""
+    land = _landscape(results_path)
+    alphas, loss = land["alphas"], float(land["loss"])
+    lam = float(np.atleast_1d(land["eigenvalues"])[0])
+    slope = float(land.get("slope", 0.0))
+    if not np.isfinite(slope):
+        slope = 0.0
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+    axes.plot(alphas, land["loss_top"], "o-", color="tab:red", markersize=3, label=f"along v₁ (λ₁ = {lam:.4g})")
+    if "loss_random" in land:
+        axes.plot(alphas, land["loss_random"], "s-", color="tab:blue", markersize=3,
+                  label="along a random unit direction")
+    fine = np.linspace(alphas[0], alphas[-1], 200)
+    axes.plot(fine, loss + slope * fine + 0.5 * lam * fine ** 2, "--", color="gray", linewidth=1,
+              label="quadratic model L + α g·v₁ + ½λ₁α²")
+    top = max(float(np.max(land["loss_top"])), float(np.max(land.get("loss_random", land["loss_top"]))))
+    low = min(float(np.min(land["loss_top"])), float(np.min(land.get("loss_random", land["loss_top"]))))
+    margin = 0.1 * (top - low) or 0.1 * abs(top) or 1.0
+    axes.set_ylim(low - margin, top + margin)  # the parabola may leave the measured range
+    axes.set_xlabel("step α (parameter-space distance)")
+    axes.set_ylabel("mean loss")
+    axes.set_title(f"{land['title']}: loss along the top Hessian eigenvector")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    _save(plt, figure, path)
+
+
+def plot_landscape_2d(results_path, path) -> None:
+    """``landscape_2d.png`` from a results file: contours of L(θ + α v₁ + β v₂)."""
+    land = _landscape(results_path)
+    if "loss_2d" not in land:
+        raise ValueError(f"{str(results_path)!r} holds no 2-D landscape (landscape.points_2d = 0)")
+    betas, grid = land["betas"], land["loss_2d"]
+    values = np.atleast_1d(land["eigenvalues"])
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.6, 4.8), layout="constrained")
+    a, b = np.meshgrid(betas, betas, indexing="ij")  # loss_2d[i, j] = L(θ + betas[i] v₁ + betas[j] v₂)
+    filled = axes.contourf(a, b, grid, levels=20, cmap="viridis")
+    axes.contour(a, b, grid, levels=20, colors="white", linewidths=0.4, alpha=0.6)
+    figure.colorbar(filled, ax=axes, label="mean loss")
+    axes.plot([0], [0], "r+", markersize=10)
+    axes.set_xlabel(f"α along v₁ (λ₁ = {values[0]:.4g})")
+    axes.set_ylabel(f"β along v₂ (λ₂ = {values[1]:.4g})" if len(values) > 1 else "β along v₂")
+    axes.set_title(f"{land['title']}: loss over the top-2 eigenvector plane", fontsize="medium")
+    _save(plt, figure, path)
+
+
+def write_landscape_plots(results_path, folder) -> list[Path]:
+    """Every landscape plot a results file has data for, written into ``folder``; their paths."""
+    folder = Path(folder)
+    written = [folder / "landscape_1d.png"]
+    plot_landscape_1d(results_path, written[0])
+    import h5py
+
+    with h5py.File(results_path, "r") as f:
+        has_2d = "loss_2d" in f["landscape"]
+    if has_2d:
+        written.append(folder / "landscape_2d.png")
+        plot_landscape_2d(results_path, written[-1])
+    return written

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from .gradient import GradientOverlap
+from .landscape import Landscape
 from .params import ParamLayout
 from .solvers import LanczosResult
 from .tasks import Density, EigenResult, TaskResults
@@ -77,6 +79,10 @@ def write_results(path: Path, results: TaskResults, layout: ParamLayout, info: R
             _write_trace(f, results)
         if results.density is not None:
             _write_density(f, results.density, results.seconds.get("density", 0.0))
+        if results.gradient is not None:
+            _write_gradient(f, results)
+        if results.landscape is not None:
+            _write_landscape(f, results)
         _write_params(f, layout)
         if validation is not None:
             _write_validation(f, validation)
@@ -127,6 +133,49 @@ def _write_density(f: h5py.File, density: Density, seconds: float) -> None:
     lanczos.create_dataset("alpha", data=result.alpha)
     lanczos.create_dataset("beta", data=result.beta)
     lanczos.create_dataset("steps", data=result.steps)
+
+
+def _write_gradient(f: h5py.File, results: TaskResults) -> None:
+    """``/gradient``: the gradient's share ‖Vᵀg‖²/‖g‖² of the eigen task's eigenspace."""
+    overlap = results.gradient
+    assert overlap is not None
+    group = f.create_group("gradient")
+    group.create_dataset("fraction", data=overlap.fraction)
+    group.create_dataset("norm", data=overlap.norm)
+    group.create_dataset("overlaps", data=overlap.overlaps)
+    group.attrs.update({"eigenvalues": overlap.eigenvalues, "k": len(overlap.overlaps),
+                        "which": results.eigen_which, "seconds": results.seconds.get("gradient", 0.0)})
+
+
+def _write_landscape(f: h5py.File, results: TaskResults) -> None:
+    """``/landscape``: the loss along v₁ (and a random direction), and over the plane of v₁, v₂."""
+    land = results.landscape
+    assert land is not None
+    group = f.create_group("landscape")
+    group.create_dataset("alphas", data=land.alphas)
+    group.create_dataset("loss_top", data=land.loss_top)
+    if land.loss_random is not None:
+        group.create_dataset("loss_random", data=land.loss_random)
+    if land.betas is not None and land.loss_2d is not None:
+        group.create_dataset("betas", data=land.betas)
+        group.create_dataset("loss_2d", data=land.loss_2d)
+    group.attrs.update({"eigenvalues": land.eigenvalues, "loss": land.loss, "slope": land.slope,
+                        "random_seed": land.seed, "which": results.eigen_which,
+                        "seconds": results.seconds.get("landscape", 0.0)})
+
+
+def read_gradient(group: h5py.Group) -> GradientOverlap:
+    """The ``/gradient`` group back as the object :func:`write_results` wrote (for offline reports)."""
+    return GradientOverlap(fraction=float(group["fraction"][()]), norm=float(group["norm"][()]),
+                           overlaps=group["overlaps"][()], eigenvalues=np.asarray(group.attrs["eigenvalues"]))
+
+
+def read_landscape(group: h5py.Group) -> Landscape:
+    """The ``/landscape`` group back as the object :func:`write_results` wrote (for offline reports)."""
+    optional = {key: group[key][()] if key in group else None for key in ("loss_random", "betas", "loss_2d")}
+    return Landscape(alphas=group["alphas"][()], loss_top=group["loss_top"][()], **optional,
+                     eigenvalues=np.asarray(group.attrs["eigenvalues"]), loss=float(group.attrs["loss"]),
+                     slope=float(group.attrs["slope"]), seed=int(group.attrs["random_seed"]))
 
 
 def _write_params(f: h5py.File, layout: ParamLayout) -> None:
@@ -192,6 +241,17 @@ def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
         record["density"] = {"probes": int(d.result.nodes.shape[0]), "steps": int(d.result.nodes.shape[1]),
                              "num_matvecs": d.result.num_matvecs, "sigma": d.sigma, "sigma_fraction": d.sigma_fraction,
                              "range": [float(d.grid[0]), float(d.grid[-1])], "l1_stderr": d.l1_stderr}
+    if results.gradient is not None:
+        g = results.gradient
+        record["gradient"] = {"fraction": g.fraction, "norm": g.norm, "overlaps": g.overlaps.tolist()}
+    if results.landscape is not None:
+        land = results.landscape
+        record["landscape"] = {"radius": float(land.alphas[-1]), "points": len(land.alphas),
+                               "points_2d": 0 if land.betas is None else len(land.betas),
+                               "loss": land.loss,
+                               "loss_top_range": [float(land.loss_top.min()), float(land.loss_top.max())],
+                               "loss_random_range": (None if land.loss_random is None else
+                                                     [float(land.loss_random.min()), float(land.loss_random.max())])}
     if validation is not None:
         record["validation"] = _jsonable({"exact_trace": validation.exact_trace,
                                           "exact_range": list(validation.exact_range),
@@ -243,6 +303,21 @@ def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo, ou
         lines.append(f"density (SLQ, {d.result.nodes.shape[0]} probes × {d.result.nodes.shape[1]} steps, "
                      f"{d.result.num_matvecs} products): quadrature nodes in [{atoms.min():.6g}, {atoms.max():.6g}], "
                      f"broadened by σ = {d.sigma:.3g}; between-probe standard error ∫|δρ| = {spread}")
+    if results.gradient is not None:
+        g = results.gradient
+        space = (f"top-{len(g.overlaps)}" if results.eigen_which in ("largest", "largest_magnitude")
+                 else f"{len(g.overlaps)}-vector ({results.eigen_which})")
+        lines.append(f"gradient: ‖g‖ = {g.norm:.6g}; share in the {space} eigenspace "
+                     f"‖Vᵀg‖²/‖g‖² = {g.fraction:.4f} (per vector "
+                     f"{', '.join(f'{o:.3g}' for o in g.overlaps)})")
+    if results.landscape is not None:
+        land = results.landscape
+        along = f"loss along v1 in [{land.loss_top.min():.6g}, {land.loss_top.max():.6g}]"
+        if land.loss_random is not None:
+            along += f", along a random direction in [{land.loss_random.min():.6g}, {land.loss_random.max():.6g}]"
+        grid = f"; 2-D grid {len(land.betas)}×{len(land.betas)}" if land.betas is not None else ""
+        lines.append(f"landscape (α ∈ [{land.alphas[0]:g}, {land.alphas[-1]:g}], {len(land.alphas)} points): "
+                     f"{along}{grid}")
     lines.append(f"total {info.seconds:.2f} s ({', '.join(f'{k} {v:.2f} s' for k, v in results.seconds.items())})")
     files = [f"results: {output / 'results.h5'}", f"summary: {output / 'summary.json'}"]
     if plot is not None:

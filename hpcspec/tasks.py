@@ -15,6 +15,8 @@ from typing import Callable, Union
 import numpy as np
 
 from .config import Config
+from .gradient import GradientOverlap
+from .landscape import Landscape
 from .operator import LinearOperator
 from .solvers import DensityResult, LanczosResult, PowerResult, TraceResult, smoothed_density, spectral_grid
 from .solvers.base import IterativeSolver, State
@@ -66,6 +68,10 @@ class TaskResults:
     eigen_tol: float = 0.0
     trace: TraceResult | None = None
     density: Density | None = None
+    #: The gradient's overlap with the eigenvectors (whenever eigen ran on a Hessian of a loss).
+    gradient: GradientOverlap | None = None
+    #: The loss along the top eigenvectors (the ``landscape`` task).
+    landscape: Landscape | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,7 +131,9 @@ def substate(state: State | None, prefix: str) -> State | None:
 def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None, *,
               checkpoint: Checkpoint | None = None, resume: State | None = None,
               extra_state: Callable[[], State] | None = None) -> TaskResults:
-    """Every task in ``cfg.tasks``, in the order eigen, trace, density (collective).
+    """Every task in ``cfg.tasks``, in the order eigen, trace, density (collective); then, when the
+    eigen task ran on a Hessian of a loss, the analyses of its eigenvectors (the gradient's share
+    of their span, and the ``landscape`` task: :mod:`hpcspec.analyses`).
 
     Args:
         checkpoint: called between any two iterations with a function returning the job state
@@ -168,4 +176,9 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
         if progress is not None:
             resumed = " (resumed)" if saved is not None else ""
             progress(f"{label} finished in {results.seconds[name]:.2f} s{resumed}")
+    if results.eigen is not None and hasattr(op, "loss_and_gradient"):  # a Hessian of a loss, not a matrix
+        from .analyses import eigen_analyses
+
+        results.gradient, results.landscape, seconds = eigen_analyses(op, cfg, results.eigen, progress)
+        results.seconds.update(seconds)
     return results

@@ -177,9 +177,11 @@ def test_resume_refuses_another_config_or_data(tmp_path, change, message, capsys
 
 def test_resume_refuses_other_weights(tmp_path, capsys):
     weights = tmp_path / "w.pt"
+    from hpcspec.config import ModelConfig
     from hpcspec.models import build_model
 
-    model = build_model("mlp", input_dim=5, output_dim=3, hidden=(6,), activation="tanh", seed=0)
+    model = build_model("mlp", input_shape=(5,), output_dim=3, cfg_model=ModelConfig(hidden=(6,), activation="tanh"),
+                        seed=0)
     torch.save(model.state_dict(), weights)
     with pytest.raises(StopRequested):
         run_job(_cfg(tmp_path / "out", **{"model.weights": str(weights)}), SingleProcess(), flag=StopAfter(4))

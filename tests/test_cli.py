@@ -95,7 +95,7 @@ def test_top_k_trace_and_density_in_one_run(workdir, capsys):
     matrix = dense_hessian(usermod.make_model(), "mse", *usermod.make_data()).numpy()
     exact = np.linalg.eigvalsh(matrix)
     groups = _h5(workdir / "all" / "results.h5")
-    assert set(groups) == {"eigen", "trace", "density", "lanczos"}
+    assert set(groups) == {"eigen", "trace", "density", "lanczos", "gradient"}
     assert np.allclose(groups["eigen"][1]["values"], exact[::-1][:3], rtol=1e-8)
     trace = groups["trace"][0]
     assert trace["num_matvecs"] == 40 and trace["stderr"] >= 0

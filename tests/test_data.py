@@ -21,8 +21,8 @@ def test_shards_tile_the_data_set(total, size):
 def test_digits_is_standardised_and_sharded():
     shards = [load_shard("digits", rank, 3) for rank in range(3)]
     x = torch.cat([s.inputs for s in shards])
-    assert x.shape == (1797, 64) and shards[0].total == 1797
-    assert torch.allclose(x.mean(dim=0), torch.zeros(64, dtype=torch.float64), atol=1e-12)
+    assert x.shape == (1797, 1, 8, 8) and shards[0].total == 1797
+    assert torch.allclose(x.mean(dim=0), torch.zeros(1, 8, 8, dtype=torch.float64), atol=1e-12)
     assert torch.equal(torch.cat([s.targets for s in shards]), load_shard("digits", 0, 1).targets)
 
 
