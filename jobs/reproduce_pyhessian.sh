@@ -12,6 +12,7 @@
 #
 # Environment:
 #   CIFAR        folder with CIFAR-10's "python version" batches (data_batch_1..5, test_batch); required
+#                unless DATA names another data set (e.g. DATA=digits: the built-in 8×8 digits, for a quick look)
 #   OUT          output folder (default pyhessian-out): OUT/<model>-<bn|nobn>/{train,analysis}, OUT/comparison.md
 #   LAUNCH       launcher prefix (default "mpirun -n $RANKS", RANKS default 2)
 #   PYTHON       default "python"
@@ -23,7 +24,17 @@
 #                (default analysis: --top-k 1 --trace --density, i.e. 100 + 4×80 products)
 set -euo pipefail
 
-CIFAR=${CIFAR:?set CIFAR to the folder holding CIFAR-10's python batches (data_batch_1 ... test_batch)}
+if [ -z "${DATA:-}" ]; then
+  if [ -z "${CIFAR:-}" ]; then
+    echo "reproduce_pyhessian: set CIFAR to the folder holding the CIFAR-10 python batches (or DATA=digits)" >&2
+    exit 2
+  fi
+  if [ ! -d "$CIFAR" ]; then
+    echo "reproduce_pyhessian: CIFAR folder '$CIFAR' does not exist" >&2
+    exit 2
+  fi
+  DATA=cifar10:$CIFAR
+fi
 OUT=${OUT:-pyhessian-out}
 RANKS=${RANKS:-2}
 LAUNCH=${LAUNCH:-mpirun -n $RANKS}
@@ -36,10 +47,6 @@ MODEL_ARGS=${MODEL_ARGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 RUN_ARGS=${RUN_ARGS:-}
 
-if [ ! -d "$CIFAR" ]; then
-  echo "reproduce_pyhessian: CIFAR folder '$CIFAR' does not exist" >&2
-  exit 2
-fi
 if [ "$STEPS" -gt 0 ]; then length=(--steps "$STEPS"); else length=(--epochs "$EPOCHS"); fi
 
 results=()
@@ -48,7 +55,7 @@ for model in $MODELS; do
     if [ "$bn" = true ]; then name=$model-bn; else name=$model-nobn; fi
     echo "reproduce_pyhessian: $name: training" >&2
     # shellcheck disable=SC2086  # LAUNCH and the *_ARGS are word lists on purpose
-    $LAUNCH $PYTHON -m hpcspec train --model "$model" --data "cifar10:$CIFAR" --set "model.batchnorm=$bn" \
+    $LAUNCH $PYTHON -m hpcspec train --model "$model" --data "$DATA" --set "model.batchnorm=$bn" \
       $MODEL_ARGS "${length[@]}" --lr "$LR" --set train.schedule=step --output "$OUT/$name/train" --resume \
       $TRAIN_ARGS
     weights=$(find "$OUT/$name/train" -maxdepth 1 -name 'step_*.pt' | sort | tail -n 1)
@@ -58,7 +65,7 @@ for model in $MODELS; do
     fi
     echo "reproduce_pyhessian: $name: analysing $weights" >&2
     # shellcheck disable=SC2086
-    $LAUNCH $PYTHON -m hpcspec run --model "$model" --data "cifar10:$CIFAR" --set "model.batchnorm=$bn" \
+    $LAUNCH $PYTHON -m hpcspec run --model "$model" --data "$DATA" --set "model.batchnorm=$bn" \
       $MODEL_ARGS --weights "$weights" --top-k 1 --trace --density --output "$OUT/$name/analysis" --resume \
       $RUN_ARGS
     results+=("$OUT/$name/analysis/results.h5")

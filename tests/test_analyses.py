@@ -192,21 +192,21 @@ def _check_run(out, x, y, model):
     assert summary["gradient"]["fraction"] == pytest.approx(fraction) and summary["landscape"]["points"] == 7
 
 
-ARGS = ["-m", "hpcspec", "run", "--model", "usermod:make_model", "--data", "usermod:make_data", "--top-k", "2",
+ARGS = ["-m", "hpcspec", "run", "--model", "analysesmod:make_model", "--data", "analysesmod:make_data", "--top-k", "2",
         "--landscape", "--params", "0.weight,2.*", "--tol", "1e-12", "--batch-size", "7",
         "--set", "landscape.points=7", "--set", "landscape.points_2d=3", "--set", "landscape.radius=0.3"]
 
 
 def test_run_writes_gradient_and_landscape(tmp_path, monkeypatch, capsys):
-    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    (tmp_path / "analysesmod.py").write_text(USER_MODULE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(ARGS[2:] + ["--output", "out"]) == 0
     printed = capsys.readouterr().out
     assert "gradient: ‖g‖ =" in printed and "landscape (α ∈ [-0.3, 0.3], 7 points)" in printed
-    import usermod
+    import analysesmod
 
-    _check_run(tmp_path / "out", *usermod.make_data(), usermod.make_model())
+    _check_run(tmp_path / "out", *analysesmod.make_data(), analysesmod.make_model())
     # the groups read back whole, and the plots redraw from results.h5 alone (the offline report)
     with h5py.File(tmp_path / "out" / "results.h5") as f:
         gradient, land = read_gradient(f["gradient"]), read_landscape(f["landscape"])
@@ -218,7 +218,7 @@ def test_run_writes_gradient_and_landscape(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.mpi
 def test_run_writes_gradient_and_landscape_on_two_ranks(tmp_path):
-    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    (tmp_path / "analysesmod.py").write_text(USER_MODULE)
     done = mpirun(2, ARGS + ["--output", str(tmp_path / "out")], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     namespace: dict = {}

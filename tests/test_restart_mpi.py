@@ -248,7 +248,7 @@ def test_exception_on_one_rank_mid_run_ends_the_job_within_10_s(tmp_path):
         "        if os.environ.get('OMPI_COMM_WORLD_RANK') == '1' and self.calls == 60:\n"
         f"            open({str(stamp)!r}, 'w').write(repr(time.time()))\n"
         "            raise RuntimeError('injected failure on rank 1')\n"
-        "        return self.layer(torch.tanh(x))\n"
+        "        return self.layer(torch.tanh(x.flatten(1)))\n"
         "def make_model():\n"
         "    return Flaky().double()\n")
     result = mpirun(2, ["-m", "hpcspec", "run", "--model", "flaky:make_model", "--top-k", "3", "--tol", "1e-14",
