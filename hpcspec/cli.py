@@ -87,14 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_problem_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """The config file, overrides, model, data and loss: what every subcommand that builds a model takes."""
+    from .data import BUILTIN_DATA
+    from .models import BUILTIN_MODELS
+
+    parser.add_argument("--config", help="TOML job config (see README)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, e.g. --set {set_example} (repeatable; applied last)")
+    parser.add_argument("--model", help=f"zoo model ({', '.join(BUILTIN_MODELS)}) or module:callable")
+    parser.add_argument("--data", help=f"{', '.join(BUILTIN_DATA)}, a path to an "
+                                       "HDF5 file, or module:callable")
+    parser.add_argument("--loss", help="cross_entropy or mse")
+
+
 def _add_job_arguments(run: argparse.ArgumentParser) -> None:
     """The flags ``run`` and ``validate`` share (each also has a config key; see README)."""
-    run.add_argument("--config", help="TOML job config (see README)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set eigen.maxiter=300 (repeatable; applied last)")
-    run.add_argument("--model", help="built-in model name (mlp) or module:callable")
-    run.add_argument("--data", help="digits, synthetic, a path to an HDF5 file, or module:callable")
-    run.add_argument("--loss", help="cross_entropy or mse")
+    _add_problem_arguments(run, "eigen.maxiter=300")
     tasks = run.add_argument_group("tasks (any combination; with none named, the config's tasks, default top-k)")
     tasks.add_argument("--top-k", type=int, help="top-k eigenpairs")
     tasks.add_argument("--trace", action="store_const", const=True, help="the trace, with a standard error")
@@ -134,12 +143,7 @@ TRAIN_FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.
 
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The flags of ``train`` (each sets the config key in :data:`TRAIN_FLAG_KEYS`; see README "Training")."""
-    train.add_argument("--config", help="TOML job config (see README)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.nesterov=true (repeatable; applied last)")
-    train.add_argument("--model", help="built-in model name or module:callable")
-    train.add_argument("--data", help="digits, synthetic, a path to an HDF5 file, or module:callable")
-    train.add_argument("--loss", help="cross_entropy or mse")
+    _add_problem_arguments(train, "train.nesterov=true")
     train.add_argument("--output", help="directory for step_*.pt, train.toml, train_state.pt, train_log.json")
     train.add_argument("--dtype", help="training precision: float64 (default) or float32")
     train.add_argument("--seed", type=int, help="seed of the initial weights and the minibatch order")

@@ -14,6 +14,9 @@
 #
 # Environment (qsub -v NAME=value,...; values cannot contain commas):
 #   CONFIG        job file (default jobs/example.toml)
+#   COMMAND       the hpcspec subcommand: run (default), train (SGD, saving step_*.pt) or track
+#                 (the estimators on every saved step: put its CKPT_DIR among the extra flags);
+#                 each stops on USR1 with a checkpoint (exit 3) and continues with --resume
 #   LEAD          seconds before the walltime to stop (default 180). Must exceed the longest
 #                 iteration plus one checkpoint's write time (hpcspec logs seconds and bytes of
 #                 each checkpoint), with a margin.
@@ -82,6 +85,11 @@ for name in WALLTIME RANKS THREADS LAUNCHER PYTHON HPCSPEC_ARGS QSUB_ARGS JOB_SC
 done
 
 CONFIG=${CONFIG:-jobs/example.toml}
+COMMAND=${COMMAND:-run}
+case "$COMMAND" in
+  run|train|track) ;;
+  *) log "COMMAND must be run, train or track, not '$COMMAND'"; exit 2 ;;
+esac
 LEAD=${LEAD:-180}
 MAX_RESTARTS=${MAX_RESTARTS:-20}
 RERUN_MODE=${RERUN_MODE:-qsub}
@@ -212,7 +220,7 @@ if [ "$stop_requested" -eq 1 ]; then
   log "stop requested before the start: not starting hpcspec"
   status=3
 else
-  "${launcher[@]}" -n "$RANKS" "$python" -m hpcspec run --config "$CONFIG" --resume \
+  "${launcher[@]}" -n "$RANKS" "$python" -m hpcspec "$COMMAND" --config "$CONFIG" --resume \
     --set "threads=$THREADS" ${extra_args[@]+"${extra_args[@]}"} &
   launcher_pid=$!
   # A signal in the instant between the launch and knowing its PID: pass it on.

@@ -116,7 +116,7 @@ def fake_env(tmp_path: Path) -> dict[str, str]:
     log.mkdir()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "SRUN_", "PBS_", "OMPI_", "PMIX_", "HPCSPEC_"))}
-    for k in ("CONFIG", "LAUNCHER", "THREADS", "RANKS", "WALLTIME", "LEAD", "NCPUS", "PYTHON",
+    for k in ("CONFIG", "COMMAND", "LAUNCHER", "THREADS", "RANKS", "WALLTIME", "LEAD", "NCPUS", "PYTHON",
               "MAX_RESTARTS", "RERUN_MODE", "QSUB_ARGS", "JOB_SCRIPT", "OMP_NUM_THREADS"):
         env.pop(k, None)
     env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}", FAKE_LOG=str(log),
@@ -237,6 +237,23 @@ def test_slurm_done_passes_resume_and_config(fake_env: dict[str, str]) -> None:
                                   "--set", "threads=8", "--set", "eigen.top_k=3"]
     assert r.calls("scontrol") == []
     assert "done" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "track"])
+def test_slurm_runs_the_command_named(fake_env: dict[str, str], command: str) -> None:
+    r = run_script(SLURM, slurm_env(fake_env, COMMAND=command), args=("ckpt",))
+    assert r.returncode == 0, r.stderr
+    [argv] = r.calls("srun")
+    assert hpcspec_argv(argv) == ["-m", "hpcspec", command, "--config", "run.toml", "--resume",
+                                  "--set", "threads=8", "ckpt"]
+
+
+@pytest.mark.parametrize("script", [SLURM, PBS])
+def test_unknown_command_is_refused(fake_env: dict[str, str], tmp_path: Path, script: Path) -> None:
+    env = slurm_env(fake_env, COMMAND="trian") if script == SLURM else pbs_env(fake_env, tmp_path, COMMAND="trian")
+    r = run_script(script, env)
+    assert r.returncode == 2 and "COMMAND must be run, train or track, not 'trian'" in r.stderr
+    assert r.calls("srun") == [] and r.calls("mpiexec") == []
 
 
 def test_slurm_stopped_is_requeued(fake_env: dict[str, str]) -> None:
