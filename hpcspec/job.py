@@ -14,6 +14,7 @@ with ``--resume`` is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -111,10 +112,29 @@ def _model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
                         output_dim=shape.output_dim, cfg_model=cfg.model, seed=cfg.seed)
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
-    select_parameters(model, cfg.model.params)  # the others are frozen: H is their diagonal block
     if not any(param.requires_grad for param in model.parameters()):
         raise InputError(f"model {cfg.model.spec!r} has no parameters that require gradients")
     return model.to(device=device, dtype=DTYPES[cfg.hessian.dtype])
+
+
+def _select(model: nn.Module, patterns: str) -> list[nn.Parameter]:
+    """Freeze the parameters outside ``model.params`` (H is then the selected ones' diagonal block);
+    returns those the selection froze, so training before the analysis can still move them."""
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    select_parameters(model, patterns)
+    return [param for param in trainable if not param.requires_grad]
+
+
+@contextlib.contextmanager
+def _unfrozen(params: list[nn.Parameter]) -> Iterator[None]:
+    """``params`` require gradients inside (training trains every parameter, not only the selection)."""
+    for param in params:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(False)
 
 
 @dataclass
@@ -139,12 +159,17 @@ def checkpoint_dir(cfg: Config) -> Path:
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output) / "checkpoints"
 
 
-def _flat_parameters(op: HessianOperator) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in op.parameters])
+def _flat_parameters(model: nn.Module) -> torch.Tensor:
+    """Every parameter of the model, also those outside ``model.params``: training before the
+    analysis moved them too, and a resumed run must analyse the same weights."""
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in model.parameters()])
 
 
 def _restore_parameters(model: nn.Module, flat: torch.Tensor) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())
+    if flat.numel() != sum(p.numel() for p in params):
+        raise InputError(f"the checkpoint holds {flat.numel():,} parameter values but the model has "
+                         f"{sum(p.numel() for p in params):,}: it was written by another version of hpcspec")
     pieces = torch.split(flat, [p.numel() for p in params])
     with torch.no_grad():
         for param, piece in zip(params, pieces):
@@ -253,6 +278,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
              cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
     shape = _data_shape(comm, shard, loss.name)
     model = agreed(comm, _model, cfg, shape, device)
+    unselected = agreed(comm, _select, model, cfg.model.params)
     identity: dict[str, Any] = {}
     loaded = None
     if store is not None:
@@ -267,19 +293,25 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
             loaded = agreed(comm, _resume_from, store, comm, identity)
     method = cfg.hessian.hvp
     if loaded is not None:
-        _restore_parameters(model, loaded.state["params"])
+        agreed(comm, _restore_parameters, model, loaded.state["params"])
         method = loaded.meta.get("hvp_method", method)
-    op = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=method,
-                         bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
-                         shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
-    agreed(comm, op.check_data)
-    agreed(comm, check_model_modes, op.model, cfg.hessian.bn_mode)
+
+    def operator() -> HessianOperator:
+        made = HessianOperator(model, loss, shard, comm, batch_size=cfg.data.batch_size, method=method,
+                               bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
+                               shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
+        agreed(comm, made.check_data)
+        agreed(comm, check_model_modes, made.model, cfg.hessian.bn_mode)
+        return made
+
+    if cfg.train.steps and loaded is None:
+        with _unfrozen(unselected):  # every parameter is trained, then H is taken over the selection
+            history = train_full_batch(operator(), cfg.train.steps, cfg.train.lr)
+        log.info("trained %d full-batch Adam steps: loss %.4g -> %.4g", cfg.train.steps, history[0], history[-1])
+    op = operator()
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_sizes, cfg, op.size)
-    if cfg.train.steps and loaded is None:
-        history = train_full_batch(op, cfg.train.steps, cfg.train.lr)
-        log.info("trained %d full-batch Adam steps: loss %.4g -> %.4g", cfg.train.steps, history[0], history[-1])
     if cfg.hessian.check:
         # The products are reduced, so every rank sees the same numbers and fails (or not) alike.
         check = agreed(comm, check_operator, op, seed=cfg.seed)
@@ -321,7 +353,7 @@ def _checkpointer(problem: Problem, flag: StopFlag) -> Checkpointer:
 
 def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskResults:
     log = setup_logging(problem.comm)
-    params = _flat_parameters(problem.op) if checkpointer is not None else None
+    params = _flat_parameters(problem.op.model) if checkpointer is not None else None
 
     def extra_state() -> State:
         return {"params": params}

@@ -189,6 +189,21 @@ def test_per_block_top_eigenvalue_is_that_of_the_diagonal_block(problem, tmp_pat
     assert (output / "blocks" / "layers.2" / "results.h5").is_file()
 
 
+def test_per_block_after_training_analyses_the_same_weights_for_every_block(problem, tmp_path):
+    """Training before the analysis trains every parameter, whatever ``model.params`` selects: each
+    block's Hessian is a diagonal block of one trained network's, not of a network trained per block."""
+    common = ["--backend", "single", "run", "--model", "sweepnet:make", "--data", str(problem["root"] / "data.h5"),
+              "--train-steps", "5", "--top-k", "1", "--tol", "1e-13", "--threads", "1", "--set", "hessian.check=false"]
+    assert main([*common, "--output", str(tmp_path / "whole")]) == 0
+    assert main([*common, "--per-block", "--output", str(tmp_path / "blocks")]) == 0
+    with h5py.File(tmp_path / "whole" / "results.h5") as f:
+        whole_loss = f.attrs["loss_value"]
+    with h5py.File(tmp_path / "blocks" / "blocks.h5") as f:
+        losses, top = f["loss"][...], f["eigenvalues"][:, 0]
+    np.testing.assert_array_equal(losses, whole_loss)  # trained per block, each loss would differ
+    assert np.all(np.isfinite(top)) and top[0] != top[1]
+
+
 def _rank_pids(marker: Path) -> list[int]:
     """The hpcspec rank processes (python, not mpirun) whose command line names ``marker``."""
     found = []
