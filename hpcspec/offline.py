@@ -227,25 +227,26 @@ def _kind(path: Path) -> str:
 
 
 def _regenerate_sweep(path: Path) -> str:
-    """Redraw a ``track.h5`` / ``blocks.h5``'s plots (next to it) and tabulate its rows."""
+    """Redraw a ``track.h5`` / ``blocks.h5``'s plots (next to it) and print the sweep's own table."""
+    from .sweep import RunNumbers, sweep_table
     from .trackplots import sweep_plots
 
     plots = sweep_plots(path)
     with open_results(path) as f:
         kind = str(_plain(f.attrs["kind"]))
         labels = [str(_plain(v)) for v in (f["step"][()] if kind == "track" else f["block"][()])]
-        top = f["eigenvalues"][()][:, 0] if "eigenvalues" in f else np.full(len(labels), np.nan)
-        trace = f["trace"][()] if "trace" in f else np.full(len(labels), np.nan)
-        stderr = f["trace_stderr"][()] if "trace_stderr" in f else np.full(len(labels), np.nan)
-        fraction = f["gradient_fraction"][()] if "gradient_fraction" in f else np.full(len(labels), np.nan)
+        rows = len(labels)
+
+        def column(name: str) -> np.ndarray:
+            return f[name][()] if name in f else np.full(rows, np.nan)
+
+        sizes = [int(n) for n in column("num_params")]
+        numbers = [RunNumbers(num_params=sizes[i], loss=float(column("loss")[i]),
+                              eigenvalues=f["eigenvalues"][i] if "eigenvalues" in f else None,
+                              residuals=f["residuals"][i] if "residuals" in f else None,
+                              trace=float(column("trace")[i]), trace_stderr=float(column("trace_stderr")[i]),
+                              gradient_fraction=float(column("gradient_fraction")[i])) for i in range(rows)]
     what = "step" if kind == "track" else "block"
-    width = max(len(what), *(len(label) for label in labels))
-    lines = [f"{kind}: {len(labels)} {'checkpoints' if kind == 'track' else 'blocks'} in {path}",
-             f"  {what:>{width}}  {'top eigenvalue':>16}  {'trace ± stderr':>26}  {'grad. fraction':>14}"]
-    for label, t, tr, se, fr in zip(labels, top, trace, stderr, fraction):
-        trace_text = "—" if np.isnan(tr) else f"{tr:.6g} ± {se:.2g}"
-        top_text = "—" if np.isnan(t) else f"{t:.8g}"
-        fraction_text = "—" if np.isnan(fr) else f"{fr:.4f}"
-        lines.append(f"  {label:>{width}}  {top_text:>16}  {trace_text:>26}  {fraction_text:>14}")
-    lines.append("  ".join(f"plot: {plot}" for plot in plots))
-    return "\n".join(lines)
+    title = f"{kind}: {rows} {'checkpoints' if kind == 'track' else 'blocks'} in {path}"
+    table = sweep_table(title, what, labels, numbers, sizes if kind == "blocks" else None)
+    return table + "\n" + "  ".join(f"plot: {plot}" for plot in plots)

@@ -355,8 +355,7 @@ def _trainable_names(cfg: Config, comm: Communicator) -> list[str]:
     loss = agreed(comm, get_loss, cfg.hessian.loss)
     shard = agreed(comm, load_data, cfg, comm)
     shape = _data_shape(comm, shard, loss.name)
-    model = agreed(comm, _model, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params="")), shape,
-                   select_device(comm))
+    model = agreed(comm, _model, cfg, shape, select_device(comm))  # every parameter (no model.params selection)
     names = [name for name, param in model.named_parameters() if param.requires_grad]
     return comm.bcast_object(names if comm.rank == 0 else None)
 

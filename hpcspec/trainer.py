@@ -33,7 +33,6 @@ Files in the output directory (rank 0 writes, each atomically):
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -154,7 +153,7 @@ class DataParallelStep:
         mine = indices[(indices >= shard.start) & (indices < shard.stop)] - shard.start
         for param in self.params:
             param.grad = None
-        local_loss = torch.zeros((), dtype=torch.float64)
+        local_loss = torch.zeros(1, dtype=torch.float64, device=self.device)
         count = 0
         if len(mine):
             inputs = shard.inputs[mine].to(self.device)
@@ -168,14 +167,14 @@ class DataParallelStep:
                                  "larger train.batch_size or fewer ranks") from None
             summed = self.loss.sum(outputs, targets)
             summed.backward()
-            local_loss = summed.detach().to("cpu", torch.float64)
+            local_loss = summed.detach().reshape(1).to(torch.float64)  # stays on the device: no sync here
             count = int(self.loss.count(targets))
         pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
                   for p in self.params]
         samples = len(mine)
         pieces += [b.reshape(-1).to(torch.float64) * samples for b in self.buffers]
-        tail = torch.tensor([float(local_loss), float(samples), float(count), 1.0 if stop else 0.0],
-                            dtype=torch.float64, device=self.device)
+        tail = torch.cat([local_loss, torch.tensor([float(samples), float(count), 1.0 if stop else 0.0],
+                                                   dtype=torch.float64, device=self.device)])
         flat = torch.cat([piece.to(self.device) for piece in pieces] + [tail]).contiguous()
         self.comm.allreduce_sum_(flat)
         loss_sum, total_samples, total_count, stops = (float(v) for v in flat[-4:].cpu())
@@ -372,14 +371,6 @@ class TrainingStopped(StopRequested):
         self.step = step
 
 
-def _all_parameters(cfg: Config) -> Config:
-    """``cfg`` with ``model.params`` (which parameters enter the Hessian) cleared: training updates
-    every parameter that requires gradients."""
-    if getattr(cfg.model, "params", ""):
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params=""))
-    return cfg
-
-
 def _check_train_config(cfg: Config) -> None:
     if cfg.train.steps == 0 and cfg.train.epochs == 0:
         raise InputError("train needs train.steps > 0 or train.epochs > 0 (e.g. --epochs 10)")
@@ -434,7 +425,7 @@ def prepare_training(cfg: Config, comm: Communicator, *, resume: bool = False) -
     log.info("data %s: %d samples, this rank holds [%d, %d); %d thread(s) per rank on %s",
              cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
     shape = _data_shape(comm, shard, loss.name)
-    model = agreed(comm, _model, _all_parameters(cfg), shape, device)
+    model = agreed(comm, _model, cfg, shape, device)  # every parameter: model.params narrows only H
     agreed(comm, _check_optimizable, model)
     agreed(comm, _check_data, model, loss, shard)
     identity = training_identity(cfg, model, shard, comm)
