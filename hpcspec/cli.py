@@ -30,7 +30,8 @@ FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss",
              "output": "output", "dtype": "hessian.dtype", "seed": "seed", "tol": "eigen.tol",
              "which": "eigen.which", "maxiter": "eigen.maxiter", "batch_size": "data.batch_size",
              "hvp": "hessian.hvp", "weights": "model.weights", "train_steps": "train.steps",
-             "threads": "threads", "eigen_method": "eigen.method", "trace_method": "trace.method",
+             "threads": "threads", "eigen_method": "eigen.method", "block_size": "eigen.block_size",
+             "max_basis": "eigen.max_basis", "trace_method": "trace.method",
              "trace_matvecs": "trace.matvecs", "probes": "density.probes", "steps": "density.steps",
              "bn_mode": "hessian.bn_mode", "params": "model.params"}
 
@@ -113,7 +114,11 @@ def _add_job_arguments(run: argparse.ArgumentParser) -> None:
                        help="the loss along the top eigenvectors and a random direction (needs --top-k; "
                             "+ landscape_1d.png, landscape_2d.png)")
     run.add_argument("--which", help="largest, smallest, largest_magnitude or both_ends")
-    run.add_argument("--eigen-method", help="lanczos (default) or power (PyHessian's power iteration)")
+    run.add_argument("--eigen-method", help="block (default: block Lanczos with restarts, right for repeated "
+                     "eigenvalues), lanczos (single vector) or power (PyHessian's power iteration)")
+    run.add_argument("--block-size", type=int, help="vectors per data pass of the block solver (default 4): "
+                     "multiplicity up to it is found by construction")
+    run.add_argument("--max-basis", type=int, help="most vectors the block solver holds (0: max(64, 2k + 4b))")
     run.add_argument("--trace-method", help="krylov (default), hutchpp, xtrace or hutchinson")
     run.add_argument("--trace-matvecs", type=int, help="products the trace may spend (default 100)")
     run.add_argument("--probes", type=int, help="SLQ probe vectors (default 4)")
@@ -122,7 +127,7 @@ def _add_job_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--dtype", help="model compute precision: float64 or float32 (solver is float64)")
     run.add_argument("--seed", type=int, help="seed for probe and start vectors and zoo model initialisation")
     run.add_argument("--tol", type=float, help="relative Ritz-residual tolerance (0: 1e-8 float64, 1e-5 float32)")
-    run.add_argument("--maxiter", type=int, help="maximum Lanczos steps")
+    run.add_argument("--maxiter", type=int, help="most products (block) or Lanczos steps (lanczos)")
     run.add_argument("--batch-size", type=int, help="samples per forward pass")
     run.add_argument("--hvp", help="auto, double_backward or forward_over_reverse")
     run.add_argument("--bn-mode", help="eval (default: running statistics) or train (batch statistics)")

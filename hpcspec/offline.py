@@ -99,8 +99,11 @@ def _results(f: h5py.File) -> TaskResults:
         if str(attrs["method"]) == "power":
             results.eigen = PowerResult(iterations=group["iterations"][()], **common)
         else:
+            extra = {key: type_(attrs[key]) for key, type_ in (
+                ("block_size", int), ("data_passes", int), ("restarts", int), ("locked", int), ("checks", int),
+                ("complete", bool), ("max_basis", int), ("peak_basis", int), ("guarantee", str)) if key in attrs}
             results.eigen = LanczosResult(iterations=int(attrs["iterations"]), alpha=group["alpha"][()],
-                                          beta=group["beta"][()], **common)
+                                          beta=group["beta"][()], method=str(attrs["method"]), **extra, **common)
         results.eigen_method, results.eigen_which = str(attrs["method"]), str(attrs["which"])
         results.eigen_tol = float(attrs["tol"])
         results.seconds["eigen"] = float(attrs["seconds"])

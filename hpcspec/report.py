@@ -100,7 +100,11 @@ def _write_eigen(f: h5py.File, results: TaskResults, layout: ParamLayout, info: 
                              "converged": result.converged, "num_matvecs": result.num_matvecs,
                              "hvp_method": info.hvp_method, "seconds": results.seconds.get("eigen", 0.0),
                              "iterations": _iterations(result)}
+    attrs["data_passes"] = _data_passes(result)
     if isinstance(result, LanczosResult):
+        attrs.update({"block_size": result.block_size, "restarts": result.restarts, "locked": result.locked,
+                      "checks": result.checks, "complete": result.complete, "max_basis": result.max_basis,
+                      "peak_basis": result.peak_basis, "guarantee": result.guarantee})
         eigen.create_dataset("alpha", data=result.alpha)
         eigen.create_dataset("beta", data=result.beta)
     else:
@@ -231,7 +235,11 @@ def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
         record["eigen"] = {"method": results.eigen_method, "which": results.eigen_which,
                            "values": eigen.eigenvalues.tolist(), "residuals": eigen.residuals.tolist(),
                            "converged": eigen.converged, "iterations": _iterations(eigen),
-                           "num_matvecs": eigen.num_matvecs, "tol": results.eigen_tol}
+                           "num_matvecs": eigen.num_matvecs, "data_passes": _data_passes(eigen),
+                           "tol": results.eigen_tol}
+        if isinstance(eigen, LanczosResult):
+            record["eigen"].update({"block_size": eigen.block_size, "restarts": eigen.restarts,
+                                    "checks": eigen.checks, "complete": eigen.complete, "guarantee": eigen.guarantee})
     if results.trace is not None:
         t = results.trace
         record["trace"] = {"method": t.method, "estimate": t.estimate, "stderr": t.stderr,
@@ -258,6 +266,12 @@ def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
                                           "eigen": validation.eigen, "trace": validation.trace,
                                           "density": validation.density})
     return record
+
+
+def _data_passes(result: EigenResult) -> int:
+    """Passes over the data the eigen task spent (one per block of products; one per product else)."""
+    passes = getattr(result, "data_passes", 0)
+    return int(passes) if passes else int(result.num_matvecs)
 
 
 def _iterations(result: EigenResult) -> int:
@@ -329,18 +343,29 @@ def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo, ou
 def _eigen_lines(results: TaskResults) -> list[str]:
     result = results.eigen
     assert result is not None
-    method = "Lanczos" if results.eigen_method == "lanczos" else "power iteration (PyHessian rule)"
+    method = {"block": f"block Lanczos (block size {getattr(result, 'block_size', 1)})",
+              "lanczos": "single-vector Lanczos"}.get(results.eigen_method, "power iteration (PyHessian rule)")
     lines = [f"top-{len(result.eigenvalues)} Hessian eigenvalues ({results.eigen_which}), {method}:",
              f"  {'i':>3}  {'eigenvalue':>22}  {'residual':>9}"]
     for i, (value, residual) in enumerate(zip(result.eigenvalues, result.residuals), start=1):
         lines.append(f"  {i:>3}  {value:>22.15e}  {residual:>9.2e}")
-    if results.eigen_method == "lanczos":
+    if results.eigen_method == "block" and isinstance(result, LanczosResult):
+        state = ("converged" if result.converged and result.complete else
+                 "converged, completeness NOT checked" if result.converged else
+                 "NOT converged (raise eigen.maxiter or eigen.tol)")
+        lines.append(f"  {state} after {result.data_passes} data passes, {result.num_matvecs} Hessian-vector products "
+                     f"({result.restarts} restarts, {result.checks} completeness checks); eigenvalue error ≲ "
+                     f"residual²/gap")
+        lines.append(f"  {result.guarantee}")
+    elif results.eigen_method == "lanczos":
         state = "converged" if result.converged else "NOT converged (raise eigen.maxiter or eigen.tol)"
-        lines.append(f"  {state} after {_iterations(result)} Lanczos steps, {result.num_matvecs} Hessian-vector "
-                     f"products; eigenvalue error ≲ residual²/gap")
+        lines.append(f"  {state} after {_iterations(result)} Lanczos steps = data passes, {result.num_matvecs} "
+                     f"Hessian-vector products; eigenvalue error ≲ residual²/gap")
+        lines.append(f"  {result.guarantee}")
     else:
         state = "converged" if result.converged else "NOT converged within eigen.maxiter"
-        lines.append(f"  {state} (relative change < {results.eigen_tol:g}) after {result.num_matvecs} products; "
+        lines.append(f"  {state} (relative change < {results.eigen_tol:g}) after {result.num_matvecs} products "
+                     f"= data passes; "
                      f"the residual ‖Hv − θv‖ is the error estimate")
     return lines
 

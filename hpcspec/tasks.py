@@ -21,6 +21,7 @@ from .operator import LinearOperator
 from .solvers import DensityResult, LanczosResult, PowerResult, TraceResult, smoothed_density, spectral_grid
 from .solvers.base import IterativeSolver, State
 from .solvers.density import SLQ
+from .solvers.block_lanczos import BlockLanczos
 from .solvers.lanczos import Lanczos
 from .solvers.power import PowerIteration
 from .solvers.trace import TraceEstimator
@@ -63,7 +64,7 @@ class TaskResults:
     """What a run computed; a task not asked for is None. ``seconds`` holds each task's wall time."""
 
     eigen: EigenResult | None = None
-    eigen_method: str = "lanczos"
+    eigen_method: str = "block"
     eigen_which: str = "largest"
     eigen_tol: float = 0.0
     trace: TraceResult | None = None
@@ -84,16 +85,22 @@ def eigen_settings(cfg: Config) -> tuple[str, float, int]:
 
 
 def eigen_solver(op: LinearOperator, cfg: Config, progress: Progress | None = None) -> IterativeSolver:
-    """The configured top-k solver (Lanczos, or PyHessian's power iteration)."""
+    """The configured top-k solver (block Lanczos, single-vector Lanczos, or PyHessian's power iteration)."""
     which, tol, maxiter = eigen_settings(cfg)
     if cfg.eigen.method == "power":
         return PowerIteration(op, cfg.eigen.top_k, maxiter=maxiter, tol=tol, seed=cfg.seed)
 
+    label = "block Lanczos data pass" if cfg.eigen.method == "block" else "Lanczos step"
+
     def report(step: int, values: np.ndarray, residuals: np.ndarray) -> None:
-        if progress is not None and step % 10 == 0:
-            progress(f"Lanczos step {step}: top Ritz value {values[0]:.10g}, largest wanted residual "
+        if progress is not None and step % 10 == 0 and len(values):
+            progress(f"{label} {step}: top Ritz value {values[0]:.10g}, largest wanted residual "
                      f"{residuals.max():.2e}")
 
+    if cfg.eigen.method == "block":
+        return BlockLanczos(op, cfg.eigen.top_k, which=which, tol=tol, block_size=cfg.eigen.block_size,
+                            max_basis=cfg.eigen.max_basis or None, maxiter=maxiter or None, seed=cfg.seed,
+                            callback=report)
     return Lanczos(op, cfg.eigen.top_k, which=which, tol=tol, maxiter=maxiter or None, seed=cfg.seed,
                    callback=report)
 

@@ -23,6 +23,7 @@ from hpcspec.operator import HessianOperator, MatrixOperator
 from hpcspec.solvers import PowerIteration, TraceEstimator, power_iteration, trace
 from hpcspec.solvers.base import IterativeSolver, State, check_state
 from hpcspec.solvers.density import SLQ, slq
+from hpcspec.solvers.block_lanczos import BlockLanczos
 from hpcspec.solvers.lanczos import Lanczos, lanczos
 
 Operator = MatrixOperator | HessianOperator
@@ -125,6 +126,15 @@ CASES: dict[str, tuple[Callable[[], Operator], MakeSolver]] = {
     "lanczos": (matrix_op(MATRIX[:60, :60].contiguous()), lambda op: Lanczos(op, 3, tol=1e-8, maxiter=40)),
     "lanczos-invariant": (matrix_op(few_distinct(60, [3.0, -1.0, 0.5])), lambda op: Lanczos(op, 2)),
     "lanczos-restart": (matrix_op(few_distinct(60, [3.0, -1.0, 0.5])), lambda op: Lanczos(op, 4, which="both_ends")),
+    # block Lanczos: restarts with locking, a 5-fold value the block of 2 cannot see (check rounds
+    # that lock missed copies), an invariant subspace, both ends, and a run cut short by maxiter
+    "block": (matrix_op(MATRIX), lambda op: BlockLanczos(op, 3, block_size=2, max_basis=12, tol=1e-8)),
+    "block-missed-copies": (matrix_op(few_distinct(60, [5.0, 5.0, 5.0, 5.0, 5.0, 2.0, 1.0, 0.5, -1.0])),
+                            lambda op: BlockLanczos(op, 6, block_size=2, max_basis=14, tol=1e-10)),
+    "block-both-ends": (matrix_op(MATRIX), lambda op: BlockLanczos(op, 3, which="both_ends", block_size=3,
+                                                                    max_basis=14, tol=1e-8)),
+    "block-budget": (matrix_op(MATRIX), lambda op: BlockLanczos(op, 4, block_size=2, max_basis=12, maxiter=20)),
+    "block-hessian": (hessian_op, lambda op: BlockLanczos(op, 3, block_size=2, max_basis=10, tol=1e-6)),
     # SLQ: probes breaking down at different steps, some reaching the step limit
     "slq": (matrix_op(MATRIX), lambda op: SLQ(op, probes=3, steps=12, seed=4)),
     "slq-breakdown": (matrix_op(paired()), lambda op: SLQ(op, probes=6, steps=30)),
@@ -231,8 +241,8 @@ def test_resumed_anywhere_is_bitwise_the_uninterrupted_run(case):
         assert_same(resumed, expected, f"{case}, resumed after step {i}")
         # the collectives: the first run's up to step i, then the resumed run's, are the uninterrupted
         # sequence; and the resumed run does exactly the products that were left
-        assert first_op.comm.decisions == decisions
-        assert first_op.comm.decisions[:decided] + second_op.comm.decisions == decisions
+        assert_same(first_op.comm.decisions, decisions, f"{case}, decisions")
+        assert_same(first_op.comm.decisions[:decided] + second_op.comm.decisions, decisions, f"{case}, resumed decisions")
         assert multiplied + second_op.num_matvecs == first_op.num_matvecs
 
 
@@ -255,6 +265,11 @@ def test_the_cases_cover_what_they_claim():
     invariant = CASES["lanczos-invariant"][1](CASES["lanczos-invariant"][0]())
     invariant.run()
     assert invariant.restarts == 0 and invariant.converged and len(invariant.alpha) == 3
+    block = reference("block")[0]
+    assert block.restarts >= 1 and block.converged and block.complete and block.peak_basis <= 12
+    missed = reference("block-missed-copies")[0]
+    assert missed.checks >= 2 and np.allclose(missed.eigenvalues, [5.0] * 5 + [2.0], atol=1e-9)
+    assert not reference("block-budget")[0].converged
     steps = reference("slq-breakdown")[0].steps
     assert len(set(steps.tolist())) > 1 and steps.max() < 30
     capped = reference("slq-breakdown-capped")[0].steps

@@ -56,6 +56,21 @@ class LanczosResult:
     beta: np.ndarray
     #: ``(lo, hi)`` when ``eigenvectors`` holds only rows [lo, hi) (a sharded run); None: whole.
     rows: tuple[int, int] | None = None
+    #: ``lanczos`` (single vector) or ``block`` (:mod:`hpcspec.solvers.block_lanczos`).
+    method: str = "lanczos"
+    #: Vectors per data pass, and the data passes spent (one pass applies one block).
+    block_size: int = 1
+    data_passes: int = 0
+    #: Thick restarts, pairs locked, completeness-check rounds and whether the last one found nothing.
+    restarts: int = 0
+    locked: int = 0
+    checks: int = 0
+    complete: bool = False
+    #: The basis bound and the most vectors held at once.
+    max_basis: int = 0
+    peak_basis: int = 0
+    #: What the result guarantees about repeated eigenvalues, in one line.
+    guarantee: str = "single-vector Lanczos: one copy of a repeated eigenvalue at most (use eigen.method = block)"
 
 
 class _Basis:
@@ -225,7 +240,9 @@ class Lanczos(IterativeSolver[LanczosResult]):
         return LanczosResult(eigenvalues=eigenvalues, eigenvectors=vectors, residuals=residuals,
                              converged=self.converged, iterations=m, num_matvecs=self.num_matvecs,
                              alpha=np.array(self.alpha), beta=np.array(self.beta[: m - 1]),
-                             rows=(self.space.lo, self.space.hi) if self.space.sharded else None)
+                             rows=(self.space.lo, self.space.hi) if self.space.sharded else None,
+                             data_passes=self.num_matvecs, restarts=self.restarts, max_basis=self.maxiter,
+                             peak_basis=m)
 
 
 def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
