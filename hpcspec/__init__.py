@@ -16,9 +16,9 @@ from .data import Shard, load_shard, shard_range  # noqa: E402
 from .errors import ConfigError, InputError  # noqa: E402
 from .operator import HessianOperator, MatrixOperator  # noqa: E402
 from .params import ParamLayout  # noqa: E402
-from .solvers import (DensityResult, LanczosResult, PowerResult, TraceResult, lanczos,  # noqa: E402
-                      power_iteration, slq, trace)
+from .solvers import (DensityResult, LanczosResult, PowerResult, TraceResult, block_lanczos,  # noqa: E402
+                      lanczos, power_iteration, slq, trace)
 
 __all__ = ["Communicator", "ConfigError", "DensityResult", "HessianOperator", "InputError", "LanczosResult",
-           "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "lanczos",
+           "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "lanczos",
            "load_shard", "power_iteration", "shard_range", "slq", "trace", "world"]

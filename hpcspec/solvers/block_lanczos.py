@@ -150,6 +150,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.search_passes = 0  # passes the search took (the longest a check round needs)
         self.num_matvecs = self.passes = 0
         self.scale = 0.0  # largest ‖H x‖ seen: the yardstick of a vanishing column
+        self.low, self.high = math.inf, -math.inf  # the extreme Ritz values ever seen: the spectrum's span
         self.converged = self.complete = self.done = False
         self._final: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None
         start = [] if v0 is None else list(self.space.local(_as_block(v0, n)).T.clone())
@@ -275,6 +276,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         residuals = np.linalg.norm(r @ s[m - width:], axis=0) if r.size else np.zeros(m)
         # rank 0's numbers for every rank: all take the same decisions from the same bits
         self.T, theta, s, residuals = self.op.comm.bcast_object((t, theta, s, residuals))
+        self.low, self.high = min(self.low, float(theta[0])), max(self.high, float(theta[-1]))
         self._decide(theta, s, residuals, x_next, exhausted=x_next.shape[0] == 0)
 
     def _tolerance(self, theta: np.ndarray) -> float:
@@ -338,8 +340,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         never needs more passes than the search took: those sufficed to converge the k-th pair from
         a random start, and the deflated operator's spectrum beyond it is a subset of the original's.
         """
-        far_low = min(float(theta.min()), float(self.locked_values.min()))
-        far_high = max(float(theta.max()), float(self.locked_values.max()))
+        far_low, far_high = self.low, self.high
         for sign, threshold in _thresholds(self.locked_values, self.k, self.which):
             index = int(np.argmax(sign * theta))
             extreme, far = sign * theta[index], sign * (far_low if sign > 0 else far_high)
@@ -437,7 +438,8 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             "locked_values": self.locked_values.copy(), "locked_residuals": self.locked_residuals.copy(),
             "phase": self.phase, "checks": self.checks, "round_passes": self.round_passes, "search_passes": self.search_passes,
             "restarts": self.restarts, "draws": self.draws,
-            "num_matvecs": self.num_matvecs, "passes": self.passes, "scale": self.scale, "peak_rows": self.peak_rows,
+            "num_matvecs": self.num_matvecs, "passes": self.passes, "scale": self.scale, "low": self.low, "high": self.high,
+            "peak_rows": self.peak_rows,
             "converged": self.converged, "complete": self.complete, "done": self.done,
         }
         if self._final is not None:
@@ -462,6 +464,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.round_passes, self.search_passes = int(state["round_passes"]), int(state["search_passes"])
         self.draws, self.num_matvecs, self.passes = int(state["draws"]), int(state["num_matvecs"]), int(state["passes"])
         self.scale, self.peak_rows = float(state["scale"]), int(state["peak_rows"])
+        self.low, self.high = float(state["low"]), float(state["high"])
         self.converged, self.complete, self.done = bool(state["converged"]), bool(state["complete"]), bool(state["done"])
         self._final = None
         if "vectors" in state:
