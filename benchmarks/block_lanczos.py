@@ -100,8 +100,8 @@ def main() -> None:
         solver = BlockLanczos(op, args.memory_k, tol=tol)
         result = solver.run()
         bytes_ = result.peak_basis * op.size * 8
-        print(f"  top-{args.memory_k}, block-4, default max_basis {solver.max_basis}: peak {result.peak_basis} vectors = "
-              f"{bytes_ / 2**20:.1f} MiB per rank (replicated; / R when sharded), {result.num_matvecs} products, "
+        print(f"  top-{args.memory_k}, block-4, default max_basis {solver.max_basis}: peak {result.peak_basis} "
+              f"vectors = {bytes_ / 2**20:.1f} MiB per rank (replicated; / R when sharded), {result.num_matvecs} products, "
               f"{result.data_passes} passes, {result.restarts} restarts, complete {result.complete}")
         record[name]["memory"] = {"k": args.memory_k, "max_basis": solver.max_basis, "peak_basis": result.peak_basis,
                                   "bytes": bytes_, "products": result.num_matvecs, "passes": result.data_passes}

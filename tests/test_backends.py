@@ -20,7 +20,7 @@ pytestmark = pytest.mark.mpi
 
 JOB = ["run", "--top-k", "4", "--trace", "--density", "--probes", "2", "--steps", "20", "--trace-matvecs", "20",
        "--set", "hessian.hvp='double_backward'", "--set", "density.plot=false", "--set", "hessian.check=false"]
-NUMBERS = ("eigen/values", "eigen/alpha", "trace/samples", "lanczos/alpha", "lanczos/beta")
+NUMBERS = ("eigen/values", "eigen/vectors", "trace/samples", "lanczos/alpha", "lanczos/beta")
 
 
 def _free_port() -> int:

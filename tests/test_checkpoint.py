@@ -23,6 +23,7 @@ from hpcspec.job import run_job
 #: A run of all three tasks, about 70 iterations in all, on a model small enough for a fast test.
 SETTINGS = {"model.hidden": [6], "data.spec": "synthetic", "data.samples": 120, "data.features": 5,
             "data.classes": 3, "tasks": ["eigen", "trace", "density"], "eigen.top_k": 3, "eigen.tol": 1e-10,
+            "eigen.block_size": 2, "eigen.max_basis": 10,
             "trace.matvecs": 24, "density.probes": 3, "density.steps": 15, "hessian.hvp": "double_backward",
             "hessian.check": False, "density.plot": False, "train.steps": 5}
 

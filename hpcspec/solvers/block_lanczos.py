@@ -42,7 +42,8 @@ replicated, or sharded so that each rank holds only its slice of every basis vec
 from __future__ import annotations
 
 import math
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,6 +62,22 @@ DEFAULT_BLOCK_SIZE = 4
 #: Columns of the basis recombined at a time at a restart (bounds the transient memory).
 CHUNK = 1 << 16
 PHASES = ("search", "check")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the solver's own dense algebra on one thread: a BLAS product splits its rows among the
+    threads, and rows that fall to another kernel round differently, so the bits would depend on the
+    thread count, which a resumed run may change. (The operator's products keep every thread.)"""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def default_max_basis(size: int, k: int, block_size: int) -> int:
@@ -154,7 +171,8 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.converged = self.complete = self.done = False
         self._final: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None
         start = [] if v0 is None else list(self.space.local(_as_block(v0, n)).T.clone())
-        self._place(self._fresh(min(b, n), self._rows[:0], start))
+        with one_thread():
+            self._place(self._fresh(min(b, n), self._rows[:0], start))
 
     # ----------------------------------------------------------------------------------- buffer
     @property
@@ -255,13 +273,19 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
 
     # ---------------------------------------------------------------------------------- one pass
     def step(self) -> None:
-        space, n, nl = self.space, self.op.size, self.nl
+        space, nl = self.space, self.nl
         x = self._rows[nl + self.m: nl + self.m + self.w]
         product = space.apply(self.op, space.gather(x.T.contiguous()))  # this rank's rows of H X
+        with one_thread():
+            self._absorb(product, x.shape[0])
+
+    def _absorb(self, product: torch.Tensor, width: int) -> None:
+        """Everything of a pass after the product: the projected matrix, the next block, the decisions."""
+        space, n, nl = self.space, self.op.size, self.nl
         w = (product[:, None] if product.ndim == 1 else product).T.contiguous()
-        self.num_matvecs += x.shape[0]
+        self.num_matvecs += width
         self.passes += 1
-        width, self.m, self.w = x.shape[0], self.m + x.shape[0], 0  # X joins the active basis
+        self.m, self.w = self.m + width, 0  # X joins the active basis
         m = self.m
         self.scale = max(self.scale, float(space.norms(w).max()))
         coefficients = self._orthogonalise(w, self._rows[: nl + m])[nl:].numpy()  # (m, width); locked: deflated
@@ -401,7 +425,11 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             self.search_passes = self.passes
         self.phase, self.checks, self.round_passes = "check", self.checks + 1, 0
         self.m, self.w, self.T = 0, 0, np.zeros((0, 0))
-        self._place(self._fresh(min(self._width(), self.op.size - self.nl), self._rows[: self.nl]))
+        fresh = self._fresh(min(self._width(), self.op.size - self.nl), self._rows[: self.nl])
+        if fresh.shape[0] == 0:  # the locked vectors span the space (to working precision)
+            self._finish(converged=True, complete=True)
+            return
+        self._place(fresh)
 
     # ------------------------------------------------------------------------------------ finish
     def _finish(self, *, converged: bool, complete: bool) -> None:
@@ -436,9 +464,10 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             "kind": self.kind, "rows": space.export(self._rows[: self.nl + self.m + self.w].clone()),
             "locked": self.nl, "active": self.m, "pending": self.w, "T": self.T.copy(),
             "locked_values": self.locked_values.copy(), "locked_residuals": self.locked_residuals.copy(),
-            "phase": self.phase, "checks": self.checks, "round_passes": self.round_passes, "search_passes": self.search_passes,
-            "restarts": self.restarts, "draws": self.draws,
-            "num_matvecs": self.num_matvecs, "passes": self.passes, "scale": self.scale, "low": self.low, "high": self.high,
+            "phase": self.phase, "checks": self.checks, "round_passes": self.round_passes,
+            "search_passes": self.search_passes, "restarts": self.restarts, "draws": self.draws,
+            "num_matvecs": self.num_matvecs, "passes": self.passes, "scale": self.scale, "low": self.low,
+            "high": self.high,
             "peak_rows": self.peak_rows,
             "converged": self.converged, "complete": self.complete, "done": self.done,
         }
@@ -465,7 +494,8 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.draws, self.num_matvecs, self.passes = int(state["draws"]), int(state["num_matvecs"]), int(state["passes"])
         self.scale, self.peak_rows = float(state["scale"]), int(state["peak_rows"])
         self.low, self.high = float(state["low"]), float(state["high"])
-        self.converged, self.complete, self.done = bool(state["converged"]), bool(state["complete"]), bool(state["done"])
+        self.converged, self.complete = bool(state["converged"]), bool(state["complete"])
+        self.done = bool(state["done"])
         self._final = None
         if "vectors" in state:
             self._final = (np.array(state["values"], dtype=np.float64), np.array(state["residuals"], dtype=np.float64),
