@@ -336,7 +336,10 @@ class FolderLock:
         """Take the lock or raise :class:`InputError` "in use by host:pid since …"."""
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            fd, created = os.open(self.path, os.O_RDWR), False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -344,6 +347,8 @@ class FolderLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise _in_use(self.folder, _read_record(self.path)) from None
             if exc.errno in NO_FLOCK:
+                if created:  # the empty file just made would read as someone else's lock
+                    self.path.unlink(missing_ok=True)
                 self._acquire_exclusive_file()
                 return
             raise InputError(f"cannot lock output folder {str(self.folder)!r} ({cause(exc)})") from None

@@ -161,7 +161,7 @@ class CheckpointStore:
         check_state(state, size)  # a value the store cannot hold is a programming error: fail before writing
         started = time.perf_counter()
         comm = self.comm
-        number = self.next_number
+        number = comm.bcast_object(self._free_number() if comm.rank == 0 else None)
         name = f"step-{number:08d}"
         tmp = self.directory / f"{name}.tmp"
         lo, hi = slice_bounds(size, comm.rank, comm.size)
@@ -210,6 +210,14 @@ class CheckpointStore:
         self.next_number = number + 1
         nbytes = sum(e["bytes"] for e, _ in gathered)
         return Commit(self.directory / name, number, nbytes, time.perf_counter() - started)
+
+    def _free_number(self) -> int:
+        """Rank 0: the next step number whose folder names are unused (a user's ``step-N.tmp/``
+        is never written into, renamed or pruned)."""
+        number = self.next_number
+        while any((self.directory / f"step-{number:08d}{suffix}").exists() for suffix in ("", ".tmp")):
+            number += 1
+        return number
 
     def _commit(self, tmp: Path, name: str, files: Sequence[dict[str, Any]], state: State, size: int,
                 meta: dict[str, Any], number: int) -> None:
