@@ -163,7 +163,9 @@ def _flat_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in model.parameters()])
 
 
-def _restore_parameters(model: nn.Module, flat: torch.Tensor) -> None:
+def _restore_parameters(model: nn.Module, flat: Any) -> None:
+    """Copy a checkpoint's flat weights (an array; a tensor in older checkpoints) into ``model``."""
+    flat = torch.as_tensor(flat)
     params = list(model.parameters())
     if flat.numel() != sum(p.numel() for p in params):
         raise InputError(f"the checkpoint holds {flat.numel():,} parameter values but the model has "
@@ -383,7 +385,8 @@ def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskRe
     params = _flat_parameters(problem.op.model) if checkpointer is not None else None
 
     def extra_state() -> State:
-        return {"params": params}
+        # every weight, also those outside model.params: a whole array (rank 0's file), not a vector of length P
+        return {"params": params.numpy()} if params is not None else {}
 
     def final(state: Any) -> None:
         if checkpointer is not None and (problem.loaded is None or checkpointer.boundaries or checkpointer.commits):
