@@ -33,7 +33,7 @@ FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss",
              "threads": "threads", "eigen_method": "eigen.method", "block_size": "eigen.block_size",
              "max_basis": "eigen.max_basis", "trace_method": "trace.method",
              "trace_matvecs": "trace.matvecs", "probes": "density.probes", "steps": "density.steps",
-             "bn_mode": "hessian.bn_mode", "params": "model.params"}
+             "bn_mode": "hessian.bn_mode", "params": "model.params", "force_output": "force_output"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue from the newest good checkpoint in the output directory (start from the "
                           "beginning if there is none; do nothing if the run already finished)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in the output directory: first delete every file it wrote "
+                          "(results, plots, checkpoints; nothing that hpcspec did not write)")
     run.add_argument("--per-block", action="store_true",
                      help="run the tasks once per parameter block (blocks.depth components of the module path) "
                           "into OUTPUT/blocks/<block>/; writes blocks.h5 and blocks.png")
@@ -100,6 +103,9 @@ def _add_problem_arguments(parser: argparse.ArgumentParser, set_example: str) ->
     parser.add_argument("--data", help=f"{', '.join(BUILTIN_DATA)}, a path to an "
                                        "HDF5 file, or module:callable")
     parser.add_argument("--loss", help="cross_entropy or mse")
+    parser.add_argument("--force-output", action="store_const", const=True,
+                        help="write into an output folder that holds files other than an hpcspec run's (config "
+                             "key force_output; hpcspec still deletes only what it wrote)")
 
 
 def _add_job_arguments(run: argparse.ArgumentParser) -> None:
@@ -143,7 +149,7 @@ TRAIN_FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.
                    "dtype": "hessian.dtype", "seed": "seed", "batch_size": "train.batch_size",
                    "weights": "model.weights", "threads": "threads", "epochs": "train.epochs", "steps": "train.steps",
                    "lr": "train.lr", "momentum": "train.momentum", "weight_decay": "train.weight_decay",
-                   "schedule": "train.schedule", "save_every": "train.save_every"}
+                   "schedule": "train.schedule", "save_every": "train.save_every", "force_output": "force_output"}
 
 
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
@@ -259,9 +265,10 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     if getattr(args, "per_block", False):
         from .sweep import blocks_job
 
-        blocks_job(cfg, comm, flag)
+        blocks_job(cfg, comm, flag, overwrite=bool(getattr(args, "overwrite", False)))
         return EXIT_OK
-    run_job(cfg, comm, resume=bool(getattr(args, "resume", False)), flag=flag)
+    run_job(cfg, comm, resume=bool(getattr(args, "resume", False)), flag=flag,
+            overwrite=bool(getattr(args, "overwrite", False)))
     return EXIT_OK
 
 

@@ -234,6 +234,9 @@ class Config:
     """Everything a run needs; see README "Configuration" for each key."""
 
     output: str = "hpcspec-out"
+    #: Write into an output folder that holds files other than an hpcspec run's (README "What
+    #: hpcspec writes and deletes"); ``--force-output``.
+    force_output: bool = False
     seed: int = 0
     threads: int = 0
     tasks: tuple[str, ...] = ("eigen",)

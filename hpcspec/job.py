@@ -7,9 +7,16 @@ same message and no rank waits in a collective the others never reach.
 ``run`` checkpoints (:mod:`hpcspec.checkpoint`): with ``resume`` it continues from the newest
 verified checkpoint whose configuration, model and data match this run's; the analysed weights
 (after any training) and the HVP method are restored from it, so the continuation is bitwise the
-uninterrupted run at the same number of ranks. When the run finishes, its results are written
-first, then its checkpoints are replaced by a ``COMPLETE`` marker, so rerunning a finished job
-with ``--resume`` is a no-op.
+uninterrupted run at the same number of ranks. When the solvers finish, a final checkpoint holding
+every task's state is committed before any result file is written, so a results write that fails
+(a full disk: exit 2, one line) loses nothing — ``--resume`` rebuilds the results from it without a
+Hessian product. Once the results are on disk the checkpoints are replaced by a ``COMPLETE``
+marker, so rerunning a finished job with ``--resume`` is a no-op; a fresh run into a finished
+run's folder, or a ``--resume`` with other settings, is refused (exit 2, naming the differing
+keys) unless ``--overwrite`` removes the old run's files first.
+
+The output folder is claimed by rank 0 before any write (:func:`hpcspec.outputs.claim`: refused
+when it holds a user's files, locked against a second run) and released when the job ends.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from torch import nn
 from .checkpoint import (Checkpointer, CheckpointStore, Loaded, StopFlag, config_identity, data_fingerprint,
                          describe_mismatch, model_fingerprint)
 from .checks import check_model_modes, check_operator
-from .comm import Communicator, SingleProcess, agreed
+from .comm import AgreedInputError, Communicator, SingleProcess, agreed
 from .config import Config, to_toml
 from .data import Shard, load_shard
 from .dense import MAX_DENSE_PARAMS, dense_hessian
@@ -40,6 +47,7 @@ from .logs import setup_logging
 from .losses import get_loss
 from .models import build_model, load_weights
 from .operator import HessianOperator
+from .outputs import WriteFailed, claim, released_after, remove_run, write_text_atomic
 from .params import select_parameters
 from .plots import write_landscape_plots
 from .provenance import provenance, versions
@@ -87,23 +95,13 @@ def _data_shape(comm: Communicator, shard: Shard, loss_name: str) -> DataShape:
 
 
 def _output_dir(cfg: Config, comm: Communicator) -> Path:
-    """Create the output directory on rank 0 and check it is writable."""
+    """Rank 0 claims the output folder (a local step: run it through ``agreed``): created, refused
+    if it holds anything but an hpcspec run (unless ``force_output``), locked against a second run,
+    and cleared of the temporaries a killed run left. The caller releases the lock when its job
+    ends (:func:`hpcspec.outputs.released_after`)."""
     path = Path(cfg.output)
     if comm.rank == 0:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create output directory {str(path)!r} ({exc.strerror})") from None
-        if not path.is_dir():
-            raise InputError(f"output {str(path)!r} exists and is not a directory")
-        probe = path / f".hpcspec-write-test-{time.time_ns()}"
-        try:
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise InputError(f"output directory {str(path)!r} is not writable ({exc.strerror})") from None
-        for stale in path.glob(".*.tmp-*"):  # a results file a killed run was writing (report.atomic_path)
-            stale.unlink(missing_ok=True)
+        claim(path, force=cfg.force_output)
     return path
 
 
@@ -165,7 +163,9 @@ def _flat_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in model.parameters()])
 
 
-def _restore_parameters(model: nn.Module, flat: torch.Tensor) -> None:
+def _restore_parameters(model: nn.Module, flat: Any) -> None:
+    """Copy a checkpoint's flat weights (an array; a tensor in older checkpoints) into ``model``."""
+    flat = torch.as_tensor(flat)
     params = list(model.parameters())
     if flat.numel() != sum(p.numel() for p in params):
         raise InputError(f"the checkpoint holds {flat.numel():,} parameter values but the model has "
@@ -208,22 +208,42 @@ def _check_fresh_start(store: CheckpointStore, comm: Communicator) -> None:
     """Rank 0: refuse to start over a run that could be resumed (its progress would be pruned)."""
     if comm.rank != 0:
         return
-    if (store.directory / COMPLETE).exists():  # a finished run's leftovers: start over
-        store.clear_local()
-        (store.directory / COMPLETE).unlink()
     found = store.committed()
-    if found:
+    if found and not (store.directory / COMPLETE).exists():
         raise InputError(f"{str(store.directory)!r} holds checkpoints of an unfinished run ({found[0][1].name}); "
-                         "add --resume to continue it, or delete that directory to start over")
+                         "add --resume to continue it, or --overwrite to delete it and start over")
 
 
-def _completed(store: CheckpointStore, identity: dict[str, Any], output: Path) -> bool:
-    """Whether the ``COMPLETE`` marker says this very run already finished (and its results exist)."""
-    try:
-        saved = json.loads((store.directory / COMPLETE).read_text())
-    except (OSError, ValueError):
+def _overwrite(output: Path, store: CheckpointStore, comm: Communicator) -> list[str]:
+    """Rank 0, ``--overwrite``: remove every file of the run in ``output`` (only hpcspec's)."""
+    return remove_run(output, store.directory) if comm.rank == 0 else []
+
+
+def _completed(store: CheckpointStore, identity: dict[str, Any], output: Path, resume: bool,
+               comm: Communicator) -> bool:
+    """Rank 0: whether the run in ``output`` already finished with this identity (``--resume``:
+    nothing to do). A finished run with other settings, or any finished run without ``--resume``,
+    is refused — it would be overwritten — naming the differing keys."""
+    if comm.rank != 0:
         return False
-    return describe_mismatch(saved, identity) is None and (output / "results.h5").is_file()
+    marker = store.directory / COMPLETE
+    try:
+        saved = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        saved = {}
+    fix = "use another --output, or add --overwrite to replace it"
+    problem = describe_mismatch(saved, identity) if saved else "its COMPLETE marker is unreadable"
+    if problem is not None:
+        raise InputError(f"{str(output)!r} holds a finished run with other settings ({problem}); {fix}")
+    if not resume:
+        raise InputError(f"{str(output)!r} holds a finished run of these settings (results.h5); add --resume to "
+                         f"keep it (nothing to recompute), or {fix}")
+    if (output / "results.h5").is_file():
+        return True
+    marker.unlink()  # the results were deleted since: the same run computes them again
+    return False
 
 
 def _resume_from(store: CheckpointStore, comm: Communicator, identity: dict[str, Any]) -> Loaded | None:
@@ -248,11 +268,13 @@ def _resume_from(store: CheckpointStore, comm: Communicator, identity: dict[str,
     return loaded
 
 
-def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resume: bool = False) -> Problem:
+def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resume: bool = False,
+            overwrite: bool = False) -> Problem:
     """Output directory, data shard, model, operator, sanity checks and optional training (collective).
 
     With ``checkpoints``, also the checkpoint store (stale temporaries removed) and, with
-    ``resume``, the checkpoint to continue from: its weights replace training.
+    ``resume``, the checkpoint to continue from: its weights replace training. ``overwrite``
+    first removes the files of the run already in the output folder (only hpcspec's).
     """
     log = setup_logging(comm)
     started = time.perf_counter()
@@ -266,6 +288,11 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         store = CheckpointStore(checkpoint_dir(cfg), comm, keep=cfg.checkpoint.keep,
                                 locking=cfg.checkpoint.hdf5_locking)
         agreed(comm, _checkpoint_dir_ready, store, comm)
+        if overwrite:
+            removed = comm.bcast_object(agreed(comm, _overwrite, output, store, comm))
+            log.warning("--overwrite: removed %d file(s) of the previous run in %s%s", len(removed), output,
+                        f" ({', '.join(removed[:8])}{' …' if len(removed) > 8 else ''})" if removed else "")
+            agreed(comm, _checkpoint_dir_ready, store, comm)
         stale = agreed(comm, store.remove_stale)
         if stale:
             log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(stale),
@@ -285,11 +312,11 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         size = sum(p.numel() for p in model.parameters() if p.requires_grad)
         identity = {"config": config_identity(cfg), "model": model_fingerprint(model),
                     "data": data_fingerprint(shard, comm), "num_params": size}
+        if comm.bcast_object(agreed(comm, _completed, store, identity, output, resume, comm)):
+            log.info("this run already finished: results in %s", output / "results.h5")
+            return Problem(cfg=cfg, comm=comm, output=output, shard=shard, op=None, loss_value=float("nan"),  # type: ignore[arg-type]
+                           device=device, started=started, store=store, identity=identity, complete=True)
         if resume:
-            if comm.bcast_object(_completed(store, identity, output) if comm.rank == 0 else None):
-                log.info("this run already finished: results in %s", output / "results.h5")
-                return Problem(cfg=cfg, comm=comm, output=output, shard=shard, op=None, loss_value=float("nan"),  # type: ignore[arg-type]
-                               device=device, started=started, store=store, identity=identity, complete=True)
             loaded = agreed(comm, _resume_from, store, comm, identity)
     method = cfg.hessian.hvp
     if loaded is not None:
@@ -352,16 +379,23 @@ def _checkpointer(problem: Problem, flag: StopFlag) -> Checkpointer:
 
 
 def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskResults:
+    """Every task, and with a ``checkpointer`` a final commit of every task's state before any result
+    is written (so a failed results write is recovered by ``--resume`` without recomputing)."""
     log = setup_logging(problem.comm)
     params = _flat_parameters(problem.op.model) if checkpointer is not None else None
 
     def extra_state() -> State:
-        return {"params": params}
+        # every weight, also those outside model.params: a whole array (rank 0's file), not a vector of length P
+        return {"params": params.numpy()} if params is not None else {}
+
+    def final(state: Any) -> None:
+        if checkpointer is not None and (problem.loaded is None or checkpointer.boundaries or checkpointer.commits):
+            checkpointer.commit(state())
 
     results = run_tasks(problem.op, problem.cfg, progress=log.info,
                         checkpoint=checkpointer.boundary if checkpointer is not None else None,
                         resume=problem.loaded.state if problem.loaded is not None else None,
-                        extra_state=extra_state)
+                        extra_state=extra_state, finished=final if checkpointer is not None else None)
     if results.eigen is not None and getattr(results.eigen, "rows", None) is not None:
         results.eigen = _whole_on_root(problem.comm, problem.op.space, results.eigen)
     if results.eigen is not None and not results.eigen.converged:
@@ -393,24 +427,28 @@ def _run_info(problem: Problem, results: TaskResults, checkpointer: Checkpointer
                    provenance={**provenance(comm, problem.device), **checkpoints} if comm.rank == 0 else {})
 
 
-def run_job(cfg: Config, comm: Communicator, *, resume: bool = False,
-            flag: StopFlag | None = None) -> TaskResults | None:
+def run_job(cfg: Config, comm: Communicator, *, resume: bool = False, flag: StopFlag | None = None,
+            overwrite: bool = False) -> TaskResults | None:
     """The whole ``run`` subcommand on this rank; rank 0 writes the outputs and prints the summary.
 
     ``flag`` is set by the stop-signal handlers (the CLI installs them for the life of the
     process): at the next iteration boundary every rank commits a checkpoint and
     :class:`~hpcspec.checkpoint.StopRequested` is raised (exit 3). Returns None when ``resume``
-    finds the run already finished.
+    finds the run already finished. ``overwrite`` replaces a run already in the output folder.
     """
-    problem = prepare(cfg, comm, checkpoints=True, resume=resume)
-    if problem.complete:
-        return None
-    checkpointer = _checkpointer(problem, flag or StopFlag())
-    results = _solve(problem, checkpointer)
-    info = _run_info(problem, results, checkpointer)
-    agreed(comm, _write_outputs, problem, results, info, None)
-    agreed(comm, _mark_complete, problem)
-    return results
+    if resume and overwrite:
+        raise AgreedInputError("--resume keeps the run in the output folder and --overwrite deletes it: choose one")
+    with released_after(cfg.output):
+        problem = prepare(cfg, comm, checkpoints=True, resume=resume, overwrite=overwrite)
+        if problem.complete:
+            return None
+        checkpointer = _checkpointer(problem, flag or StopFlag())
+        results = _solve(problem, checkpointer)
+        info = _run_info(problem, results, checkpointer)
+        kept = checkpointer.commits[-1].path if checkpointer.commits else problem.loaded.path if problem.loaded else None
+        agreed(comm, _write_outputs, problem, results, info, None, kept)
+        agreed(comm, _mark_complete, problem)
+        return results
 
 
 def _mark_complete(problem: Problem) -> None:
@@ -420,10 +458,8 @@ def _mark_complete(problem: Problem) -> None:
         return
     try:
         store.directory.mkdir(parents=True, exist_ok=True)
-        marker = store.directory / COMPLETE
-        tmp = marker.with_name(COMPLETE + ".tmp")
-        tmp.write_text(json.dumps({**problem.identity, "config_toml": to_toml(problem.cfg)}, sort_keys=True))
-        os.replace(tmp, marker)
+        write_text_atomic(store.directory / COMPLETE,
+                          json.dumps({**problem.identity, "config_toml": to_toml(problem.cfg)}, sort_keys=True))
     except OSError as exc:
         raise InputError(f"cannot write {str(store.directory / COMPLETE)!r} ({exc.strerror})") from None
     store.clear_local()
@@ -432,6 +468,11 @@ def _mark_complete(problem: Problem) -> None:
 def validate_job(cfg: Config, comm: Communicator, max_params: int = MAX_DENSE_PARAMS) -> Validation | None:
     """``validate``: the run's tasks, then each one's error against the dense float64 Hessian
     (returned on rank 0; None on the other ranks)."""
+    with released_after(cfg.output):
+        return _validate(cfg, comm, max_params)
+
+
+def _validate(cfg: Config, comm: Communicator, max_params: int) -> Validation | None:
     problem = prepare(cfg, comm)
     agreed(comm, _check_dense_size, problem.op.size, max_params)
     results = _solve(problem)
@@ -452,9 +493,22 @@ def _check_dense_size(size: int, max_params: int) -> None:
                          f"the model has more than --max-params {max_params:,} parameters: validate a smaller model")
 
 
-def _write_outputs(problem: Problem, results: TaskResults, info: RunInfo, validation: Validation | None) -> None:
+def _write_outputs(problem: Problem, results: TaskResults, info: RunInfo, validation: Validation | None,
+                   kept: Path | None = None) -> None:
+    """Rank 0: results.h5, summary.json and the plots. A failed write is one line naming the file and
+    the cause and, when ``kept`` (the committed checkpoint holding this state) is given, how to write
+    them again from it."""
     if problem.comm.rank != 0:
         return
+    try:
+        _write_files(problem, results, info, validation)
+    except WriteFailed as exc:
+        hint = (f"; nothing is lost: the computed state is in checkpoint {str(kept)!r}, free space and rerun with "
+                "--resume to write the results without recomputing") if kept is not None else ""
+        raise WriteFailed(f"{exc}{hint}") from None
+
+
+def _write_files(problem: Problem, results: TaskResults, info: RunInfo, validation: Validation | None) -> None:
     output, layout = problem.output, problem.op.layout
     plot = None
     try:
@@ -463,16 +517,14 @@ def _write_outputs(problem: Problem, results: TaskResults, info: RunInfo, valida
         if results.density is not None and problem.cfg.density.plot:
             plot = output / "density.png"
             write_density_plot(plot, results, info)
-    except OSError as exc:
-        raise InputError(f"cannot write results to {str(output)!r} ({exc})") from None
     except ImportError as exc:  # the numbers are written; a missing plotting library must not lose them
         setup_logging(problem.comm).warning("density.png not written: %s", exc)
         plot = None
     if results.landscape is not None:
         try:
             write_landscape_plots(output / "results.h5", output)
-        except OSError as exc:
-            raise InputError(f"cannot write the landscape plots to {str(output)!r} ({exc})") from None
+        except OSError as exc:  # reading results.h5 back
+            raise WriteFailed(f"cannot write the landscape plots to {str(output)!r} ({exc})") from None
         except ImportError as exc:
             setup_logging(problem.comm).warning("landscape plots not written: %s", exc)
     print(console_summary(results, layout, info, output, plot), flush=True)

@@ -7,10 +7,11 @@ decades between the bulk near zero and the outliers, which a linear axis flatten
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .outputs import atomic_path
 
 #: Density values below this fraction of the peak are drawn at the floor (log axes cannot show 0).
 FLOOR_FRACTION = 1e-8
@@ -53,7 +54,6 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
 
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
     try:
         label = "density" if sigma is None else f"density (Gaussian σ = {sigma:.3g})"
@@ -71,25 +71,20 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
             axes.set_title(title)
         axes.grid(True, which="major", alpha=0.3)
         axes.legend(loc="upper right", fontsize="small")
-        figure.savefig(temporary, format=fmt, dpi=150)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=fmt, dpi=150)
     finally:
         plt.close(figure)
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _save(plt, figure, path) -> None:
     """Write ``figure`` to ``path`` (format from the suffix) under a temporary name, then rename."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(temporary, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
     finally:
         plt.close(figure)
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _landscape(results_path):

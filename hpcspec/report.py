@@ -1,24 +1,24 @@
 """Results: ``results.h5`` (the numbers), ``summary.json`` (small, readable), the density plot and
 the console summary.
 
-Written by rank 0 only, each file under a temporary name, fsynced, then renamed into place, so a
-results file is never seen half-written under its final name.
+Written by rank 0 only, each file through :func:`hpcspec.outputs.atomic_path` (a temporary name,
+fsynced, then renamed into place), so a results file is never seen half-written under its final
+name and a failed write (a full disk) is one :class:`~hpcspec.outputs.WriteFailed` line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 
 from .gradient import GradientOverlap
 from .landscape import Landscape
+from .outputs import atomic_path
 from .params import ParamLayout
 from .solvers import LanczosResult
 from .tasks import Density, EigenResult, TaskResults
@@ -41,25 +41,6 @@ class RunInfo:
     seconds: float
     config_toml: str
     provenance: dict[str, Any]
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write; fsynced and renamed onto ``path`` on success."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_results(path: Path, results: TaskResults, layout: ParamLayout, info: RunInfo,

@@ -31,7 +31,7 @@ from .comm import Communicator, agreed
 from .config import Config, valid_keys
 from .errors import InputError
 from .logs import setup_logging
-from .report import atomic_path
+from .outputs import atomic_path, released_after, remove_run
 from .solvers import smoothed_density, spectral_grid
 from .trackplots import blocks_plots, track_plots
 
@@ -269,12 +269,13 @@ def track_job(cfg: Config, steps: list[tuple[int, Path]], comm: Communicator,
     """``python -m hpcspec track``: every checkpoint's run, then ``track.h5`` and the plots (collective)."""
     from .job import _output_dir
 
-    output = agreed(comm, _output_dir, cfg, comm)
-    subs = step_runs(cfg, steps)
-    ran = run_sweep(subs, comm, flag)
-    path = output / "track.h5"
-    agreed(comm, _finish_track, path, cfg, steps, subs, ran, comm.rank)
-    return path
+    with released_after(cfg.output):
+        output = agreed(comm, _output_dir, cfg, comm)
+        subs = step_runs(cfg, steps)
+        ran = run_sweep(subs, comm, flag)
+        path = output / "track.h5"
+        agreed(comm, _finish_track, path, cfg, steps, subs, ran, comm.rank)
+        return path
 
 
 def _finish_track(path: Path, cfg: Config, steps: list[tuple[int, Path]], subs: list[SubRun], ran: list[bool],
@@ -372,12 +373,20 @@ def block_runs(cfg: Config, blocks: list[tuple[str, str, list[str]]]) -> list[Su
             for block, selection, _ in blocks]
 
 
-def blocks_job(cfg: Config, comm: Communicator, flag: StopFlag | None = None) -> Path:
-    """``run --per-block``: the tasks once per parameter block, then ``blocks.h5`` and ``blocks.png``."""
-    from .job import _output_dir
+def blocks_job(cfg: Config, comm: Communicator, flag: StopFlag | None = None, overwrite: bool = False) -> Path:
+    """``run --per-block``: the tasks once per parameter block, then ``blocks.h5`` and ``blocks.png``
+    (``overwrite``: first remove every file of the sweep already in the output folder)."""
+    with released_after(cfg.output):
+        return _blocks(cfg, comm, flag, overwrite)
+
+
+def _blocks(cfg: Config, comm: Communicator, flag: StopFlag | None, overwrite: bool) -> Path:
+    from .job import _output_dir, checkpoint_dir
 
     log = setup_logging(comm)
     output = agreed(comm, _output_dir, cfg, comm)
+    if overwrite:
+        agreed(comm, lambda: remove_run(output, checkpoint_dir(cfg)) if comm.rank == 0 else None)
     names = _trainable_names(cfg, comm)
     blocks = parameter_blocks(names, cfg.blocks.depth, cfg.model.params)
     agreed(comm, _check_blocks, blocks, cfg)

@@ -137,7 +137,7 @@ def substate(state: State | None, prefix: str) -> State | None:
 
 def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None, *,
               checkpoint: Checkpoint | None = None, resume: State | None = None,
-              extra_state: Callable[[], State] | None = None) -> TaskResults:
+              extra_state: Callable[[], State] | None = None, finished: Checkpoint | None = None) -> TaskResults:
     """Every task in ``cfg.tasks``, in the order eigen, trace, density (collective); then, when the
     eigen task ran on a Hessian of a loss, the analyses of its eigenvectors (the gradient's share
     of their span, and the ``landscape`` task: :mod:`hpcspec.analyses`).
@@ -148,6 +148,8 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
             that state or stop the run by raising.
         resume: a job state from a checkpoint: finished tasks are rebuilt from it without a single
             product, the task in progress continues where it stopped.
+        finished: called once after the last task with the same state function, e.g. to commit
+            every task's final state before the driver writes any result.
     """
     results = TaskResults()
     solvers: dict[str, IterativeSolver] = {}
@@ -183,6 +185,8 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
         if progress is not None:
             resumed = " (resumed)" if saved is not None else ""
             progress(f"{label} finished in {results.seconds[name]:.2f} s{resumed}")
+    if finished is not None:
+        finished(job_state)
     if results.eigen is not None and hasattr(op, "loss_and_gradient"):  # a Hessian of a loss, not a matrix
         from .analyses import eigen_analyses
 

@@ -10,27 +10,24 @@ redraw them offline; :func:`sweep_plots` picks by the file's ``kind`` attribute.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .errors import InputError
+from .outputs import atomic_path
 from .plots import FLOOR_FRACTION, _pyplot
 
 
 def _save(figure, path: Path) -> None:
-    """Write under a temporary name in the same folder, then rename (never a partial file)."""
+    """Write through :func:`hpcspec.outputs.atomic_path` (never a partial file; a failure is one line)."""
     plt = _pyplot()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(temporary, format=path.suffix.lstrip(".") or "png", dpi=150)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=path.suffix.lstrip(".") or "png", dpi=150)
     finally:
         plt.close(figure)
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _title(f: h5py.File, what: str) -> str:

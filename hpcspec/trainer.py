@@ -54,7 +54,7 @@ from .errors import InputError
 from .job import _data_shape, _model, _output_dir, load_data
 from .logs import setup_logging
 from .losses import Loss, check_targets, get_loss
-from .report import atomic_path
+from .outputs import atomic_path, released_after
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.json"
@@ -255,12 +255,10 @@ def _clear_finished(output: Path, comm: Communicator) -> list[str]:
 
 
 def _write(path: Path, write: Any) -> None:
-    """Write one file through a temporary sibling (report.atomic_path); an OSError is bad output."""
-    try:
-        with atomic_path(path) as tmp:
-            write(tmp)
-    except OSError as exc:
-        raise InputError(f"cannot write {str(path)!r} ({exc.strerror or exc})") from None
+    """Write one file through a temporary sibling (:func:`hpcspec.outputs.atomic_path`); a failure
+    is :class:`~hpcspec.outputs.WriteFailed`, bad output (exit 2) naming the path and the cause."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -463,6 +461,11 @@ def _raise(error: InputError) -> None:
 
 def train_job(cfg: Config, comm: Communicator, *, resume: bool = False, flag: StopFlag | None = None) -> Trainer:
     """The whole ``train`` subcommand on this rank; rank 0 writes the files and prints the summary."""
+    with released_after(cfg.output):
+        return _train(cfg, comm, resume, flag)
+
+
+def _train(cfg: Config, comm: Communicator, resume: bool, flag: StopFlag | None) -> Trainer:
     log = setup_logging(comm)
     started = time.perf_counter()
     trainer, state = prepare_training(cfg, comm, resume=resume)

@@ -22,7 +22,7 @@ from ..config import Config, valid_keys
 from ..data import Shard
 
 #: Config keys (or sections) a resumed run may change: where and how fast it runs, not what it computes.
-MAY_CHANGE = ("output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",
+MAY_CHANGE = ("output", "force_output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",
               "hessian.reduction", "density.plot", "blocks")
 _MODULUS = (1 << 61) - 1
 

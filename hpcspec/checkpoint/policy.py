@@ -61,6 +61,8 @@ class Checkpointer:
         self._since = 0
         self._interval = every_seconds
         self.commits: list[Commit] = []
+        #: Boundaries met so far (0 after a resume that found every task finished).
+        self.boundaries = 0
 
     @property
     def seconds(self) -> float:
@@ -75,6 +77,7 @@ class Checkpointer:
     def boundary(self, state: Callable[[], State]) -> None:
         """Called by every rank between two iterations; ``state`` is evaluated only to commit."""
         self._since += 1
+        self.boundaries += 1
         votes = torch.tensor([1.0 if self.flag.signal is not None else 0.0,
                               1.0 if self.comm.rank == 0 and self._due() else 0.0], dtype=torch.float64)
         self.comm.allreduce_sum_(votes)

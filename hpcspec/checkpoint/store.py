@@ -8,6 +8,7 @@ Layout of a checkpoint directory (``<output>/checkpoints`` by default)::
         rank-00001.h5      rank 1's slice of every vector
         manifest.json      files with sizes and SHA-256, world size, identity, scalars; self-checksummed
     step-00000008.tmp/     a checkpoint being written (deleted at the next start if a run died here)
+        .hpcspec-owned     in every step folder, written first: the mark that hpcspec made it
     step-00000006.damaged/ a checkpoint that failed verification (kept for inspection, never read)
 
 Commit protocol (DESIGN §6): every rank writes and fsyncs its file in ``step-N.tmp/``; the ranks
@@ -17,7 +18,11 @@ then it prunes committed checkpoints beyond the newest ``keep``. The previous go
 never touched before the new one is committed, so a kill at any moment leaves at least one.
 
 Loading verifies before it trusts: the manifest's own checksum, then every file's size and
-SHA-256 (each rank checks a share of the files). A damaged checkpoint is renamed ``*.damaged``
+SHA-256 (each rank checks a share of the files).
+
+Only what hpcspec made is ever deleted here (:mod:`hpcspec.outputs`): step folders holding the
+``.hpcspec-owned`` marker, ``.hpcspec-tmp-*`` temporaries and the exact names of older versions'
+temporaries (``LATEST.tmp``); a user's ``notes.tmp/`` in the same folder stays. A damaged checkpoint is renamed ``*.damaged``
 and the next older one is tried. Vectors are re-assembled from the slices by offset, so a
 checkpoint written by R ranks loads on any number of ranks.
 """
@@ -40,6 +45,8 @@ import numpy as np
 import torch
 
 from ..comm import AgreedInputError, Communicator
+from ..outputs import (WriteFailed, cause, fsync_dir, fsync_file, mark_owned, owned_step, remove_temporaries,
+                       write_text_atomic)
 from ..solvers.base import SCALARS, State, check_state
 from ..vectors import LocalSlice, slice_bounds
 
@@ -77,17 +84,9 @@ class Loaded:
     size: int
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
+#: Module names the tests patch to inject a failed write (a full disk) at a chosen moment.
+_fsync_dir = fsync_dir
+_fsync_file = fsync_file
 
 
 def _sha256(path: Path) -> str:
@@ -100,15 +99,6 @@ def _sha256(path: Path) -> str:
 
 def _canonical(body: dict[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _pause(seconds: float) -> None:
@@ -153,13 +143,11 @@ class CheckpointStore:
         return sorted(found, reverse=True)
 
     def remove_stale(self) -> list[str]:
-        """Delete temporaries a killed run left behind (rank 0; collective). Returns their names."""
+        """Delete the temporaries a killed hpcspec left behind — owned ``step-N.tmp/`` folders and
+        ``.hpcspec-tmp-*`` files, nothing else (rank 0 decides; collective). Returns their names."""
         removed: list[str] = []
-        if self.comm.rank == 0 and self.directory.is_dir():
-            for path in self.directory.iterdir():
-                if path.name.endswith(".tmp"):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-                    removed.append(path.name)
+        if self.comm.rank == 0:
+            removed = remove_temporaries(self.directory, checkpoints=True)
         return self.comm.bcast_object(removed)
 
     # -- commit -------------------------------------------------------------------------------
@@ -173,7 +161,7 @@ class CheckpointStore:
         check_state(state, size)  # a value the store cannot hold is a programming error: fail before writing
         started = time.perf_counter()
         comm = self.comm
-        number = self.next_number
+        number = comm.bcast_object(self._free_number() if comm.rank == 0 else None)
         name = f"step-{number:08d}"
         tmp = self.directory / f"{name}.tmp"
         lo, hi = slice_bounds(size, comm.rank, comm.size)
@@ -186,6 +174,7 @@ class CheckpointStore:
         error = None
         try:
             tmp.mkdir(parents=True, exist_ok=True)
+            mark_owned(tmp)  # before any data: a half-written step folder is still recognisably ours
             _pause(self._pause * comm.rank)
             with self._h5(tmp / filename, "w") as f:
                 f.attrs.update({"rank": comm.rank, "lo": lo, "hi": hi, "size": size})
@@ -199,8 +188,8 @@ class CheckpointStore:
             _fsync_file(tmp / filename)
             entry = {"name": filename, "rank": comm.rank, "lo": lo, "hi": hi,
                      "bytes": (tmp / filename).stat().st_size, "sha256": _sha256(tmp / filename)}
-        except OSError as exc:
-            error = f"cannot write checkpoint file {str(tmp / filename)!r} ({exc.strerror or exc})"
+        except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
+            error = f"cannot write checkpoint file {str(tmp / filename)!r} ({cause(exc)})"
         gathered = comm.allgather_object((entry, error))
         errors = [(rank, text) for rank, (_, text) in enumerate(gathered) if text]
         if errors:
@@ -212,14 +201,23 @@ class CheckpointStore:
         if comm.rank == 0:
             try:
                 self._commit(tmp, name, [e for e, _ in gathered], state, size, meta, number)
-            except OSError as exc:
-                commit_error = f"cannot commit checkpoint {str(tmp)!r} ({exc.strerror or exc})"
+            except (OSError, RuntimeError) as exc:
+                commit_error = f"cannot commit checkpoint {str(tmp)!r} ({cause(exc)})"
+                shutil.rmtree(tmp, ignore_errors=True)  # the temporary just made; committed ones stay
         commit_error = comm.bcast_object(commit_error)
         if commit_error:
             raise AgreedInputError(commit_error + "; the previous checkpoint is kept")
         self.next_number = number + 1
         nbytes = sum(e["bytes"] for e, _ in gathered)
         return Commit(self.directory / name, number, nbytes, time.perf_counter() - started)
+
+    def _free_number(self) -> int:
+        """Rank 0: the next step number whose folder names are unused (a user's ``step-N.tmp/``
+        is never written into, renamed or pruned)."""
+        number = self.next_number
+        while any((self.directory / f"step-{number:08d}{suffix}").exists() for suffix in ("", ".tmp")):
+            number += 1
+        return number
 
     def _commit(self, tmp: Path, name: str, files: Sequence[dict[str, Any]], state: State, size: int,
                 meta: dict[str, Any], number: int) -> None:
@@ -243,10 +241,14 @@ class CheckpointStore:
         os.rename(tmp, final)
         _fsync_dir(self.directory)
         _pause(self._pause)
-        _write_text_atomic(self.directory / LATEST, name + "\n")
+        try:
+            write_text_atomic(self.directory / LATEST, name + "\n")
+        except WriteFailed as exc:  # the step is committed; loading finds it without LATEST
+            raise OSError(str(exc)) from None
         _fsync_dir(self.directory)
         for _, old in self.committed()[self.keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+            if owned_step(old):
+                shutil.rmtree(old, ignore_errors=True)
 
     def clear_local(self) -> None:
         """Delete every committed checkpoint and LATEST (rank 0 only, no collective): for after the
@@ -255,7 +257,8 @@ class CheckpointStore:
             return
         (self.directory / LATEST).unlink(missing_ok=True)
         for _, path in self.committed():
-            shutil.rmtree(path, ignore_errors=True)
+            if owned_step(path):
+                shutil.rmtree(path, ignore_errors=True)
 
     # -- load ---------------------------------------------------------------------------------
 
