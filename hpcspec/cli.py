@@ -227,17 +227,17 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     if args.command == "train":
         from .trainer import train_job
 
-        cfg = agreed(comm, config_from_args, args, None, TRAIN_FLAG_KEYS)
+        cfg = _watched(comm, agreed(comm, config_from_args, args, None, TRAIN_FLAG_KEYS))
         train_job(cfg, comm, resume=args.resume, flag=flag)
         return EXIT_OK
     if args.command == "track":
         from .sweep import track_config, track_job
 
         cfg, steps = agreed(comm, track_config, args)
-        track_job(cfg, steps, comm, flag)
+        track_job(_watched(comm, cfg), steps, comm, flag)
         return EXIT_OK
     if args.command == "resume":
-        cfg = agreed(comm, _stored_run_config, args)
+        cfg = _watched(comm, agreed(comm, _stored_run_config, args))
         run_job(cfg, comm, resume=True, flag=flag)
         return EXIT_OK
     if args.command is None:
@@ -246,11 +246,12 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     elif args.command == "validate":
         named = any(getattr(args, flag, None) is not None for flag in TASK_FLAGS)
         base = {} if named or args.config else {"tasks": ["eigen", "trace", "density"]}
-        cfg = agreed(comm, config_from_args, args, base)
+        cfg = _watched(comm, agreed(comm, config_from_args, args, base))
         validate_job(cfg, comm, max_params=args.max_params)
         return EXIT_OK
     else:
         cfg = agreed(comm, config_from_args, args)
+    cfg = _watched(comm, cfg)
     if getattr(args, "per_block", False):
         from .sweep import blocks_job
 
@@ -258,6 +259,14 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
         return EXIT_OK
     run_job(cfg, comm, resume=bool(getattr(args, "resume", False)), flag=flag)
     return EXIT_OK
+
+
+def _watched(comm: Communicator, cfg: Config) -> Config:
+    """Give the communicator's collective watchdog the configured deadline (``[comm]``); returns ``cfg``."""
+    from .watchdog import configure
+
+    configure(comm, cfg.comm.timeout_s, cfg.comm.timeout_factor)
+    return cfg
 
 
 def _stored_run_config(args: argparse.Namespace) -> Config:

@@ -23,7 +23,8 @@ from ..data import Shard
 
 #: Config keys (or sections) a resumed run may change: where and how fast it runs, not what it computes.
 MAY_CHANGE = ("output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",
-              "hessian.reduction", "density.plot", "blocks")
+              "hessian.reduction", "density.plot", "blocks",
+              "comm")
 _MODULUS = (1 << 61) - 1
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..comm import Communicator
 from ..solvers.base import State
+from ..watchdog import check_launcher
 from .signals import StopFlag
 from .store import CheckpointStore, Commit
 
@@ -75,6 +76,7 @@ class Checkpointer:
     def boundary(self, state: Callable[[], State]) -> None:
         """Called by every rank between two iterations; ``state`` is evaluated only to commit."""
         self._since += 1
+        check_launcher(self.comm)  # orphaned ranks (mpirun killed) stop here, before committing again
         votes = torch.tensor([1.0 if self.flag.signal is not None else 0.0,
                               1.0 if self.comm.rank == 0 and self._due() else 0.0], dtype=torch.float64)
         self.comm.allreduce_sum_(votes)
@@ -87,6 +89,7 @@ class Checkpointer:
 
     def commit(self, state: State) -> Commit:
         """Commit ``state`` now (collective) and restart the cadence."""
+        check_launcher(self.comm)
         commit = self.store.save(state, self.size, self.meta)
         self.commits.append(commit)
         self._since = 0
