@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=BACKENDS, help="communication backend: mpi (mpi4py), torch (torch.distributed: "
                                                "gloo on CPU, NCCL on GPU), horovod (Horovod under mpirun; "
                                                "installed separately), single; default auto")
+    parser.add_argument("--debug", action="store_true",
+                        help="on a bad-input error, also print the traceback behind it (e.g. of your module:callable)")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="top-k eigenpairs, trace and/or spectral density of a model's Hessian")
     _add_job_arguments(run)
@@ -296,12 +298,15 @@ def _backend(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m hpcspec``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, before or after the subcommand
+    argv = [item for item in argv if item != "--debug"]
     if any(item in ("-h", "--help") for item in argv):
         build_parser().parse_known_args(argv)  # argparse prints help and exits 0
     try:
         comm = world(_backend(argv))
-    except InputError as exc:
-        print(f"hpcspec: error: {exc}", file=sys.stderr)
+    except InputError as exc:  # no communicator to agree on: every rank failed alike; rank 0 says so
+        if _launcher_rank() == 0:
+            print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     # Caught for the life of the process: a signal during setup is acted on at the first iteration
     # boundary, and one after the last is ignored (the run finishes and exits 0).
@@ -316,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close(comm)
         return EXIT_STOPPED
     except AgreedInputError as exc:
+        if debug and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         if comm.rank == 0:
             print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
         _close(comm)
@@ -331,6 +338,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         flag.uninstall()
+
+
+def _launcher_rank() -> int:
+    """This process's rank as the launcher's environment tells it (0 when none does): who prints
+    an error found before any communicator exists."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID", "RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def _close(comm: Communicator) -> None:

@@ -460,7 +460,8 @@ def agree_on_failure(comm: Communicator, error: BaseException | None) -> None:
     if failed:
         everywhere = len(failed) == comm.size
         suffix = "" if everywhere else f" (on rank {failed[0]})"
-        raise AgreedInputError(f"{messages[failed[0]]}{suffix}")
+        # this rank's own error stays chained (``--debug`` prints its traceback, user frames included)
+        raise AgreedInputError(f"{messages[failed[0]]}{suffix}") from error
 
 
 class AgreedInputError(InputError):

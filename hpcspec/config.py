@@ -73,7 +73,8 @@ class DataConfig:
     ``split`` picks CIFAR's ``train`` or ``test`` set; ``normalize`` is ``auto`` (per channel for
     CIFAR, per feature for digits, none otherwise), ``channel`` (per-channel mean/std over the
     whole data set) or ``none``; ``tokens`` draws ``samples`` sequences of ``context`` tokens
-    over ``vocab`` symbols.
+    over ``vocab`` symbols. ``max_gb`` caps the GiB one rank may read an HDF5 file's share into
+    (0: the rank's share of the node's available memory), checked before reading.
     """
 
     spec: str = "digits"
@@ -86,6 +87,7 @@ class DataConfig:
     normalize: str = "auto"
     context: int = 32
     vocab: int = 64
+    max_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -400,7 +402,7 @@ def validate(cfg: Config) -> Config:
                        ("model.heads", cfg.model.heads), ("data.context", cfg.data.context),
                        ("data.vocab", cfg.data.vocab), ("blocks.depth", cfg.blocks.depth)]:
         _check_positive(key, value)
-    for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes),
+    for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes), ("data.max_gb", cfg.data.max_gb),
                        ("eigen.tol", cfg.eigen.tol), ("eigen.maxiter", cfg.eigen.maxiter), ("trace.rtol", cfg.trace.rtol),
                        ("train.steps", cfg.train.steps), ("train.lr", cfg.train.lr), ("seed", cfg.seed),
                        ("checkpoint.every_iters", cfg.checkpoint.every_iters),
