@@ -329,7 +329,7 @@ def load_data(cfg: Config, comm: Communicator) -> Shard:
                        classes=cfg.data.classes, outputs=cfg.data.outputs, seed=cfg.seed, granule=_granule(cfg),
                        split=cfg.data.split, normalize=cfg.data.normalize, context=cfg.data.context,
                        vocab=cfg.data.vocab, max_bytes=memory_budget(cfg.data.max_gb, comm.local_size))
-    check_labels(get_loss(cfg.hessian.loss), shard.targets, cfg.data.spec)
+    check_labels(get_loss(cfg.hessian.loss), shard.targets, cfg.data.spec, shard.inputs)
     return shard
 
 

@@ -82,11 +82,17 @@ def check_targets(loss: Loss, targets: torch.Tensor, num_outputs: int,
 MAX_CLASSES = 2**24
 
 
-def check_labels(loss: Loss, targets: torch.Tensor, name: str) -> None:
+def check_labels(loss: Loss, targets: torch.Tensor, name: str, inputs: torch.Tensor | None = None) -> None:
     """Cross-entropy labels, checked as loaded (before any model is sized from them): integers in
-    ``[0, MAX_CLASSES)``. Other losses take any finite targets."""
+    ``[0, MAX_CLASSES)``; so are the integer token inputs of sequence data (a zoo transformer's
+    vocabulary is sized from them too). Other losses take any finite targets."""
     if loss.name != "cross_entropy":
         return
+    if inputs is not None and targets.ndim == 2 and not inputs.dtype.is_floating_point and len(inputs):
+        low, high = int(inputs.min()), int(inputs.max())
+        if low < 0 or high >= MAX_CLASSES:
+            raise InputError(f"data {name!r}: token inputs must lie in [0, V) with V the vocabulary (at most "
+                             f"{MAX_CLASSES:,}); found tokens in [{low:,}, {high:,}]: renumber the tokens 0..V-1")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise InputError(f"loss 'cross_entropy' needs integer class labels, but data {name!r} has "
                          f"{str(targets.dtype).replace('torch.', '')} targets: store the labels as integers "

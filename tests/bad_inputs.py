@@ -68,6 +68,11 @@ def huge_labels():
 def negative_labels():  # in rank 1's half under 2 ranks
     return _labels(15, -5)
 
+def huge_tokens():
+    x = torch.randint(0, 8, (20, 5), generator=torch.Generator().manual_seed(3))
+    x[2, 4] = 10**12
+    return x, torch.randint(0, 8, (20, 5), generator=torch.Generator().manual_seed(4))
+
 def float_huge_labels():
     x, y = _labels(3, 0)
     return x, torch.full((20,), 1e12, dtype=torch.float64)
@@ -142,6 +147,8 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("data callable returns (1, 2)", ["run", "--data", "usermod:int_pair", *out], "got (int, int)"),
         ("labels of 1e12", ["run", "--data", "usermod:huge_labels", *out], "found labels in [0, 1,000,000,000,000]"),
         ("negative labels", ["run", "--data", "usermod:negative_labels", *out], "found labels in [-5, 0]"),
+        ("token inputs of 1e12", ["run", "--model", "transformer", "--data", "usermod:huge_tokens", *out],
+         "found tokens in [0, 1,000,000,000,000]"),
         ("float labels of 1e12", ["run", "--data", "usermod:float_huge_labels", *out], "needs integer class labels"),
         ("hdf5 declaring 1e9 rows", ["run", "--data", str(folder / "huge.h5"), "--set", "data.max_gb=4", *out],
          "declares 1,000,000,000 samples"),
