@@ -23,9 +23,10 @@ from ..data import Shard
 
 #: Config keys (or sections) a resumed run may change: where and how fast it runs, not what it computes.
 MAY_CHANGE = ("output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",
-              "hessian.reduction", "density.plot", "blocks",
-              "comm")
+              "hessian.reduction", "density.plot", "blocks")
 _MODULUS = (1 << 61) - 1
+#: The collective watchdog's deadline (``[comm]``) may change on resume too.
+MAY_CHANGE = (*MAY_CHANGE, "comm")
 
 
 def config_identity(cfg: Config) -> dict[str, Any]:

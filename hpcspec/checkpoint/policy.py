@@ -76,7 +76,6 @@ class Checkpointer:
     def boundary(self, state: Callable[[], State]) -> None:
         """Called by every rank between two iterations; ``state`` is evaluated only to commit."""
         self._since += 1
-        check_launcher(self.comm)  # orphaned ranks (mpirun killed) stop here, before committing again
         votes = torch.tensor([1.0 if self.flag.signal is not None else 0.0,
                               1.0 if self.comm.rank == 0 and self._due() else 0.0], dtype=torch.float64)
         self.comm.allreduce_sum_(votes)
@@ -88,7 +87,8 @@ class Checkpointer:
             raise StopRequested(self.flag.name, commit)
 
     def commit(self, state: State) -> Commit:
-        """Commit ``state`` now (collective) and restart the cadence."""
+        """Commit ``state`` now (collective) and restart the cadence. An orphaned rank (its launcher
+        killed) stops here, before committing again; the boundary's vote collective checks too."""
         check_launcher(self.comm)
         commit = self.store.save(state, self.size, self.meta)
         self.commits.append(commit)
