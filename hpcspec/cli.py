@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=BACKENDS, help="communication backend: mpi (mpi4py), torch (torch.distributed: "
                                                "gloo on CPU, NCCL on GPU), horovod (Horovod under mpirun; "
                                                "installed separately), single; default auto")
+    parser.add_argument("--debug", action="store_true",
+                        help="on a bad-input error, also print the traceback behind it (e.g. of your module:callable)")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="top-k eigenpairs, trace and/or spectral density of a model's Hessian")
     _add_job_arguments(run)
@@ -238,17 +240,17 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     if args.command == "train":
         from .trainer import train_job
 
-        cfg = agreed(comm, config_from_args, args, None, TRAIN_FLAG_KEYS)
+        cfg = _watched(comm, agreed(comm, config_from_args, args, None, TRAIN_FLAG_KEYS))
         train_job(cfg, comm, resume=args.resume, flag=flag)
         return EXIT_OK
     if args.command == "track":
         from .sweep import track_config, track_job
 
         cfg, steps = agreed(comm, track_config, args)
-        track_job(cfg, steps, comm, flag)
+        track_job(_watched(comm, cfg), steps, comm, flag)
         return EXIT_OK
     if args.command == "resume":
-        cfg = agreed(comm, _stored_run_config, args)
+        cfg = _watched(comm, agreed(comm, _stored_run_config, args))
         run_job(cfg, comm, resume=True, flag=flag)
         return EXIT_OK
     if args.command is None:
@@ -257,11 +259,12 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     elif args.command == "validate":
         named = any(getattr(args, flag, None) is not None for flag in TASK_FLAGS)
         base = {} if named or args.config else {"tasks": ["eigen", "trace", "density"]}
-        cfg = agreed(comm, config_from_args, args, base)
+        cfg = _watched(comm, agreed(comm, config_from_args, args, base))
         validate_job(cfg, comm, max_params=args.max_params)
         return EXIT_OK
     else:
         cfg = agreed(comm, config_from_args, args)
+    cfg = _watched(comm, cfg)
     if getattr(args, "per_block", False):
         from .sweep import blocks_job
 
@@ -270,6 +273,14 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     run_job(cfg, comm, resume=bool(getattr(args, "resume", False)), flag=flag,
             overwrite=bool(getattr(args, "overwrite", False)))
     return EXIT_OK
+
+
+def _watched(comm: Communicator, cfg: Config) -> Config:
+    """Give the communicator's collective watchdog the configured deadline (``[comm]``); returns ``cfg``."""
+    from .watchdog import configure
+
+    configure(comm, cfg.comm.timeout_s, cfg.comm.timeout_factor)
+    return cfg
 
 
 def _stored_run_config(args: argparse.Namespace) -> Config:
@@ -299,12 +310,15 @@ def _backend(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m hpcspec``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, before or after the subcommand
+    argv = [item for item in argv if item != "--debug"]
     if any(item in ("-h", "--help") for item in argv):
         build_parser().parse_known_args(argv)  # argparse prints help and exits 0
     try:
         comm = world(_backend(argv))
-    except InputError as exc:
-        print(f"hpcspec: error: {exc}", file=sys.stderr)
+    except InputError as exc:  # no communicator to agree on: every rank failed alike; rank 0 says so
+        if _launcher_rank() == 0:
+            print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     # Caught for the life of the process: a signal during setup is acted on at the first iteration
     # boundary, and one after the last is ignored (the run finishes and exits 0).
@@ -319,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close(comm)
         return EXIT_STOPPED
     except AgreedInputError as exc:
+        if debug and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         if comm.rank == 0:
             print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
         _close(comm)
@@ -334,6 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         flag.uninstall()
+
+
+def _launcher_rank() -> int:
+    """This process's rank as the launcher's environment tells it (0 when none does): who prints
+    an error found before any communicator exists."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID", "RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def _close(comm: Communicator) -> None:

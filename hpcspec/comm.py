@@ -10,6 +10,7 @@ control messages (error strings, decisions) are pickled.
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
@@ -93,11 +94,17 @@ class SingleProcess:
 class MPICommunicator:
     """mpi4py communicator; vectors travel as contiguous host buffers.
 
+    Every collective is non-blocking and waited on by a :class:`~hpcspec.watchdog.Watchdog`: a
+    rank that never arrives ends the job (exit 4, naming it) instead of hanging it, and waiting
+    ranks sleep instead of busy-polling a core. Small objects are pickled and moved as bytes
+    (a length collective, then the bytes), so they are watched too.
     CUDA tensors are staged through host memory (a CUDA-aware MPI path is future work).
     """
 
     def __init__(self, mpi_comm: Any) -> None:
         from mpi4py import MPI
+
+        from .watchdog import Watchdog
 
         self._MPI = MPI
         self._comm = mpi_comm
@@ -107,12 +114,13 @@ class MPICommunicator:
         self.local_rank: int = node.Get_rank()
         self.local_size: int = node.Get_size()
         node.Free()
+        self.watchdog = Watchdog(mpi_comm.Dup(), self.abort)
 
     def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.size == 1:
             return tensor
         host = _host_view(tensor)
-        self._comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
+        self.watchdog.wait(self._comm.Iallreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM), "allreduce")
         if tensor.device.type != "cpu":
             tensor.copy_(torch.from_numpy(host))
         return tensor
@@ -121,27 +129,42 @@ class MPICommunicator:
         counts, _ = _row_counts(tensor, bounds)
         lo, hi = bounds[self.rank]
         local = torch.empty((hi - lo, *tensor.shape[1:]), dtype=tensor.dtype)
-        self._comm.Reduce_scatter(_host_view(tensor), local.numpy(), recvcounts=counts, op=self._MPI.SUM)
+        request = self._comm.Ireduce_scatter(_host_view(tensor), local.numpy(), recvcounts=counts, op=self._MPI.SUM)
+        self.watchdog.wait(request, "reduce_scatter")
         return local
 
     def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
         full = _full_like(rows, bounds)
         counts, displacements = _row_counts(full, bounds)
-        self._comm.Allgatherv(_host_view(rows), [full.numpy(), counts, displacements, self._MPI.DOUBLE])
+        request = self._comm.Iallgatherv(_host_view(rows), [full.numpy(), counts, displacements, self._MPI.DOUBLE])
+        self.watchdog.wait(request, "allgather")
         return full
 
     def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
         full = _full_like(rows, bounds) if self.rank == root else None
         counts, displacements = _row_counts(rows, bounds)
         target = [full.numpy(), counts, displacements, self._MPI.DOUBLE] if full is not None else None
-        self._comm.Gatherv(_host_view(rows), target, root=root)
+        self.watchdog.wait(self._comm.Igatherv(_host_view(rows), target, root=root), "gather")
         return full
 
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
-        return self._comm.bcast(obj, root=root)
+        payload = _pickled(obj) if self.rank == root else b""
+        length = np.array([len(payload)], dtype=np.int64)
+        self.watchdog.wait(self._comm.Ibcast(length, root=root), "bcast")
+        buffer = bytearray(payload) if self.rank == root else bytearray(int(length[0]))
+        self.watchdog.wait(self._comm.Ibcast(buffer, root=root), "bcast")
+        return obj if self.rank == root else pickle.loads(bytes(buffer))
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return self._comm.allgather(obj)
+        payload = _pickled(obj)
+        lengths = np.zeros(self.size, dtype=np.int64)
+        self.watchdog.wait(self._comm.Iallgather(np.array([len(payload)], dtype=np.int64), lengths), "allgather")
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        buffer = bytearray(int(lengths.sum()))
+        request = self._comm.Iallgatherv(bytearray(payload), [buffer, lengths.tolist(), offsets.tolist(),
+                                                              self._MPI.BYTE])
+        self.watchdog.wait(request, "allgather")
+        return [pickle.loads(bytes(buffer[o:o + n])) for o, n in zip(offsets.tolist(), lengths.tolist())]
 
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)
@@ -150,6 +173,11 @@ class MPICommunicator:
     def description(self) -> str:
         version = self._MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
         return f"mpi4py {_mpi4py_version()} / {version}"
+
+
+def _pickled(obj: Any) -> bytes:
+    """A small control object as bytes (decisions, names, error strings)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class TorchDistributedCommunicator:
@@ -432,7 +460,8 @@ def agree_on_failure(comm: Communicator, error: BaseException | None) -> None:
     if failed:
         everywhere = len(failed) == comm.size
         suffix = "" if everywhere else f" (on rank {failed[0]})"
-        raise AgreedInputError(f"{messages[failed[0]]}{suffix}")
+        # this rank's own error stays chained (``--debug`` prints its traceback, user frames included)
+        raise AgreedInputError(f"{messages[failed[0]]}{suffix}") from error
 
 
 class AgreedInputError(InputError):

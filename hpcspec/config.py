@@ -11,6 +11,7 @@ import math
 
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ class DataConfig:
     ``split`` picks CIFAR's ``train`` or ``test`` set; ``normalize`` is ``auto`` (per channel for
     CIFAR, per feature for digits, none otherwise), ``channel`` (per-channel mean/std over the
     whole data set) or ``none``; ``tokens`` draws ``samples`` sequences of ``context`` tokens
-    over ``vocab`` symbols.
+    over ``vocab`` symbols. ``max_gb`` caps the GiB one rank may read an HDF5 file's share into
+    (0: the rank's share of the node's available memory), checked before reading.
     """
 
     spec: str = "digits"
@@ -87,6 +89,7 @@ class DataConfig:
     normalize: str = "auto"
     context: int = 32
     vocab: int = 64
+    max_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,16 @@ class BlocksConfig:
 
 
 @dataclass(frozen=True)
+class CommConfig:
+    """The watchdog on every MPI collective (:mod:`hpcspec.watchdog`): a collective that has waited
+    longer than ``max(timeout_s, timeout_factor × the longest this rank computed between two
+    collectives)`` seconds aborts the job (exit 4), naming the ranks that did not arrive."""
+
+    timeout_s: float = 600.0
+    timeout_factor: float = 20.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; see README "Configuration" for each key."""
 
@@ -250,6 +263,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     blocks: BlocksConfig = field(default_factory=BlocksConfig)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
 
 
 def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -282,12 +296,36 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         ):
             noun = {int: "integers", float: "numbers"}.get(item, "strings")
             raise ConfigError(f"config key {key!r} must be a list of {noun}, got {value!r}")
-        return tuple(float(v) for v in value) if item is float else tuple(value)
+        if item is float:
+            values = tuple(float(v) for v in value)
+            for number in values:
+                _check_finite(key, number)
+            return values
+        return tuple(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"config key {key!r} must be {kind.__name__}, got {value!r}")
+    if kind is float:
+        _check_finite(key, value)
     return value
+
+
+def _check_finite(key: str, value: float) -> None:
+    """No config number means anything as NaN or infinity (``--tol nan`` would otherwise run and
+    report residuals of 0 as "not converged")."""
+    if not math.isfinite(value):
+        default = _default_of(key)
+        raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}"
+                          + (f" (the default is {default!r})" if default is not None else ""))
+
+
+def _default_of(key: str) -> Any:
+    """The default value of a dotted key (None if there is none to show)."""
+    node: Any = Config()
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return node
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
@@ -372,6 +410,13 @@ def validate(cfg: Config) -> Config:
                           "xtrace spends its whole budget on one sketch: set trace.rtol = 0 or change trace.method")
     if not 0 < cfg.density.sigma < 1:
         raise ConfigError(f"density.sigma is a fraction of the spectral range in (0, 1), got {cfg.density.sigma!r}")
+    if cfg.density.steps < 2:
+        raise ConfigError(f"density.steps = {cfg.density.steps} is too few: stochastic Lanczos quadrature needs at least "
+                          "2 Lanczos steps per probe to resolve a spectrum (default 80; --steps 80)")
+    if not cfg.comm.timeout_s > 0:
+        raise ConfigError(f"comm.timeout_s must be > 0 seconds, got {cfg.comm.timeout_s!r} (default 600)")
+    if cfg.comm.timeout_factor < 0:
+        raise ConfigError(f"comm.timeout_factor must be >= 0, got {cfg.comm.timeout_factor!r} (default 20)")
     if cfg.density.grid < 2:
         raise ConfigError(f"density.grid must be >= 2 points, got {cfg.density.grid}")
     for key, value in [("data.batch_size", cfg.data.batch_size), ("data.samples", cfg.data.samples),
@@ -383,7 +428,7 @@ def validate(cfg: Config) -> Config:
                        ("model.heads", cfg.model.heads), ("data.context", cfg.data.context),
                        ("data.vocab", cfg.data.vocab), ("blocks.depth", cfg.blocks.depth)]:
         _check_positive(key, value)
-    for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes),
+    for key, value in [("threads", cfg.threads), ("data.classes", cfg.data.classes), ("data.max_gb", cfg.data.max_gb),
                        ("eigen.tol", cfg.eigen.tol), ("eigen.maxiter", cfg.eigen.maxiter), ("trace.rtol", cfg.trace.rtol),
                        ("train.steps", cfg.train.steps), ("train.lr", cfg.train.lr), ("seed", cfg.seed),
                        ("checkpoint.every_iters", cfg.checkpoint.every_iters),

@@ -20,7 +20,7 @@ import torch
 
 from .cifar import LAYOUTS as CIFAR_LAYOUTS, load_cifar
 from .errors import InputError
-from .spec import is_callable_spec, resolve_callable
+from .spec import call_user, is_callable_spec, resolve_callable
 from .tokens import markov_tokens
 
 BUILTIN_DATA = ("digits", "synthetic", "tokens", "cifar10:DIR", "cifar100:DIR")
@@ -59,7 +59,8 @@ def shard_range(total: int, rank: int, size: int, granule: int = 1) -> tuple[int
 
 def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features: int = 16,
                classes: int = 4, outputs: int = 1, seed: int = 0, granule: int = 1, split: str = "train",
-               normalize: str = "auto", context: int = 32, vocab: int = 64) -> Shard:
+               normalize: str = "auto", context: int = 32, vocab: int = 64,
+               max_bytes: float = float("inf")) -> Shard:
     """Load this rank's shard of the data set named by ``spec``.
 
     ``spec`` is ``digits`` (scikit-learn's bundled handwritten digits, ``(1797, 1, 8, 8)``,
@@ -71,7 +72,8 @@ def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features:
     ``torch.utils.data.Dataset`` or an ``(x, y)`` pair of tensors. ``normalize``: ``auto``
     (CIFAR per channel, digits per pixel, others as stored), ``channel`` (axis 1 standardised with
     the whole set's mean and standard deviation) or ``none``. Shards are made of whole
-    ``granule``-sample pieces (:func:`shard_range`).
+    ``granule``-sample pieces (:func:`shard_range`). An HDF5 share larger than ``max_bytes`` is
+    refused before it is read.
     """
     name = spec.split(":", 1)[0]
     if split != "train" and name not in CIFAR_LAYOUTS:
@@ -95,7 +97,7 @@ def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features:
         x, y = _normalized(*markov_tokens(samples, context, vocab, seed), normalize, spec)
         declared = vocab
     elif spec.endswith((".h5", ".hdf5")) or "/" in spec or Path(spec).is_file():
-        return _hdf5_shard(Path(spec), rank, size, granule, normalize)
+        return _hdf5_shard(Path(spec), rank, size, granule, normalize, max_bytes)
     elif is_callable_spec(spec):
         return _callable_shard(spec, rank, size, granule, normalize)
     else:
@@ -183,7 +185,37 @@ def synthetic(samples: int, features: int, classes: int, outputs: int,
     return x, scores
 
 
-def _hdf5_shard(path: Path, rank: int, size: int, granule: int, normalize: str = "auto") -> Shard:
+def _check_fits(path: Path, datasets: tuple[Any, ...], rows: int, max_bytes: float) -> None:
+    """Refuse, before reading, a share of ``rows`` samples that would not fit in ``max_bytes``: the
+    sizes a file declares cost nothing to write (an HDF5 file of a few KiB can declare 1e9 rows),
+    and reading them would try to allocate it all. Counts the bytes as read and as a float copy
+    (the float64 conversion of the inputs)."""
+    need = sum(rows * int(np.prod(d.shape[1:], dtype=np.float64)) * max(d.dtype.itemsize, 8) for d in datasets)
+    if need > max_bytes:
+        raise InputError(f"data file {str(path)!r} declares {datasets[0].shape[0]:,} samples of shape "
+                         f"{tuple(datasets[0].shape[1:])}: this rank's share of {rows:,} needs {need / 2**30:.1f} GiB, "
+                         f"more than the {max_bytes / 2**30:.1f} GiB allowed (data.max_gb, or the rank's free memory "
+                         "when 0): use more ranks, a smaller file, or set data.max_gb")
+
+
+def memory_budget(max_gb: float, local_size: int = 1) -> float:
+    """Bytes one rank may read its data into: ``max_gb`` GiB, or (0) its share of the node's
+    available memory (``MemAvailable`` of /proc/meminfo over the ranks on the node; unlimited where
+    that is unknown)."""
+    if max_gb > 0:
+        return max_gb * 2**30
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / max(local_size, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("inf")
+
+
+def _hdf5_shard(path: Path, rank: int, size: int, granule: int, normalize: str = "auto",
+                max_bytes: float = float("inf")) -> Shard:
     """Read only this rank's slice of ``x`` and ``y``, after checking names, shapes and dtypes
     (and, for ``normalize = "channel"``, the whole of ``x`` in pieces for its statistics)."""
     import h5py
@@ -212,6 +244,7 @@ def _hdf5_shard(path: Path, rank: int, size: int, granule: int, normalize: str =
                                  f"dtype {dset.dtype}")
         total = x_set.shape[0]
         start, stop = shard_range(total, rank, size, granule)
+        _check_fits(path, (x_set, y_set), stop - start, max_bytes)
         x_np = np.ascontiguousarray(x_set[start:stop])
         if normalize == "channel":
             if x_set.dtype.kind not in "fiu":
@@ -224,9 +257,9 @@ def _hdf5_shard(path: Path, rank: int, size: int, granule: int, normalize: str =
 
 
 def _callable_shard(spec: str, rank: int, size: int, granule: int, normalize: str = "auto") -> Shard:
-    made = resolve_callable(spec, "data")()
+    made = call_user(spec, resolve_callable(spec, "data"))
     if isinstance(made, (tuple, list)) and len(made) == 2:
-        x, y = (torch.as_tensor(part) for part in made)
+        x, y = (_as_samples(part, made, spec) for part in made)
         if x.shape[0] != y.shape[0]:
             raise InputError(f"data {spec!r} returned x with {x.shape[0]} samples and y with "
                              f"{y.shape[0]}")
@@ -248,6 +281,16 @@ def _callable_shard(spec: str, rank: int, size: int, granule: int, normalize: st
         return _checked_shard(x, y, start, stop, total, spec)
     raise InputError(f"data {spec!r} must return a sized torch Dataset or an (x, y) pair of "
                      f"tensors, got {type(made).__name__}")
+
+
+def _as_samples(part: Any, made: Any, spec: str) -> torch.Tensor:
+    """One half of a data callable's ``(x, y)``: a tensor or array with a sample axis."""
+    if not isinstance(part, (torch.Tensor, np.ndarray)) or part.ndim < 1:
+        kinds = ", ".join(type(item).__name__ if getattr(item, "ndim", 0) else f"0-d {type(item).__name__}"
+                          if isinstance(item, (torch.Tensor, np.ndarray)) else type(item).__name__ for item in made)
+        raise InputError(f"data {spec!r} must return a sized torch Dataset or an (x, y) pair of tensors with one row "
+                         f"per sample, got ({kinds}): return (inputs, targets) as torch tensors")
+    return torch.as_tensor(part)
 
 
 def _stack_items(items: list[Any], spec: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,12 +39,12 @@ from .checkpoint import (Checkpointer, CheckpointStore, Loaded, StopFlag, config
 from .checks import check_model_modes, check_operator
 from .comm import AgreedInputError, Communicator, SingleProcess, agreed
 from .config import Config, to_toml
-from .data import Shard, load_shard
+from .data import Shard, load_shard, memory_budget
 from .dense import MAX_DENSE_PARAMS, dense_hessian
 from .device import select_device, set_threads
 from .errors import InputError
 from .logs import setup_logging
-from .losses import get_loss
+from .losses import check_labels, get_loss
 from .models import build_model, load_weights
 from .operator import HessianOperator
 from .outputs import WriteFailed, claim, released_after, remove_run, write_text_atomic
@@ -350,11 +350,14 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
 
 
 def load_data(cfg: Config, comm: Communicator) -> Shard:
-    """This rank's shard of ``cfg.data`` (local, no collective): what ``run`` and ``train`` analyse and train on."""
-    return load_shard(cfg.data.spec, comm.rank, comm.size, samples=cfg.data.samples, features=cfg.data.features,
-                      classes=cfg.data.classes, outputs=cfg.data.outputs, seed=cfg.seed, granule=_granule(cfg),
-                      split=cfg.data.split, normalize=cfg.data.normalize, context=cfg.data.context,
-                      vocab=cfg.data.vocab)
+    """This rank's shard of ``cfg.data`` (local, no collective): what ``run`` and ``train`` analyse and train on.
+    Labels are checked here, before a zoo model is sized from them."""
+    shard = load_shard(cfg.data.spec, comm.rank, comm.size, samples=cfg.data.samples, features=cfg.data.features,
+                       classes=cfg.data.classes, outputs=cfg.data.outputs, seed=cfg.seed, granule=_granule(cfg),
+                       split=cfg.data.split, normalize=cfg.data.normalize, context=cfg.data.context,
+                       vocab=cfg.data.vocab, max_bytes=memory_budget(cfg.data.max_gb, comm.local_size))
+    check_labels(get_loss(cfg.hessian.loss), shard.targets, cfg.data.spec, shard.inputs)
+    return shard
 
 
 def _granule(cfg: Config) -> int:

@@ -75,3 +75,32 @@ def check_targets(loss: Loss, targets: torch.Tensor, num_outputs: int,
         if per_sample != num_outputs:
             raise InputError(f"loss 'mse' needs {num_outputs} target values per sample to match the model's "
                              f"outputs, got targets of shape {tuple(targets.shape)}")
+
+
+#: The most classes (or tokens) cross-entropy labels may name: a zoo model gets one output per
+#: class, so a stray label of 1e12 would otherwise size a 1e12-wide layer (terabytes).
+MAX_CLASSES = 2**24
+
+
+def check_labels(loss: Loss, targets: torch.Tensor, name: str, inputs: torch.Tensor | None = None) -> None:
+    """Cross-entropy labels, checked as loaded (before any model is sized from them): integers in
+    ``[0, MAX_CLASSES)``; so are the integer token inputs of sequence data (a zoo transformer's
+    vocabulary is sized from them too). Other losses take any finite targets."""
+    if loss.name != "cross_entropy":
+        return
+    if inputs is not None and targets.ndim == 2 and not inputs.dtype.is_floating_point and len(inputs):
+        low, high = int(inputs.min()), int(inputs.max())
+        if low < 0 or high >= MAX_CLASSES:
+            raise InputError(f"data {name!r}: token inputs must lie in [0, V) with V the vocabulary (at most "
+                             f"{MAX_CLASSES:,}); found tokens in [{low:,}, {high:,}]: renumber the tokens 0..V-1")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise InputError(f"loss 'cross_entropy' needs integer class labels, but data {name!r} has "
+                         f"{str(targets.dtype).replace('torch.', '')} targets: store the labels as integers "
+                         "0..C-1, or use --loss mse for real-valued targets")
+    if not len(targets):
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= MAX_CLASSES:
+        raise InputError(f"data {name!r}: cross-entropy class labels must lie in [0, C) with C the number of classes "
+                         f"(at most {MAX_CLASSES:,}); found labels in [{low:,}, {high:,}]: renumber the classes "
+                         "0..C-1")

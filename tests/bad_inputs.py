@@ -46,6 +46,36 @@ class _AlwaysDropout(torch.nn.Module):
 
 def noisy_model():
     return _AlwaysDropout()
+
+def _helper():
+    return 1 / 0
+
+def raising_model():
+    return _helper()
+
+def int_pair():
+    return 1, 2
+
+def _labels(index, value):
+    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.zeros(20, dtype=torch.int64)
+    y[index] = value
+    return x, y
+
+def huge_labels():
+    return _labels(3, 10**12)
+
+def negative_labels():  # in rank 1's half under 2 ranks
+    return _labels(15, -5)
+
+def huge_tokens():
+    x = torch.randint(0, 8, (20, 5), generator=torch.Generator().manual_seed(3))
+    x[2, 4] = 10**12
+    return x, torch.randint(0, 8, (20, 5), generator=torch.Generator().manual_seed(4))
+
+def float_huge_labels():
+    x, y = _labels(3, 0)
+    return x, torch.full((20,), 1e12, dtype=torch.float64)
 '''
 
 
@@ -59,6 +89,10 @@ def prepare(folder: Path) -> None:
         f["x"], f["y"] = x, np.zeros(10, dtype=np.int64)
     with h5py.File(folder / "noy.h5", "w") as f:
         f["x"] = np.zeros((10, 3))
+    (folder / "badimport.py").write_text("import os\nraise RuntimeError('cannot find the cluster config')\n")
+    with h5py.File(folder / "huge.h5", "w") as f:  # a few KiB declaring 1e9 rows (238 GiB of float32)
+        f.create_dataset("x", shape=(10**9, 64), dtype="f4", chunks=(1024, 64))
+        f.create_dataset("y", shape=(10**9,), dtype="i8", chunks=(1024,))
     (folder / "typo.toml").write_text("[eigen]\ntopk = 3\n")
     (folder / "corrupt.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
 
@@ -106,4 +140,24 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("non-deterministic model", ["run", "--model", "usermod:noisy_model", "--data", "usermod:make_data",
                                      "--loss", "mse", *out], "not repeatable"),
         ("validate a model too large", ["validate", *user, "--max-params", "10"], "more than --max-params 10"),
+        ("factory raises", ["run", "--model", "usermod:raising_model", *out],
+         "usermod:raising_model raised ZeroDivisionError: division by zero (usermod.py:"),
+        ("module raises on import", ["run", "--model", "badimport:make", *out],
+         "badimport:make raised RuntimeError: cannot find the cluster config while importing it (badimport.py:2)"),
+        ("data callable returns (1, 2)", ["run", "--data", "usermod:int_pair", *out], "got (int, int)"),
+        ("labels of 1e12", ["run", "--data", "usermod:huge_labels", *out], "found labels in [0, 1,000,000,000,000]"),
+        ("negative labels", ["run", "--data", "usermod:negative_labels", *out], "found labels in [-5, 0]"),
+        ("token inputs of 1e12", ["run", "--model", "transformer", "--data", "usermod:huge_tokens", *out],
+         "found tokens in [0, 1,000,000,000,000]"),
+        ("float labels of 1e12", ["run", "--data", "usermod:float_huge_labels", *out], "needs integer class labels"),
+        ("hdf5 declaring 1e9 rows", ["run", "--data", str(folder / "huge.h5"), "--set", "data.max_gb=4", *out],
+         "declares 1,000,000,000 samples"),
+        ("hdf5 declaring 1e9 rows, free memory", ["run", "--data", str(folder / "huge.h5"), *out],
+         "GiB allowed (data.max_gb, or the rank's free memory"),
+        ("one SLQ step", ["run", "--density", "--steps", "1", *out], "density.steps = 1 is too few"),
+        ("tolerance nan", ["run", "--tol", "nan", *out], "'eigen.tol' must be a finite number, got nan"),
+        ("trace rtol inf", ["run", "--trace", "--set", "trace.rtol=inf", *out], "'trace.rtol' must be a finite number"),
+        ("learning rate nan", ["run", "--set", "train.lr=nan", *out], "'train.lr' must be a finite number"),
+        ("watchdog timeout 0", ["run", "--set", "comm.timeout_s=0", *out], "comm.timeout_s must be > 0"),
+        ("unknown backend", ["--backend", "bogus", "run", *out], "unknown communication backend 'bogus'"),
     ]

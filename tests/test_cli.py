@@ -151,3 +151,15 @@ def test_validate_reports_each_error_against_the_dense_hessian(workdir, capsys):
     expected = wasserstein1(nodes[live], weights[live], exact, np.ones(len(exact)))
     assert np.isclose(record["density"]["wasserstein1"], expected, rtol=1e-9)
     assert 0 < record["density"]["l1"] < 2
+
+
+def test_debug_keeps_the_user_frames_of_a_raising_factory(workdir, capsys):
+    assert main(["run", "--model", "usermod:raising_model", "--output", "dbg"]) == 2
+    quiet = capsys.readouterr().err
+    assert "Traceback" not in quiet
+    assert main(["run", "--model", "usermod:raising_model", "--output", "dbg", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: division by zero" in err
+    assert 'usermod.py", line' in err and "in _helper" in err and "return 1 / 0" in err  # the user's own frames
+    errors = [line for line in err.splitlines() if line.startswith("hpcspec: error:")]
+    assert len(errors) == 1 and "usermod:raising_model raised ZeroDivisionError" in errors[0]

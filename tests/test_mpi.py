@@ -127,18 +127,41 @@ def test_cli_exit_code_2_under_mpirun(folder):
 
 
 def test_crash_on_one_rank_aborts_the_world_quickly(folder):
-    (folder / "crashmod.py").write_text(
+    (folder / "crashmod.py").write_text(  # a bug in the model's forward (not in its factory: that is bad input)
         "import os, torch\n"
+        "class Boom(torch.nn.Linear):\n"
+        "    calls = 0\n"
+        "    def forward(self, x):\n"
+        "        Boom.calls += 1\n"
+        "        if os.environ.get('OMPI_COMM_WORLD_RANK') == '1' and Boom.calls >= 4:  # after the data check\n"
+        "            raise RuntimeError('boom on rank 1')\n"
+        "        return super().forward(x)\n"
         "def make_model():\n"
-        "    if os.environ.get('OMPI_COMM_WORLD_RANK') == '1':\n"
-        "        raise RuntimeError('boom on rank 1')\n"
-        "    return torch.nn.Linear(4, 2).double()\n")
+        "    return Boom(4, 2).double()\n")
     started = time.monotonic()
     done = mpirun(2, ["-m", "hpcspec", "run", "--model", "crashmod:make_model", "--data", "usermod:make_data",
-                      "--loss", "mse", "--output", str(folder / "crash")], cwd=folder, timeout=60)
+                      "--loss", "mse", "--set", "hessian.graph_budget_mb=0", "--output", str(folder / "crash")],
+                  cwd=folder, timeout=60)
     assert done.returncode not in (0, 2)
     assert "boom on rank 1" in done.stderr and "aborting all 2 ranks" in done.stderr
     assert time.monotonic() - started < 30
+
+
+def test_factory_raising_on_one_rank_is_agreed_bad_input(folder):
+    """A user factory that raises on rank 1 only: every rank exits 2, rank 0 prints the one line."""
+    (folder / "rankmod.py").write_text(
+        "import os, torch\n"
+        "def make_model():\n"
+        "    if os.environ.get('OMPI_COMM_WORLD_RANK') == '1':\n"
+        "        raise ZeroDivisionError('no model on rank 1')\n"
+        "    return torch.nn.Linear(4, 2).double()\n")
+    done = mpirun(2, ["-m", "hpcspec", "run", "--model", "rankmod:make_model", "--data", "usermod:make_data",
+                      "--loss", "mse", "--output", str(folder / "rankmod")], cwd=folder, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("hpcspec: error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "rankmod:make_model raised ZeroDivisionError: no model on rank 1 (rankmod.py:4)" in errors[0]
+    assert errors[0].endswith("(on rank 1)")
 
 
 def test_more_ranks_than_samples(folder):

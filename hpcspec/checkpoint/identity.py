@@ -25,6 +25,8 @@ from ..data import Shard
 MAY_CHANGE = ("output", "force_output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",
               "hessian.reduction", "density.plot", "blocks")
 _MODULUS = (1 << 61) - 1
+#: The collective watchdog's deadline (``[comm]``) may change on resume too.
+MAY_CHANGE = (*MAY_CHANGE, "comm")
 
 
 def config_identity(cfg: Config) -> dict[str, Any]:

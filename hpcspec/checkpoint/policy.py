@@ -19,6 +19,7 @@ import torch
 
 from ..comm import Communicator
 from ..solvers.base import State
+from ..watchdog import check_launcher
 from .signals import StopFlag
 from .store import CheckpointStore, Commit
 
@@ -89,7 +90,9 @@ class Checkpointer:
             raise StopRequested(self.flag.name, commit)
 
     def commit(self, state: State) -> Commit:
-        """Commit ``state`` now (collective) and restart the cadence."""
+        """Commit ``state`` now (collective) and restart the cadence. An orphaned rank (its launcher
+        killed) stops here, before committing again; the boundary's vote collective checks too."""
+        check_launcher(self.comm)
         commit = self.store.save(state, self.size, self.meta)
         self.commits.append(commit)
         self._since = 0

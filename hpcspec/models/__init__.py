@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..spec import is_callable_spec, resolve_callable
+from ..spec import call_user, is_callable_spec, resolve_callable
 from .cnn import CNN
 from .mlp import MLP
 from .resnet import RESNET_DEPTHS, ResNet
@@ -40,7 +40,7 @@ def build_model(spec: str, *, input_shape: tuple[int, ...], output_dim: int, cfg
         return _zoo(spec, input_shape, output_dim, cfg_model)
     if is_callable_spec(spec):
         torch.manual_seed(seed)
-        model = resolve_callable(spec, "model")()
+        model = call_user(spec, resolve_callable(spec, "model"))
         if not isinstance(model, nn.Module):
             raise InputError(f"model {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
         return model
