@@ -129,11 +129,11 @@ class Watchdog:
                 self._sent.append(self._side.Isend(np.array([self.sequence], dtype=np.int64), dest=peer, tag=_QUERY))
         grace = min(10.0, max(1.0, self.limit / 4))
         answers = self._collect(grace)
-        waiting = sorted({self.rank, *(peer for peer, seq in answers.items() if seq == self.sequence)})
+        waiting = sorted({self.rank, *answers})  # every rank that answered waits, in this collective or another
         missing = [peer for peer in range(self.size) if peer != self.rank and peer not in answers]
         elsewhere = {peer: seq for peer, seq in answers.items() if seq != self.sequence}
         line = _report(self.sequence, self._operation, waited, missing, elsewhere, self.size, self.limit)
-        if waiting[0] != self.rank:  # the lowest waiting rank reports; this one only if it never does
+        if waiting[0] != self.rank:  # the lowest rank that answered reports; this one only if it never does
             self._collect(2 * grace)
         _say(line)
         self._abort(EXIT_HUNG)

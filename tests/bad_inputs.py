@@ -98,6 +98,14 @@ def prepare(folder: Path) -> None:
 
 
 def cases(folder: Path) -> list[tuple[str, list[str], str]]:
+    """(name, argv, expected message); each case writes to a folder of its own, so no case meets
+    another run's results (a finished run in the folder is itself refused, before other checks)."""
+    listed = _listed(folder)
+    return [(name, [str(folder / f"out-{i}") if arg == str(folder / "out") else arg for arg in argv], message)
+            for i, (name, argv, message) in enumerate(listed)]
+
+
+def _listed(folder: Path) -> list[tuple[str, list[str], str]]:
     out = ["--output", str(folder / "out")]
     user = ["--model", "usermod:make_model", "--data", "usermod:make_data", "--loss", "mse", *out]
     return [
@@ -122,7 +130,8 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("float labels for cross_entropy", ["run", "--model", "usermod:make_model", "--data", "usermod:make_data",
                                             *out], "integer class labels"),
         ("input width mismatch", ["run", "--model", "usermod:make_model", "--data", "usermod:make_wide_data",
-                                  "--loss", "mse", *out], "cannot process a data sample of shape (8,)"),
+                                  "--loss", "mse", "--output", str(folder / "wide")],
+         "cannot process a data sample of shape (8,)"),
         ("top_k too large", ["run", *user, "--top-k", "45"], "exceeds the number of parameters"),
         ("bad flag value", ["run", "--top-k", "many", *out], "invalid int value"),
         ("unknown flag", ["run", "--topk", "3", *out], "unrecognized arguments"),
