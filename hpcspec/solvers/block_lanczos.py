@@ -51,7 +51,7 @@ import torch
 from ..operator import LinearOperator
 from ..vectors import space_of
 from .base import IterativeSolver, State
-from .lanczos import WHICH, LanczosResult, select
+from .lanczos import LanczosResult, check_request, select
 from .probes import probe
 
 STREAM = "block_lanczos"
@@ -100,8 +100,8 @@ def guarantee(block_size: int, checks: int, complete: bool) -> str:
     if not complete:
         return (f"multiplicity <= {block_size} found by the block; completeness NOT checked "
                 "(stopped before a check round finished)")
-    return (f"multiplicity <= {block_size} found by construction; higher multiplicity checked by "
-            f"{checks} fresh seeded block(s) deflated against the locked pairs (found with high probability)")
+    return (f"multiplicity <= {block_size} found by construction; higher multiplicity checked by {checks} "
+            "round(s) from a fresh seeded vector deflated against the locked pairs (found with high probability)")
 
 
 class _Buffer:
@@ -133,10 +133,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                  seed: int = 0, v0: torch.Tensor | None = None, check: bool = True, check_size: int = 1,
                  callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
         n = op.size
-        if not 1 <= k <= n:
-            raise ValueError(f"k must be between 1 and the operator size {n}, got {k}")
-        if which not in WHICH:
-            raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+        check_request(n, k, which)
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         if math.isnan(tol):

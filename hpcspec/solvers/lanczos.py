@@ -100,6 +100,14 @@ class _Basis:
         return coefficients
 
 
+def check_request(size: int, k: int, which: str) -> None:
+    """Raise ValueError unless k eigenpairs at the end ``which`` can be asked of a size-``size`` operator."""
+    if not 1 <= k <= size:
+        raise ValueError(f"k must be between 1 and the operator size {size}, got {k}")
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+
+
 def select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     """Indices of the k wanted Ritz values among ``theta`` (ascending), in reporting order."""
     k = min(k, len(theta))
@@ -137,10 +145,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
                  maxiter: int | None = None, seed: int = 0, v0: torch.Tensor | None = None,
                  callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
         n = op.size
-        if not 1 <= k <= n:
-            raise ValueError(f"k must be between 1 and the operator size {n}, got {k}")
-        if which not in WHICH:
-            raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+        check_request(n, k, which)
         self.maxiter = min(n, maxiter if maxiter else max(200, 30 * k))
         if self.maxiter < k:
             raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
