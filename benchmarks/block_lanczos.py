@@ -16,7 +16,7 @@ Models: the default job's trained digits MLP (3,466 parameters, float64) and a C
 ResNet-20 of width 16 on digits images (1797 × 1 × 8 × 8, float32 products, float64 solver).
 
 Run: ``PYTHONPATH=. python benchmarks/block_lanczos.py [--models mlp resnet20] [--ks 5 20]
-[--blocks 1 2 4 8] [--rounds 3] [--json PATH]``.
+[--blocks 1 2 4 8] [--rounds 3] [--wide-check] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -54,12 +54,13 @@ OPERATORS: dict[str, Callable[[], HessianOperator]] = {"mlp": digits_mlp_operato
 DTYPES = {"mlp": "float64", "resnet20": "float32"}
 
 
-def solve(op: HessianOperator, k: int, solver: str, tol: float) -> dict:
+def solve(op: HessianOperator, k: int, solver: str, tol: float, wide_check: bool = False) -> dict:
     started = time.perf_counter()
     if solver == "lanczos":
         result = Lanczos(op, k, tol=tol).run()
     else:
-        result = BlockLanczos(op, k, tol=tol, block_size=int(solver.split("-")[1])).run()
+        block = int(solver.split("-")[1])
+        result = BlockLanczos(op, k, tol=tol, block_size=block, check_size=block if wide_check else 1).run()
     seconds = time.perf_counter() - started
     return {"products": result.num_matvecs, "passes": result.data_passes, "seconds": seconds,
             "restarts": result.restarts, "checks": result.checks, "converged": bool(result.converged),
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-k", type=int, default=50)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--wide-check", action="store_true",
+                        help="check rounds with a block of b vectors instead of one (the design alternative)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     solvers = ["lanczos"] + [f"block-{b}" for b in args.blocks]
@@ -88,7 +91,7 @@ def main() -> None:
             runs: dict[str, list[dict]] = {solver: [] for solver in solvers}
             for _ in range(args.rounds):  # interleaved, so load on the machine hits every solver alike
                 for solver in solvers:
-                    runs[solver].append(solve(op, k, solver, tol))
+                    runs[solver].append(solve(op, k, solver, tol, args.wide_check))
             reference = np.array(runs[solvers[0]][0]["values"])
             for solver in solvers:
                 first = runs[solver][0]
