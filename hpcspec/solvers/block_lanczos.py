@@ -97,6 +97,8 @@ def default_maxiter(k: int) -> int:
 
 def guarantee(block_size: int, checks: int, complete: bool) -> str:
     """One line saying what a result guarantees about multiplicities (printed with it)."""
+    if complete and checks == 0:
+        return "the basis spanned the whole space: every eigenvalue found with its multiplicity"
     if not complete:
         return (f"multiplicity <= {block_size} found by the block; completeness NOT checked "
                 "(stopped before a check round finished)")
