@@ -171,7 +171,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self._final: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None
         start = [] if v0 is None else list(self.space.local(_as_block(v0, n)).T.clone())
         with one_thread():
-            self._place(self._fresh(min(b, n), self._rows[:0], start))
+            self._place(self._fresh(min(b, n), [], start))
 
     # ----------------------------------------------------------------------------------- buffer
     @property
@@ -226,15 +226,18 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.draws += 1
         return vector
 
-    def _fresh(self, width: int, held: torch.Tensor, start: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Up to ``width`` orthonormal rows orthogonal to ``held``: the ``start`` rows first, then probes."""
+    def _fresh(self, width: int, held: list[torch.Tensor], start: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Up to ``width`` orthonormal rows orthogonal to the rows of every ``held`` tensor (each
+        orthonormal, and orthogonal to the others; never concatenated, which would copy the basis):
+        the ``start`` rows first, then probes."""
         block = torch.empty(width, self.space.local_size, dtype=torch.float64)
         count, candidates, attempts = 0, list(start or []), 0
         while count < width and attempts < 4 * width + 8:
             vector = candidates.pop(0) if candidates else self._draw()
             attempts += 1
             before = float(self.space.norms(vector))
-            self._orthogonalise(vector[None], torch.cat([held, block[:count]]))
+            for basis in (*held, block[:count]):
+                self._orthogonalise(vector[None], basis)
             norm = float(self.space.norms(vector))
             if norm > 1e-8 * before:
                 block[count] = vector / norm
@@ -265,7 +268,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                 r[count, j] = norm
                 count += 1
         if count < width:
-            filler = self._fresh(width - count, torch.cat([held, block[:count]]))
+            filler = self._fresh(width - count, [held, block[:count]])
             block[count:count + filler.shape[0]] = filler
             count += filler.shape[0]
         return block[:count], r[:count]
@@ -424,7 +427,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             self.search_passes = self.passes
         self.phase, self.checks, self.round_passes = "check", self.checks + 1, 0
         self.m, self.w, self.T = 0, 0, np.zeros((0, 0))
-        fresh = self._fresh(min(self._width(), self.op.size - self.nl), self._rows[: self.nl])
+        fresh = self._fresh(min(self._width(), self.op.size - self.nl), [self._rows[: self.nl]])
         if fresh.shape[0] == 0:  # the locked vectors span the space (to working precision)
             self._finish(converged=True, complete=True)
             return
