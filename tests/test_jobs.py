@@ -332,9 +332,10 @@ open(os.path.join(log, "rank%s.ready" % rank), "w").close()
 deadline = time.monotonic() + 30
 while not got and time.monotonic() < deadline:
     time.sleep(0.01)
-time.sleep(0.3)
+time.sleep(0.05)  # a second signal sent with the first would land here
 with open(os.path.join(log, "rank%s.signals" % rank), "w") as f:
-    f.write(" ".join(got))
+    f.write(" ".join(got))  # before exiting: once a rank exits 3, prterun SIGTERMs the slower ones
+time.sleep(0.25)
 sys.exit(3 if got else 99)
 '''
 
