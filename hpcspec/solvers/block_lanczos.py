@@ -491,6 +491,8 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.T = np.array(state["T"], dtype=np.float64).reshape(self.m, self.m)
         self.locked_values = np.array(state["locked_values"], dtype=np.float64)
         self.locked_residuals = np.array(state["locked_residuals"], dtype=np.float64)
+        if str(state["phase"]) not in PHASES:
+            raise ValueError(f"block Lanczos state has phase {state['phase']!r}, not one of {', '.join(PHASES)}")
         self.phase, self.checks, self.restarts = str(state["phase"]), int(state["checks"]), int(state["restarts"])
         self.round_passes, self.search_passes = int(state["round_passes"]), int(state["search_passes"])
         self.draws, self.num_matvecs, self.passes = int(state["draws"]), int(state["num_matvecs"]), int(state["passes"])
