@@ -131,10 +131,10 @@ def test_ranks_of_a_killed_mpirun_stop_before_the_next_commit(tmp_path, referenc
     _resume_to_end(output, reference)
 
 
-def test_ctrl_c_to_the_mpirun_process_group_leaves_a_resumable_state(tmp_path, reference):
-    """What a terminal's Ctrl-C does to a bare mpirun: Open MPI kills the ranks within 0.5 s."""
-    output = tmp_path / "ctrl-c"
-    proc = _launch(2, output, LANCZOS)
+def _ctrl_c(output: Path, wrapper: list[str]) -> tuple[subprocess.Popen, str, float]:
+    """Start a 2-rank run (under ``wrapper``), SIGINT its whole foreground process group after the
+    5th commit, as a terminal's Ctrl-C does; returns (process, output text, seconds to exit)."""
+    proc = _launch(2, output, LANCZOS, wrapper=wrapper or None)
     try:
         assert _wait_for(proc, lambda: _latest(output / "checkpoints") >= "step-00000005")
         os.killpg(proc.pid, signal.SIGINT)
@@ -143,6 +143,13 @@ def test_ctrl_c_to_the_mpirun_process_group_leaves_a_resumable_state(tmp_path, r
         elapsed = time.monotonic() - sent
     finally:
         _kill_everything(proc, output)
+    return proc, out, elapsed
+
+
+def test_ctrl_c_to_the_mpirun_process_group_leaves_a_resumable_state(tmp_path, reference):
+    """What a terminal's Ctrl-C does to a bare mpirun: Open MPI kills the ranks within 0.5 s."""
+    output = tmp_path / "ctrl-c"
+    proc, out, elapsed = _ctrl_c(output, [])
     print(f"Ctrl-C to bare mpirun: exit {proc.returncode} after {elapsed:.2f} s")  # pytest -s
     assert proc.returncode not in (0, 3) and elapsed < 5
     assert not _rank_pids(output)
@@ -151,15 +158,7 @@ def test_ctrl_c_to_the_mpirun_process_group_leaves_a_resumable_state(tmp_path, r
 
 def test_ctrl_c_under_interactive_sh_commits_exits_3_and_resumes(tmp_path, reference):
     output = tmp_path / "ctrl-c-wrapped"
-    proc = _launch(2, output, LANCZOS, wrapper=[str(REPO / "jobs" / "interactive.sh")])
-    try:
-        assert _wait_for(proc, lambda: _latest(output / "checkpoints") >= "step-00000005")
-        os.killpg(proc.pid, signal.SIGINT)  # the whole foreground process group, as a terminal does
-        sent = time.monotonic()
-        out, _ = proc.communicate(timeout=30)
-        elapsed = time.monotonic() - sent
-    finally:
-        _kill_everything(proc, output)
+    proc, out, elapsed = _ctrl_c(output, [str(REPO / "jobs" / "interactive.sh")])
     print(f"Ctrl-C under interactive.sh: exit {proc.returncode} after {elapsed:.2f} s")  # pytest -s
     assert proc.returncode == 3, out[-3000:]
     assert "stopped on SIGUSR1 after committing checkpoint" in out
