@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from hpcspec.losses import get_loss
-from hpcspec.operator import HessianOperator
+from hpcspec.problem.losses import get_loss
+from hpcspec.hessian.operator import HessianOperator
 
 from hvp_cost import SEED, build  # same models, data and batch sizes as the single-vector benchmark
 

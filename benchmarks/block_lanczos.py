@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from hpcspec.config import ModelConfig
-from hpcspec.data import load_shard
-from hpcspec.demo import digits_mlp_operator
-from hpcspec.models import build_model
-from hpcspec.operator import HessianOperator
+from hpcspec.problem.data import load_shard
+from hpcspec.commands.demo import digits_mlp_operator
+from hpcspec.problem.models import build_model
+from hpcspec.hessian.operator import HessianOperator
 from hpcspec.solvers.block_lanczos import BlockLanczos
 from hpcspec.solvers.lanczos import Lanczos
-from hpcspec.tasks import DEFAULT_TOL
+from hpcspec.analyses.tasks import DEFAULT_TOL
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "block_lanczos.json"
 

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from mpi4py import MPI
 
-from hpcspec.comm import MPICommunicator
+from hpcspec.parallel.comm import MPICommunicator
 
 
 def _cpu_seconds() -> float:

@@ -19,7 +19,7 @@ Why: a Lanczos run costs one H·v per iteration, so "H·v in gradients" is what 
 relative to an epoch of gradients, and the faster method is ``operator.DEFAULT_HVP_METHOD``.
 
 Models: the digits MLP (1797 x 64, 10 classes, hidden (32, 32), tanh, batch 256) and a CIFAR
-ResNet-20 (He et al. 2016, option-A shortcuts; the zoo's ``hpcspec.models.resnet``) on seeded
+ResNet-20 (He et al. 2016, option-A shortcuts; the zoo's ``hpcspec.problem.models.resnet``) on seeded
 synthetic 3x32x32 inputs with random labels.
 
 Run: ``PYTHONPATH=. python benchmarks/hvp_cost.py [--models mlp,resnet20] [--repeats 7]
@@ -39,11 +39,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from hpcspec.data import load_shard
-from hpcspec.losses import get_loss
-from hpcspec.models.mlp import MLP
-from hpcspec.models.resnet import ResNet
-from hpcspec.operator import HVP_METHODS, HessianOperator
+from hpcspec.problem.data import load_shard
+from hpcspec.problem.losses import get_loss
+from hpcspec.problem.models.mlp import MLP
+from hpcspec.problem.models.resnet import ResNet
+from hpcspec.hessian.operator import HVP_METHODS, HessianOperator
 
 MODELS = ("mlp", "resnet20")
 BASELINES = ("loss_and_gradient", "autograd.grad")

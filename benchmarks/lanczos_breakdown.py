@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hvp_cost import build  # noqa: E402  (the benchmark models)
 
 from hpcspec.checkpoint import Checkpointer, CheckpointStore, StopFlag  # noqa: E402
-from hpcspec.comm import world  # noqa: E402
-from hpcspec.losses import get_loss  # noqa: E402
-from hpcspec.operator import HessianOperator  # noqa: E402
+from hpcspec.parallel.comm import world  # noqa: E402
+from hpcspec.problem.losses import get_loss  # noqa: E402
+from hpcspec.hessian.operator import HessianOperator  # noqa: E402
 from hpcspec.solvers.lanczos import _Basis  # noqa: E402
 from hpcspec.solvers.lanczos import Lanczos  # noqa: E402
 

@@ -29,11 +29,11 @@ MIB = 2**20
 def worker(steps: int, sharded: bool, out: Path) -> None:
     import torch
 
-    from hpcspec.comm import world
-    from hpcspec.data import load_shard
-    from hpcspec.losses import get_loss
-    from hpcspec.models.mlp import MLP
-    from hpcspec.operator import HessianOperator
+    from hpcspec.parallel.comm import world
+    from hpcspec.problem.data import load_shard
+    from hpcspec.problem.losses import get_loss
+    from hpcspec.problem.models.mlp import MLP
+    from hpcspec.hessian.operator import HessianOperator
     from hpcspec.solvers.lanczos import Lanczos
 
     torch.set_num_threads(1)

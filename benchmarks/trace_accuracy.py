@@ -1,8 +1,8 @@
 """Accuracy and error-bar coverage of each trace estimator on the default job's trained digits MLP.
 
-What is measured: the Hessian of the default job's network (``hpcspec.demo.digits_mlp_operator``:
+What is measured: the Hessian of the default job's network (``hpcspec.commands.demo.digits_mlp_operator``:
 digits, MLP (32, 32) tanh, 3,466 parameters, 100 Adam steps) is built densely from the operator's
-own products (``hpcspec.dense.dense_hessian``), so ``tr H`` is exact. Then, for every method of
+own products (``hpcspec.hessian.dense.dense_hessian``), so ``tr H`` is exact. Then, for every method of
 ``hpcspec.solvers.trace.TRACE_METHODS`` and every seed, ``trace(op, method=…, matvecs=…, seed=…)``
 runs on ``MatrixOperator(H)`` (the same matrix; fast) or, with ``--operator hessian``, on the
 Hessian operator itself (the test suite checks the two give the same estimate to ~1e-12). Per
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpcspec.demo import digits_mlp_operator
-from hpcspec.dense import dense_hessian
-from hpcspec.operator import MatrixOperator
+from hpcspec.commands.demo import digits_mlp_operator
+from hpcspec.hessian.dense import dense_hessian
+from hpcspec.solvers.matrix import MatrixOperator
 from hpcspec.solvers.probes import DISTRIBUTIONS
 from hpcspec.solvers.trace import COVERAGE_MULTIPLE, DEFAULT_TRACE_METHOD, TRACE_METHODS, trace
 

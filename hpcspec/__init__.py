@@ -11,13 +11,23 @@ Library use, with or without MPI::
 
 __version__ = "0.1.0"
 
-from .comm import Communicator, SingleProcess, world  # noqa: E402
-from .data import Shard, load_shard, shard_range  # noqa: E402
 from .errors import ConfigError, InputError  # noqa: E402
-from .operator import HessianOperator, MatrixOperator  # noqa: E402
-from .params import ParamLayout  # noqa: E402
-from .solvers import (DensityResult, LanczosResult, PowerResult, TraceResult, block_lanczos,  # noqa: E402
-                      lanczos, power_iteration, slq, trace)
+from .hessian.operator import HessianOperator  # noqa: E402
+from .parallel.comm import Communicator, SingleProcess, world  # noqa: E402
+from .problem.data import Shard, load_shard, shard_range  # noqa: E402
+from .problem.params import ParamLayout  # noqa: E402
+from .solvers import (  # noqa: E402
+                      DensityResult,
+                      LanczosResult,
+                      PowerResult,
+                      TraceResult,
+                      block_lanczos,
+                      lanczos,
+                      power_iteration,
+                      slq,
+                      trace,
+)
+from .solvers.matrix import MatrixOperator  # noqa: E402
 
 __all__ = ["Communicator", "ConfigError", "DensityResult", "HessianOperator", "InputError", "LanczosResult",
            "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "lanczos",

@@ -14,10 +14,11 @@ import traceback
 from typing import Any, Sequence
 
 from .checkpoint import StopFlag, StopRequested
-from .comm import BACKENDS, AgreedInputError, Communicator, SingleProcess, agreed, world
 from .config import Config, load_config, parse_override
-from .dense import MAX_DENSE_PARAMS
 from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
+from .hessian.dense import MAX_DENSE_PARAMS
+from .parallel.agree import AgreedInputError, agreed
+from .parallel.comm import BACKENDS, Communicator, SingleProcess, world
 
 #: ``python -m hpcspec`` with no arguments: train the default MLP on digits briefly, then analyse it.
 DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out", "tasks": ["eigen", "trace", "density"]}
@@ -95,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_problem_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
     """The config file, overrides, model, data and loss: what every subcommand that builds a model takes."""
-    from .data import BUILTIN_DATA
-    from .models import BUILTIN_MODELS
+    from .problem.data import BUILTIN_DATA
+    from .problem.models import BUILTIN_MODELS
 
     parser.add_argument("--config", help="TOML job config (see README)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -192,8 +193,8 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 def _info(comm: Communicator) -> None:
-    from .device import select_device
-    from .provenance import versions
+    from .parallel.device import select_device
+    from .results.provenance import versions
 
     if comm.rank == 0:
         for name, version in versions(comm).items():
@@ -206,7 +207,7 @@ def _report(args: argparse.Namespace, comm: Communicator) -> None:
     """``report``: rank 0 regenerates each file's outputs (and the comparison table) offline."""
     from pathlib import Path
 
-    from .offline import comparison_table, regenerate
+    from .commands.report import comparison_table, regenerate
 
     if comm.rank != 0:
         return
@@ -227,7 +228,7 @@ def _report(args: argparse.Namespace, comm: Communicator) -> None:
 
 
 def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
-    from .job import run_job, validate_job
+    from .commands.run import run_job, validate_job
 
     parser = build_parser()
     args = agreed(comm, parser.parse_args, argv)
@@ -238,13 +239,13 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
         agreed(comm, _report, args, comm)
         return EXIT_OK
     if args.command == "train":
-        from .trainer import train_job
+        from .commands.train import train_job
 
         cfg = _watched(comm, agreed(comm, config_from_args, args, None, TRAIN_FLAG_KEYS))
         train_job(cfg, comm, resume=args.resume, flag=flag)
         return EXIT_OK
     if args.command == "track":
-        from .sweep import track_config, track_job
+        from .commands.track import track_config, track_job
 
         cfg, steps = agreed(comm, track_config, args)
         track_job(_watched(comm, cfg), steps, comm, flag)
@@ -266,7 +267,7 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
         cfg = agreed(comm, config_from_args, args)
     cfg = _watched(comm, cfg)
     if getattr(args, "per_block", False):
-        from .sweep import blocks_job
+        from .commands.track import blocks_job
 
         blocks_job(cfg, comm, flag, overwrite=bool(getattr(args, "overwrite", False)))
         return EXIT_OK
@@ -277,7 +278,7 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
 
 def _watched(comm: Communicator, cfg: Config) -> Config:
     """Give the communicator's collective watchdog the configured deadline (``[comm]``); returns ``cfg``."""
-    from .watchdog import configure
+    from .parallel.watchdog import configure
 
     configure(comm, cfg.comm.timeout_s, cfg.comm.timeout_factor)
     return cfg
@@ -287,7 +288,7 @@ def _stored_run_config(args: argparse.Namespace) -> Config:
     """``resume OUTPUT_DIR``: the config stored with the checkpoints, output pointed at OUTPUT_DIR."""
     from pathlib import Path
 
-    from .job import stored_config
+    from .commands.run import stored_config
 
     output = Path(args.output_dir)
     overrides: dict[str, Any] = {"output": str(output), "checkpoint.dir": ""}

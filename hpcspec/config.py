@@ -7,8 +7,6 @@ should cost seconds, not a queue wait).
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
 import difflib
 import math
@@ -234,7 +232,7 @@ class BlocksConfig:
 
 @dataclass(frozen=True)
 class CommConfig:
-    """The watchdog on every MPI collective (:mod:`hpcspec.watchdog`): a collective that has waited
+    """The watchdog on every MPI collective (:mod:`hpcspec.parallel.watchdog`): a collective that has waited
     longer than ``max(timeout_s, timeout_factor × the longest this rank computed between two
     collectives)`` seconds aborts the job (exit 4), naming the ranks that did not arrive."""
 

@@ -45,8 +45,8 @@ def digits_problem():
     Session-scoped: building the dense matrix costs 3,466 products (about half a minute)."""
     import numpy as np
 
-    from hpcspec.demo import digits_mlp_operator
-    from hpcspec.dense import dense_hessian
+    from hpcspec.commands.demo import digits_mlp_operator
+    from hpcspec.hessian.dense import dense_hessian
 
     torch.set_num_threads(1)
     op = digits_mlp_operator()

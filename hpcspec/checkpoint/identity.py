@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..comm import Communicator
 from ..config import Config, valid_keys
-from ..data import Shard
+from ..parallel.comm import Communicator
+from ..problem.data import Shard
 
 #: Config keys (or sections) a resumed run may change: where and how fast it runs, not what it computes.
 MAY_CHANGE = ("output", "force_output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",

@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..comm import Communicator
+from ..parallel.comm import Communicator
+from ..parallel.watchdog import check_launcher
 from ..solvers.base import State
-from ..watchdog import check_launcher
 from .signals import StopFlag
 from .store import CheckpointStore, Commit
 

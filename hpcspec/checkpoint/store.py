@@ -20,7 +20,7 @@ never touched before the new one is committed, so a kill at any moment leaves at
 Loading verifies before it trusts: the manifest's own checksum, then every file's size and
 SHA-256 (each rank checks a share of the files).
 
-Only what hpcspec made is ever deleted here (:mod:`hpcspec.outputs`): step folders holding the
+Only what hpcspec made is ever deleted here (:mod:`hpcspec.files.outputs`): step folders holding the
 ``.hpcspec-owned`` marker, ``.hpcspec-tmp-*`` temporaries and the exact names of older versions'
 temporaries (``LATEST.tmp``); a user's ``notes.tmp/`` in the same folder stays. A damaged checkpoint is renamed ``*.damaged``
 and the next older one is tried. Vectors are re-assembled from the slices by offset, so a
@@ -44,11 +44,20 @@ import h5py
 import numpy as np
 import torch
 
-from ..comm import AgreedInputError, Communicator
-from ..outputs import (WriteFailed, cause, fsync_dir, fsync_file, mark_owned, owned_step, remove_temporaries,
-                       write_text_atomic)
+from ..files.outputs import (
+    WriteFailed,
+    cause,
+    fsync_dir,
+    fsync_file,
+    mark_owned,
+    owned_step,
+    remove_temporaries,
+    write_text_atomic,
+)
+from ..parallel.agree import AgreedInputError
+from ..parallel.comm import Communicator
+from ..parallel.vectors import LocalSlice, slice_bounds
 from ..solvers.base import SCALARS, State, check_state
-from ..vectors import LocalSlice, slice_bounds
 
 FORMAT = 1
 MANIFEST = "manifest.json"

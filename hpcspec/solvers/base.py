@@ -12,8 +12,8 @@ generically without knowing any solver:
 
 - ``torch.Tensor``: a stack of long vectors, shape ``(..., P)`` with P the operator size, float64
   (Krylov bases, iterates). The store splits the last axis across ranks, so these are what scale.
-  A solver whose vectors are sharded (:mod:`hpcspec.vectors`) gives a
-  :class:`~hpcspec.vectors.LocalSlice` instead: this rank's part, which the store writes as it is.
+  A solver whose vectors are sharded (:mod:`hpcspec.parallel.vectors`) gives a
+  :class:`~hpcspec.parallel.vectors.LocalSlice` instead: this rank's part, which the store writes as it is.
 - ``numpy.ndarray``: small arrays, the same on every rank (α, β, samples, counters).
 - ``int``, ``float``, ``bool``, ``str`` or ``None``: scalars.
 
@@ -24,18 +24,29 @@ many probes a stream has used, never a generator's internal state.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Generic, TypeVar
+from typing import Any, Callable, Dict, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
-from ..vectors import LocalSlice
+from ..parallel.comm import Communicator
+from ..parallel.vectors import LocalSlice
 
 R = TypeVar("R")
 State = Dict[str, Any]
 #: Called after every step with the solver; may save ``solver.state_dict()`` or raise to stop.
 Boundary = Callable[["IterativeSolver"], None]
 SCALARS = (bool, int, float, str, type(None))
+
+
+class LinearOperator(Protocol):
+    """What the solvers need: a symmetric operator on float64 vectors of length ``size``."""
+
+    size: int
+    comm: Communicator
+
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``H @ vectors`` for a (size,) vector or a (size, k) block."""
 
 
 class IterativeSolver(ABC, Generic[R]):

@@ -35,7 +35,7 @@ vanishes (an invariant subspace) is replaced by a fresh probe. Probes depend onl
 index)``, never on the rank count.
 
 SPMD: every rank runs the loop; rank 0's projected matrix and Ritz decomposition are broadcast,
-so all ranks take the same decisions. Vectors live in the operator's space (:mod:`hpcspec.vectors`):
+so all ranks take the same decisions. Vectors live in the operator's space (:mod:`hpcspec.parallel.vectors`):
 replicated, or sharded so that each rank holds only its slice of every basis vector.
 """
 
@@ -48,9 +48,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..operator import LinearOperator
-from ..vectors import space_of
-from .base import IterativeSolver, State
+from ..parallel.vectors import space_of
+from .base import IterativeSolver, LinearOperator, State
 from .lanczos import LanczosResult, check_request, select
 from .probes import probe
 

@@ -15,7 +15,7 @@ over probes), as :mod:`hpcspec.solvers.lanczos` does. A probe whose β falls to 
 scale of its T has found an invariant subspace: its quadrature is already exact for every f (the
 measure μ_q has only that many atoms), so it stops while the others go on. Rank 0 makes that
 decision and broadcasts it, so stopping agrees on every rank. The bases live in the operator's
-vector space (:mod:`hpcspec.vectors`): sharded, each rank keeps probes × m × P/R numbers.
+vector space (:mod:`hpcspec.parallel.vectors`): sharded, each rank keeps probes × m × P/R numbers.
 
 A discrete measure is smoothed for display and comparison by Gaussian broadening,
 ``φ(t) = Σ_k w_k N(t; θ_k, σ²)``. The default σ is 1% of the spectral range (the range of the
@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from ..operator import LinearOperator
-from ..vectors import space_of
-from .base import IterativeSolver, State
+from ..parallel.vectors import space_of
+from .base import IterativeSolver, LinearOperator, State
 from .probes import DISTRIBUTIONS, probe_block
 
 STREAM = "density"

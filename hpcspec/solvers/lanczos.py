@@ -8,7 +8,7 @@ norm ``‖H y_i − θ_i y_i‖`` in exact arithmetic — never by how much an e
 
 SPMD: every rank runs this loop; rank 0 decides convergence and breakdown and broadcasts the
 decision, so all ranks stop together. Vectors live in the operator's space
-(:mod:`hpcspec.vectors`): replicated, or sharded so that each rank keeps only its slice of the
+(:mod:`hpcspec.parallel.vectors`): replicated, or sharded so that each rank keeps only its slice of the
 basis (memory m·P/R) and the inner products cost one allreduce of m scalars. :class:`Lanczos` runs it one
 product at a time and can be checkpointed between products (:mod:`hpcspec.solvers.base`).
 """
@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from ..operator import LinearOperator
-from ..vectors import VectorSpace, space_of
-from .base import IterativeSolver, State
+from ..parallel.vectors import VectorSpace, space_of
+from .base import IterativeSolver, LinearOperator, State
 from .probes import probe
 
 WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")

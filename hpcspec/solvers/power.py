@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..operator import LinearOperator
-from .base import IterativeSolver, State
+from .base import IterativeSolver, LinearOperator, State
 from .orthogonal import project_out_
 from .probes import probe
 

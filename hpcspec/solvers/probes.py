@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import torch
 
-from ..operator import LinearOperator
+from .base import LinearOperator
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 

@@ -1,0 +1,445 @@
+"""The Hessian of the mean data-set loss as a linear operator on flat float64 vectors.
+
+``H = ∇²_θ (1/C) Σ_i ℓ(f(x_i; θ), y_i)`` where the sum runs over every sample of every rank and C
+is the loss's global count (samples, or elements for MSE). Each rank sums exact Hessian-vector
+products (Pearlmutter 1994) over its shard batch by batch, the partial sums (float64) are reduced
+across ranks in one message per application, and the result is divided once by C.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import InputError
+from ..parallel.comm import Communicator, SingleProcess
+from ..parallel.vectors import VectorSpace, make_space
+from ..problem.data import Shard
+from ..problem.losses import Loss, check_targets, get_loss
+from ..problem.params import ParamLayout
+
+HVP_METHODS = ("double_backward", "forward_over_reverse")
+#: ``fast``: one float64 allreduce (bits depend on the rank count through the summation order);
+#: ``ordered``: an exact fixed-point sum whose bits do not (see ``HessianOperator._exact_sum``).
+REDUCTIONS = ("fast", "ordered")
+#: Used by ``method="auto"`` when there is nothing to time (rank 0 holds no samples).
+#: benchmarks/hvp_cost.py found it faster on the digits MLP (float32 and float64) and on ResNet-20
+#: in float32, but forward-over-reverse faster on ResNet-20 in float64 — hence the timing in "auto".
+DEFAULT_HVP_METHOD = "double_backward"
+#: ``eval``: BatchNorm normalises with its running (population) statistics; ``train``: with each
+#: batch's own statistics.
+BN_MODES = ("eval", "train")
+
+
+
+def check_bn_mode(bn_mode: str) -> None:
+    """Raise :class:`InputError` unless ``bn_mode`` is one of :data:`BN_MODES`."""
+    if bn_mode not in BN_MODES:
+        raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
+
+
+class _SavedBytes:
+    """Within ``with``: the bytes of the tensors autograd saves for backward, each counted once
+    (with the gradients themselves, :meth:`add_gradients`: what keeping a graph costs)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[tuple[int, int, torch.dtype]] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        tag = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        if tag not in self._seen:
+            self._seen.add(tag)
+            self.total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def add_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
+        self.total += sum(g.numel() * g.element_size() for g in grads if g is not None)
+
+    def __enter__(self) -> "_SavedBytes":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+class HessianOperator:
+    """Exact Hessian-vector products of the mean loss over a data set sharded across ranks.
+
+    Args:
+        model: the network. Put in eval mode (dropout off, BatchNorm running statistics), so
+            H·v is a deterministic function of v. Its parameters' dtype is the compute dtype.
+            (:func:`hpcspec.hessian.preflight.check_model_modes` tells if a module stayed in training mode.)
+        loss: a :class:`~hpcspec.problem.losses.Loss` or its name (``cross_entropy``, ``mse``).
+        data: this rank's :class:`~hpcspec.problem.data.Shard`, or an ``(x, y)`` pair of this rank's samples.
+        comm: the ranks holding the other shards; a single process when omitted.
+        batch_size: samples per forward pass (memory, not mathematics: H does not depend on it).
+        method: ``double_backward`` (reverse-over-reverse) or ``forward_over_reverse``
+            (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` times both on rank 0's first
+            samples and uses the faster (set one explicitly for bitwise-reproducible reruns).
+        bn_mode: ``eval`` (default): BatchNorm layers use their running statistics, and H is that
+            of a fixed function of each sample. ``train``: the model is put in eval mode, then its
+            BatchNorm layers back in training mode, so each forward normalises with the statistics
+            of its own batch, as during training. H is then the Hessian of the sum of per-batch
+            losses and depends on ``batch_size`` and on how the data is sharded across ranks
+            (every batch, including a short last one, couples its samples). Ghorbani et al. (2019)
+            found that the outlier eigenvalues BatchNorm suppresses reappear when it normalises
+            with population statistics, so the two modes can give different top eigenvalues.
+            The operator's forwards never change the running statistics (nor
+            ``num_batches_tracked``): ``track_running_stats`` is switched off while they run.
+        graph_budget_mb: memory (MiB, per rank) the first-order graphs of the whole shard may take
+            to be kept between products (``double_backward`` only). The data, the weights and so
+            the forward pass and the gradient's graph are the same for every product of a run;
+            kept, each product costs only the second backward. Measured on the first product
+            (the tensors autograd saves); over budget, every product recomputes its forward and
+            gradient batch by batch. 0 turns the cache off. The cache is rebuilt when a
+            parameter or buffer changes (e.g. after training). Same bits either way.
+        shard_vectors: solvers keep only this rank's slice of every long vector (``space``, see
+            :mod:`hpcspec.parallel.vectors`) and products are reduce-scattered (:meth:`apply_sharded`);
+            off, or on one rank, vectors are replicated and products allreduced (:meth:`apply`).
+        reduction: ``fast`` (one float64 allreduce of the rank sums) or ``ordered``: every batch's
+            product is reduced exactly on a fixed-point grid, so H·v has the same bits for any
+            rank count and any order, provided each batch is the same on every rank count (shard
+            with ``granule = batch_size``, :func:`hpcspec.problem.data.shard_range`) and ranks use the
+            same thread count. Costs one int64 reduction instead of a float64 one, a gather of k
+            scalars, and one (k, P) term per local batch in memory.
+
+    The constructor is collective (one reduction, and a broadcast for ``auto``): every rank builds
+    its operator at the same point. Parameters that do not require gradients are excluded from the
+    flat vector (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
+    """
+
+    def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
+                 comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
+                 bn_mode: str = "eval", graph_budget_mb: float = 0.0, shard_vectors: bool = False,
+                 reduction: str = "fast") -> None:
+        self.comm = comm or SingleProcess()
+        if reduction not in REDUCTIONS:
+            raise InputError(f"unknown reduction {reduction!r}: use {' or '.join(REDUCTIONS)}")
+        self.reduction = reduction
+        check_bn_mode(bn_mode)
+        self.bn_mode = bn_mode
+        self.model = model.eval()
+        #: BatchNorm layers normalising with batch statistics (bn_mode "train"); their running
+        #: statistics are frozen during the operator's forwards by :meth:`_frozen_running_stats`.
+        self._batch_stat_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)] if bn_mode == "train" else []
+        for module in self._batch_stat_norms:
+            module.train()
+        self.loss = get_loss(loss) if isinstance(loss, str) else loss
+        if method != "auto" and method not in HVP_METHODS:
+            raise InputError(f"unknown HVP method {method!r}: use auto or one of {', '.join(HVP_METHODS)}")
+        if batch_size <= 0:
+            raise InputError(f"batch_size must be > 0, got {batch_size}")
+        self.batch_size = batch_size
+        self.layout = ParamLayout.of(model)
+        if self.layout.size == 0:
+            raise InputError("the model has no parameters that require gradients")
+        self.size = self.layout.size
+        self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)
+        named = dict(model.named_parameters())
+        self._params = [named[name] for name in self.layout.names]
+        self.device = self._params[0].device
+        self.compute_dtype = self._params[0].dtype
+        inputs, targets = (data.inputs, data.targets) if isinstance(data, Shard) else data
+        if inputs.dtype.is_floating_point:
+            inputs = inputs.to(self.compute_dtype)
+        self._inputs = inputs.to(self.device)
+        self._targets = targets.to(self.device)
+        count = torch.tensor([float(self.loss.count(self._targets))], dtype=torch.float64)
+        self.total_count = float(self.comm.allreduce_sum_(count).item())
+        self.num_matvecs = 0
+        if not graph_budget_mb >= 0:
+            raise InputError(f"graph_budget_mb must be >= 0, got {graph_budget_mb}")
+        self.graph_budget_bytes = int(graph_budget_mb * 2**20)
+        #: Bytes the shard's first-order graphs were measured to take (None: not measured yet).
+        self.graph_bytes: int | None = None
+        self._graphs: list[tuple[tuple[torch.Tensor | None, ...], list[int]]] | None = None
+        self._graph_key: tuple | None = None
+        self.method = self._fastest_method() if method == "auto" else method
+
+    def _fastest_method(self) -> str:
+        """Time one product of each method on rank 0's first samples; every rank uses rank 0's pick.
+
+        Which is faster depends on the model and the dtype (README "Performance"), so it is
+        measured rather than assumed; a method that fails on this model counts as infinitely slow.
+        When the shard's first-order graphs would fit ``graph_budget_mb`` (estimated from the
+        trial batch), double backward is timed as it will run: the second backward alone.
+        """
+        choice = DEFAULT_HVP_METHOD
+        if self.comm.rank == 0 and len(self._inputs):
+            trial = min(self.batch_size, 32)  # enough to rank the methods, cheap next to a run
+            inputs, targets = self._inputs[:trial], self._targets[:trial]
+            gen = torch.Generator().manual_seed(0)
+            tangent = [self.layout.split(torch.randn(self.size, generator=gen, dtype=torch.float64)
+                                         .to(self.device, self.compute_dtype))]
+            seconds = {}
+            for name in HVP_METHODS:
+                hvp = self._hvp_double_backward if name == "double_backward" else self._hvp_forward_over_reverse
+                try:
+                    if name == "double_backward" and self.graph_budget_bytes > 0:
+                        hvp = self._kept_graph_trial(inputs, targets) or hvp
+                    hvp(inputs, targets, tangent)  # warm-up
+                    started = time.perf_counter()
+                    hvp(inputs, targets, tangent)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    seconds[name] = time.perf_counter() - started
+                except Exception:  # e.g. an operation without forward-mode support
+                    seconds[name] = float("inf")
+            choice = min(HVP_METHODS, key=lambda name: seconds[name])
+        return self.comm.bcast_object(choice)
+
+    @contextmanager
+    def recomputing(self) -> Iterator[None]:
+        """Products inside recompute every forward and gradient (no kept graphs): what a check of
+        the data pipeline's determinism needs, since a kept graph freezes one random draw."""
+        budget, self.graph_budget_bytes = self.graph_budget_bytes, 0
+        try:
+            yield
+        finally:
+            self.graph_budget_bytes = budget
+
+    def _kept_graph_trial(self, inputs: torch.Tensor, targets: torch.Tensor) -> Callable | None:
+        """A product on the trial batch as it runs with kept graphs (the second backward alone),
+        or None if the shard's graphs, extrapolated from this batch, would not fit the budget."""
+        saved = _SavedBytes()
+        with saved:
+            grads, live = self._first_order(inputs, targets)
+        saved.add_gradients(grads)
+        if saved.total * len(self._inputs) / len(inputs) > self.graph_budget_bytes:
+            return None
+        return lambda _inputs, _targets, tangents: self._second_order(grads, live, tangents, keep=True)
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The model parameters the flat vector covers, in layout order."""
+        return list(self._params)
+
+    @contextmanager
+    def _frozen_running_stats(self) -> Iterator[None]:
+        """Forwards inside use batch statistics without updating any BatchNorm buffer.
+
+        A BatchNorm layer in training mode with ``track_running_stats`` off normalises with the
+        batch's statistics and leaves ``running_mean``, ``running_var`` and
+        ``num_batches_tracked`` alone (the functorch-compatible form). No-op for bn_mode "eval".
+        """
+        saved = [module.track_running_stats for module in self._batch_stat_norms]
+        for module in self._batch_stat_norms:
+            module.track_running_stats = False
+        try:
+            yield
+        finally:
+            for module, tracked in zip(self._batch_stat_norms, saved):
+                module.track_running_stats = tracked
+
+    def check_data(self) -> None:
+        """Raise :class:`InputError` if the model cannot take this rank's inputs or the loss its targets.
+
+        Local (no collective): call it where failures are agreed on.
+        """
+        if not len(self._inputs):
+            return
+        if self._batch_stat_norms and any(len(inputs) == 1 for inputs, _ in self._batches()):
+            raise InputError(f"bn_mode = 'train' needs at least 2 samples in every batch, but this rank's "
+                             f"{len(self._inputs)} samples in batches of {self.batch_size} leave a batch of 1: "
+                             "change data.batch_size")
+        try:
+            with torch.no_grad(), self._frozen_running_stats():
+                # batch statistics need two samples (BatchNorm1d refuses one in training mode)
+                outputs = self.model(self._inputs[:2 if self._batch_stat_norms else 1])
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise InputError(f"the model cannot process a data sample of shape {tuple(self._inputs.shape[1:])} "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if not isinstance(outputs, torch.Tensor):
+            raise InputError(f"the model must return a tensor, got {type(outputs).__name__}")
+        width = outputs.shape[-1] if outputs is not None and outputs.ndim > 1 else 1
+        check_targets(self.loss, self._targets, width, tuple(outputs.shape))
+
+    def _batches(self) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self._inputs)
+        return [(self._inputs[i:i + self.batch_size], self._targets[i:i + self.batch_size])
+                for i in range(0, n, self.batch_size)]
+
+    def _weights_key(self) -> tuple:
+        """Changes whenever a parameter or buffer is modified or replaced (invalidates the graphs)."""
+        return tuple((t.data_ptr(), t._version) for t in (*self._params, *self.model.buffers()))
+
+    def _cached_graphs(self) -> list[tuple[tuple[torch.Tensor | None, ...], list[int]]] | None:
+        """The first-order graph of every batch, built (and measured) on first use; None when the
+        cache is off, the method is not double backward, or the graphs exceed the budget."""
+        if self.method != "double_backward" or self.graph_budget_bytes <= 0:
+            return None
+        key = self._weights_key()
+        if self._graph_key == key:
+            return self._graphs
+        self._graphs, self._graph_key = None, key
+        graphs = []
+        saved = _SavedBytes()
+        with saved:
+            for inputs, targets in self._batches():
+                grads, live = self._first_order(inputs, targets)
+                saved.add_gradients(grads)
+                graphs.append((grads, live))
+                if saved.total > self.graph_budget_bytes:
+                    self.graph_bytes = None
+                    return None
+        self.graph_bytes = saved.total
+        self._graphs = graphs
+        return graphs
+
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
+        if self.reduction == "ordered":
+            total = self._exact_sum(self._local_products(vectors, per_batch=True), None)
+        else:
+            total = self.comm.allreduce_sum_(self._local_products(vectors)[0])
+        total /= self.total_count
+        return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
+
+    def apply_sharded(self, vectors: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Rows ``bounds[rank]`` of ``H @ vectors`` (whole (P,) or (P, k) in, this rank's rows out):
+        the partial products are reduce-scattered, so no rank receives the whole product."""
+        if self.reduction == "ordered":
+            total = self._exact_sum(self._local_products(vectors, per_batch=True), bounds)
+        else:
+            total = self.comm.reduce_scatter_rows(self._local_products(vectors)[0].T.contiguous(), bounds)
+        total /= self.total_count
+        return total.reshape(-1) if vectors.ndim == 1 else total
+
+    def _local_products(self, vectors: torch.Tensor, per_batch: bool = False) -> list[torch.Tensor]:
+        """This rank's shard's share of ``H @ vectors`` times the count, as (k, P) float64 on the
+        CPU: one sum (``[total]``), or one term per batch in batch order (``per_batch``)."""
+        block = vectors.reshape(self.size, -1)
+        k = block.shape[1]
+        tangents = [self.layout.split(block[:, j].to(self.device, self.compute_dtype)) for j in range(k)]
+        totals = [torch.zeros(k, self.size, dtype=torch.float64, device=self.device)]
+        graphs = self._cached_graphs()
+        if graphs is not None:
+            products = (self._second_order(grads, live, tangents, keep=True) for grads, live in graphs)
+        else:
+            hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
+            products = (hvp(inputs, targets, tangents) for inputs, targets in self._batches())
+        for count, batch_products in enumerate(products):
+            if per_batch and count:
+                totals.append(torch.zeros(k, self.size, dtype=torch.float64, device=self.device))
+            for j, product in enumerate(batch_products):
+                self._accumulate(totals[-1][j], product)
+        self.num_matvecs += k
+        return [total.cpu() if total.device.type != "cpu" else total for total in totals]
+
+    def _exact_sum(self, parts: list[torch.Tensor], bounds: Sequence[tuple[int, int]] | None) -> torch.Tensor:
+        """The sum over every batch of every rank, with bits that depend on neither the order of
+        the terms nor the rank count (``reduction = "ordered"``).
+
+        Each column's terms are put on one fixed-point grid (2^-s, from the column's largest
+        magnitude over all ranks and the number of batches, so that no int64 sum can overflow)
+        and summed as integers, which is exact and so associative; one allreduce (or
+        reduce-scatter: ``bounds`` given, rows of (P, k) returned) of int64 carries them. The
+        grid keeps 62 − ⌈log2(batches + 1)⌉ bits below each column's largest term: a rounding of
+        about 2^-57 of it per term on data sets of a few dozen batches. Without ``bounds``,
+        returns (k, P).
+        """
+        k = parts[0].shape[0]
+        largest = torch.stack([part.abs().amax(dim=1) for part in parts]).amax(dim=0).numpy() if parts else np.zeros(k)
+        gathered = self.comm.allgather_object((largest, len(parts) if len(self._inputs) else 0))
+        largest = np.max(np.stack([found for found, _ in gathered]), axis=0)
+        headroom = max(1, math.ceil(math.log2(sum(batches for _, batches in gathered) + 1)))
+        # |term · 2^s| < 2^(62−h); capped so that 2^s stays a finite float64
+        shift = torch.from_numpy(np.minimum(62 - headroom - np.frexp(largest)[1], 1000).astype(np.int64))
+        fixed = torch.zeros(k, self.size, dtype=torch.int64)
+        for part in parts:
+            fixed += torch.round(torch.ldexp(part, shift[:, None].to(torch.float64))).to(torch.int64)
+        if bounds is None:
+            return torch.ldexp(self.comm.allreduce_sum_(fixed).to(torch.float64), -shift[:, None].to(torch.float64))
+        rows = self.comm.reduce_scatter_rows(fixed.T.contiguous(), bounds)
+        return torch.ldexp(rows.to(torch.float64), -shift[None, :].to(torch.float64))
+
+    def _accumulate(self, flat: torch.Tensor, parts: Sequence[torch.Tensor | None]) -> None:
+        """``flat += parts`` slice by slice (float64), skipping parameters with no contribution."""
+        for begin, end, part in zip(self.layout.offsets[:-1], self.layout.offsets[1:], parts):
+            if part is not None:
+                flat[begin:end] += part.reshape(-1)
+
+    def _first_order(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], list[int]]:
+        """The batch's gradient with its graph, and which of its parts depend on the parameters."""
+        with self._frozen_running_stats():
+            batch_loss = self.loss.sum(self.model(inputs), targets)
+        grads = torch.autograd.grad(batch_loss, self._params, create_graph=True, allow_unused=True)
+        return grads, [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def _second_order(self, grads: tuple[torch.Tensor | None, ...], live: list[int], tangents: list[list[torch.Tensor]],
+                      keep: bool) -> list[list[torch.Tensor | None]]:
+        """One backward of ``gradient · v`` per tangent v (``keep``: the graph survives the last)."""
+        products: list[list[torch.Tensor | None]] = []
+        for j, tangent in enumerate(tangents):
+            result: list[torch.Tensor | None] = [None] * len(self._params)
+            if live:
+                hv = torch.autograd.grad([grads[i] for i in live], self._params,
+                                         grad_outputs=[tangent[i] for i in live],
+                                         retain_graph=keep or j < len(tangents) - 1, allow_unused=True)
+                result = list(hv)
+            products.append(result)
+        return products
+
+    def _hvp_double_backward(self, inputs: torch.Tensor, targets: torch.Tensor,
+                             tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
+        """One forward and first backward per batch, then one second backward per vector."""
+        grads, live = self._first_order(inputs, targets)
+        return self._second_order(grads, live, tangents, keep=False)
+
+    def _hvp_forward_over_reverse(self, inputs: torch.Tensor, targets: torch.Tensor,
+                                  tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
+        """``jvp(grad(loss))``: a forward-mode derivative of the reverse-mode gradient."""
+        from torch.func import functional_call, grad, jvp
+
+        names = self.layout.names
+        primals = tuple(p.detach() for p in self._params)
+
+        def batch_loss(*values: torch.Tensor) -> torch.Tensor:
+            with self._frozen_running_stats():
+                outputs = functional_call(self.model, dict(zip(names, values)), (inputs,))
+            return self.loss.sum(outputs, targets)
+
+        gradient = grad(batch_loss, argnums=tuple(range(len(primals))))
+        return [list(jvp(gradient, primals, tuple(tangent))[1]) for tangent in tangents]
+
+    def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
+        """The mean loss over the whole data set and its flat float64 gradient (one reduction)."""
+        local = torch.zeros(self.size + 1, dtype=torch.float64, device=self.device)
+        for inputs, targets in self._batches():
+            with self._frozen_running_stats():
+                batch_loss = self.loss.sum(self.model(inputs), targets)
+            grads = torch.autograd.grad(batch_loss, self._params, allow_unused=True)
+            self._accumulate(local[:-1], grads)
+            local[-1] += batch_loss.detach().to(torch.float64)
+        local = self.comm.allreduce_sum_(local.cpu() if local.device.type != "cpu" else local)
+        local /= self.total_count
+        return float(local[-1]), local[:-1]
+
+    def local_loss_sum(self) -> torch.Tensor:
+        """This rank's summed (not averaged) loss at the current parameters: a float64 scalar on
+        the CPU, with no gradient and no reduction (local).
+
+        For callers that batch many evaluations into one reduction (:mod:`hpcspec.analyses.landscape`):
+        reduce the sums, divide by :attr:`total_count`. The batches, the BatchNorm handling and
+        the float64 accumulation are those of :meth:`loss_and_gradient`, so at the same
+        parameters the reduced mean is its loss.
+        """
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with torch.no_grad(), self._frozen_running_stats():
+            for inputs, targets in self._batches():
+                total += self.loss.sum(self.model(inputs), targets).to(torch.float64)
+        return total.cpu()
+
+    def mean_loss(self) -> float:
+        """The mean loss over the whole data set at the current parameters (one reduction; no gradient)."""
+        return float(self.comm.allreduce_sum_(self.local_loss_sum().reshape(1))[0]) / self.total_count

@@ -1,0 +1,1 @@
+"""Layer 2, the problem: data sets and their shards, models, losses, parameter layouts, user callables."""

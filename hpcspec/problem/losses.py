@@ -1,0 +1,106 @@
+"""Losses as *sums* over a batch plus the count their mean divides by.
+
+The Hessian hpcspec computes is that of ``criterion(model(X), Y)`` with ``reduction="mean"`` over
+the whole data set at once. Summing per batch and dividing once by the global count makes that
+exact whatever the batch size, the uneven last batch, or the number of ranks (DESIGN §7: averaging
+per-batch means with equal weights is a bug several tools shipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Loss:
+    """``sum(outputs, targets)`` is the summed loss; ``count(targets)`` what its mean divides by."""
+
+    name: str
+    sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    count: Callable[[torch.Tensor], int]
+
+
+def _cross_entropy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # (B, C) with (B,), or a sequence model's (B, T, C) with (B, T): every target token counts once
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction="sum")
+
+
+def _mse_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(outputs, targets.reshape(outputs.shape).to(outputs.dtype), reduction="sum")
+
+
+LOSSES = {
+    # mean over samples, or over target tokens for sequences
+    "cross_entropy": Loss("cross_entropy", _cross_entropy_sum, lambda targets: targets.numel()),
+    # mean over every element, as torch's MSELoss(reduction="mean") does
+    "mse": Loss("mse", _mse_sum, lambda targets: targets.numel()),
+}
+
+
+def get_loss(name: str) -> Loss:
+    """The loss called ``name``; :class:`InputError` listing the known ones otherwise."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise InputError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}") from None
+
+
+def check_targets(loss: Loss, targets: torch.Tensor, num_outputs: int,
+                  output_shape: tuple[int, ...] | None = None) -> None:
+    """Refuse targets the loss cannot use, with the shapes in the message.
+
+    ``output_shape`` (the model's output for a batch, when known): cross-entropy pairs outputs
+    ``(B, C)`` with labels ``(B,)`` and a sequence model's ``(B, T, C)`` with tokens ``(B, T)``.
+    """
+    if loss.name == "cross_entropy":
+        if targets.dtype.is_floating_point or targets.ndim not in (1, 2):
+            raise InputError(f"loss 'cross_entropy' needs integer class labels of shape (samples,) or tokens "
+                             f"(samples, length), got {str(targets.dtype).replace('torch.', '')} targets of shape "
+                             f"{tuple(targets.shape)}")
+        if output_shape is not None and tuple(output_shape[1:-1]) != tuple(targets.shape[1:]):
+            raise InputError(f"loss 'cross_entropy': the model's outputs per sample {tuple(output_shape[1:])} do "
+                             f"not match targets per sample {tuple(targets.shape[1:])} (labels need outputs "
+                             "(classes,); tokens (length,) need outputs (length, vocabulary))")
+        if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= num_outputs):
+            raise InputError(f"class labels must lie in [0, {num_outputs}) for a model with {num_outputs} "
+                             f"outputs; found labels in [{int(targets.min())}, {int(targets.max())}]")
+    elif loss.name == "mse":
+        per_sample = targets[0].numel() if len(targets) else num_outputs
+        if per_sample != num_outputs:
+            raise InputError(f"loss 'mse' needs {num_outputs} target values per sample to match the model's "
+                             f"outputs, got targets of shape {tuple(targets.shape)}")
+
+
+#: The most classes (or tokens) cross-entropy labels may name: a zoo model gets one output per
+#: class, so a stray label of 1e12 would otherwise size a 1e12-wide layer (terabytes).
+MAX_CLASSES = 2**24
+
+
+def check_labels(loss: Loss, targets: torch.Tensor, name: str, inputs: torch.Tensor | None = None) -> None:
+    """Cross-entropy labels, checked as loaded (before any model is sized from them): integers in
+    ``[0, MAX_CLASSES)``; so are the integer token inputs of sequence data (a zoo transformer's
+    vocabulary is sized from them too). Other losses take any finite targets."""
+    if loss.name != "cross_entropy":
+        return
+    if inputs is not None and targets.ndim == 2 and not inputs.dtype.is_floating_point and len(inputs):
+        low, high = int(inputs.min()), int(inputs.max())
+        if low < 0 or high >= MAX_CLASSES:
+            raise InputError(f"data {name!r}: token inputs must lie in [0, V) with V the vocabulary (at most "
+                             f"{MAX_CLASSES:,}); found tokens in [{low:,}, {high:,}]: renumber the tokens 0..V-1")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise InputError(f"loss 'cross_entropy' needs integer class labels, but data {name!r} has "
+                         f"{str(targets.dtype).replace('torch.', '')} targets: store the labels as integers "
+                         "0..C-1, or use --loss mse for real-valued targets")
+    if not len(targets):
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= MAX_CLASSES:
+        raise InputError(f"data {name!r}: cross-entropy class labels must lie in [0, C) with C the number of classes "
+                         f"(at most {MAX_CLASSES:,}); found labels in [{low:,}, {high:,}]: renumber the classes "
+                         "0..C-1")

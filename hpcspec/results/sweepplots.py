@@ -1,0 +1,171 @@
+"""Figures of sweeps, drawn from ``track.h5`` / ``blocks.h5`` alone (needs matplotlib).
+
+``track``: the top eigenvalues and the trace (±2 standard errors) against the training step, the
+spectral density over training as a heat map (step × eigenvalue, logarithmic colour scale, as
+Ghorbani, Krishnan & Xiao 2019 follow the outliers leaving the bulk), and the share of the
+gradient in the top eigenspace. ``--per-block``: top eigenvalue and trace per block as bars on a
+logarithmic axis. Every function takes the HDF5 path and writes beside it, so ``report`` can
+redraw them offline; :func:`sweep_plots` picks by the file's ``kind`` attribute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+from ..files.outputs import atomic_path
+from .plots import FLOOR_FRACTION, _pyplot
+
+
+def _save(figure, path: Path) -> None:
+    """Write through :func:`hpcspec.files.outputs.atomic_path` (never a partial file; a failure is one line)."""
+    plt = _pyplot()
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=path.suffix.lstrip(".") or "png", dpi=150)
+    finally:
+        plt.close(figure)
+
+
+def _title(f: h5py.File, what: str) -> str:
+    data = str(f.attrs.get("data", "?"))
+    return f"{f.attrs.get('model', '?')} on {Path(data).name if '/' in data else data}: {what}"
+
+
+def _scale(axes, values: np.ndarray, axis: str = "y") -> None:
+    """Logarithmic when every value is positive, symmetric-logarithmic otherwise."""
+    finite = values[np.isfinite(values)]
+    setter = axes.set_yscale if axis == "y" else axes.set_xscale
+    if finite.size and np.all(finite > 0):
+        setter("log")
+    elif finite.size:
+        magnitudes = np.abs(finite[finite != 0])
+        smallest = float(magnitudes.min()) if magnitudes.size else 1.0
+        setter("symlog", linthresh=max(smallest, float(np.max(np.abs(finite))) * 1e-6))
+
+
+def track_plots(path: Path | str) -> list[Path]:
+    """Every ``track_*.png`` that ``track.h5`` at ``path`` has the numbers for; returns their paths."""
+    path = Path(path)
+    plt = _pyplot()
+    written = []
+    with h5py.File(path, "r") as f:
+        steps = f["step"][...]
+        if "eigenvalues" in f:
+            values = f["eigenvalues"][...]
+            figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+            for i in range(values.shape[1]):
+                axes.plot(steps, values[:, i], marker="o", markersize=3, label=f"λ{i + 1}")
+            _scale(axes, values)
+            axes.set_xlabel("training step")
+            axes.set_ylabel("Hessian eigenvalue")
+            axes.set_title(_title(f, f"top-{values.shape[1]} eigenvalues"))
+            axes.grid(True, alpha=0.3)
+            axes.legend(fontsize="small", ncol=2)
+            written.append(path.with_name("track_eigenvalues.png"))
+            _save(figure, written[-1])
+        if "trace" in f:
+            trace, stderr = f["trace"][...], f["trace_stderr"][...]
+            figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+            axes.fill_between(steps, trace - 2 * stderr, trace + 2 * stderr, color="tab:blue", alpha=0.25,
+                              label="±2 standard errors")
+            axes.plot(steps, trace, marker="o", markersize=3, color="tab:blue", label="trace estimate")
+            axes.set_xlabel("training step")
+            axes.set_ylabel("tr H")
+            axes.set_title(_title(f, "Hessian trace"))
+            axes.grid(True, alpha=0.3)
+            axes.legend(fontsize="small")
+            written.append(path.with_name("track_trace.png"))
+            _save(figure, written[-1])
+        if "density" in f:
+            written.append(path.with_name("track_density.png"))
+            _density_map(f, steps, written[-1])
+        if "gradient_fraction" in f:
+            fraction = f["gradient_fraction"][...]
+            figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+            axes.plot(steps, fraction, marker="o", markersize=3, color="tab:green")
+            axes.set_ylim(0.0, 1.02)
+            axes.set_xlabel("training step")
+            axes.set_ylabel("‖P_k g‖² / ‖g‖²")
+            axes.set_title(_title(f, "gradient share in the top eigenspace"))
+            axes.grid(True, alpha=0.3)
+            written.append(path.with_name("track_gradient.png"))
+            _save(figure, written[-1])
+    return written
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around (possibly unevenly spaced) centres, for ``pcolormesh``."""
+    centres = np.asarray(centres, dtype=float)
+    if centres.size == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    middle = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[2 * centres[0] - middle[0]], middle, [2 * centres[-1] - middle[-1]]])
+
+
+def _density_map(f: h5py.File, steps: np.ndarray, out: Path) -> None:
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    grid, values = f["density/grid"][...], f["density/values"][...]
+    peak = float(np.max(values)) if np.any(values > 0) else 1.0
+    shown = np.maximum(values, peak * FLOOR_FRACTION)
+    figure, axes = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
+    # rows are checkpoints in order; the axis shows their step numbers
+    rows = np.arange(len(steps))
+    mesh = axes.pcolormesh(_edges(rows), _edges(grid), shown.T, norm=LogNorm(vmin=peak * FLOOR_FRACTION, vmax=peak),
+                           cmap="viridis", shading="flat")
+    ticks = rows if len(rows) <= 12 else rows[np.linspace(0, len(rows) - 1, 12).round().astype(int)]
+    axes.set_xticks(ticks, [str(int(steps[i])) for i in ticks], rotation=45 if len(ticks) > 6 else 0)
+    axes.set_xlabel("training step (one column per checkpoint)")
+    axes.set_ylabel("eigenvalue λ")
+    axes.set_title(_title(f, f"spectral density (σ = {f['density'].attrs.get('sigma', float('nan')):.3g})"))
+    figure.colorbar(mesh, ax=axes, label="density (log scale)")
+    _save(figure, out)
+
+
+def blocks_plots(path: Path | str) -> list[Path]:
+    """``blocks.png`` beside ``blocks.h5`` at ``path``: top eigenvalue and trace (±2σ) per block."""
+    path = Path(path)
+    plt = _pyplot()
+    with h5py.File(path, "r") as f:
+        blocks = [b.decode() if isinstance(b, bytes) else str(b) for b in f["block"][...]]
+        panels = []
+        if "eigenvalues" in f:
+            panels.append(("top eigenvalue", f["eigenvalues"][:, 0], None))
+        if "trace" in f:
+            panels.append(("trace (±2 standard errors)", f["trace"][...], 2 * f["trace_stderr"][...]))
+        if not panels:
+            return []
+        title = _title(f, f"per block (depth {f.attrs.get('depth', '?')})")
+    figure, grid = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.45 * len(blocks) + 2), 3.2 * len(panels)),
+                                layout="constrained", squeeze=False, sharex=True)
+    at = np.arange(len(blocks))
+    for axes, (label, values, errors) in zip(grid[:, 0], panels):
+        axes.bar(at, values, yerr=errors, color="tab:blue" if errors is None else "tab:orange", capsize=3)
+        _scale(axes, values)
+        axes.set_ylabel(label)
+        axes.grid(True, axis="y", alpha=0.3)
+    grid[-1, 0].set_xticks(at, blocks, rotation=45, ha="right")
+    grid[0, 0].set_title(title)
+    out = path.with_name("blocks.png")
+    _save(figure, out)
+    return [out]
+
+
+def sweep_plots(path: Path | str) -> list[Path]:
+    """Redraw the plots of a ``track.h5`` or ``blocks.h5`` (by its ``kind`` attribute)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get("kind")
+    except OSError as exc:
+        raise InputError(f"{str(path)!r} is not a readable HDF5 file ({exc})") from None
+    if kind == "track":
+        return track_plots(path)
+    if kind == "blocks":
+        return blocks_plots(path)
+    raise InputError(f"{str(path)!r} is not a track.h5 or blocks.h5 (kind attribute {kind!r})")

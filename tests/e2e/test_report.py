@@ -1,0 +1,91 @@
+"""``python -m hpcspec report``: the offline report equals the run's own, read from results.h5 alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcspec.cli import main
+from hpcspec.commands.report import comparison_table, load_run
+from helpers import REPO
+
+RUN = ["run", "--data", "synthetic", "--set", "data.samples=60", "--set", "data.features=4", "--set",
+       "model.hidden=[5]", "--top-k", "2", "--trace", "--density", "--trace-matvecs", "8", "--probes", "2",
+       "--steps", "6", "--set", "density.grid=50", "--landscape",
+       "--set", "landscape.points=5", "--set", "landscape.points_2d=3"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("report") / "run"
+    assert main([*RUN, "--output", str(output)]) == 0
+    return output
+
+
+def test_report_rewrites_the_runs_summary_and_plot(finished_run: Path, tmp_path: Path, capsys) -> None:
+    capsys.readouterr()
+    assert main(["report", str(finished_run / "results.h5"), "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    original = json.loads((finished_run / "summary.json").read_text())
+    assert json.loads((tmp_path / "summary.json").read_text()) == original
+    for plot in ("density.png", "landscape_1d.png", "landscape_2d.png"):
+        assert (tmp_path / plot).stat().st_size > 0
+    assert "gradient" in original and "landscape" in original
+    assert f"{original['eigen']['values'][0]:.15e}" in printed
+    assert f"{original['trace']['estimate']:.10g}" in printed
+
+
+def test_stored_density_is_rebuilt_exactly(finished_run: Path) -> None:
+    stored = load_run(finished_run / "results.h5")
+    with h5py.File(finished_run / "results.h5", "r") as f:
+        np.testing.assert_array_equal(stored.results.density.grid, f["density/grid"][()])
+        np.testing.assert_array_equal(stored.results.density.values, f["density/values"][()])
+        np.testing.assert_array_equal(stored.results.eigen.eigenvectors.numpy().T, f["eigen/vectors"][()])
+
+
+def test_comparison_table_holds_each_runs_numbers(finished_run: Path, tmp_path: Path) -> None:
+    table_file = tmp_path / "table.md"
+    assert main(["report", str(finished_run / "results.h5"), str(finished_run / "results.h5"),
+                 "--table", str(table_file), "--output", str(tmp_path / "out")]) == 0
+    summary = json.loads((finished_run / "summary.json").read_text())
+    rows = table_file.read_text().strip().splitlines()
+    assert len(rows) == 4  # header, rule, two runs
+    top = f"{summary['eigen']['values'][0]:.6g} ± {summary['eigen']['residuals'][0]:.1e}"
+    trace = f"{summary['trace']['estimate']:.6g} ± {summary['trace']['stderr']:.2g}"
+    assert top in rows[2] and trace in rows[2]
+    assert comparison_table([finished_run / "results.h5"]).splitlines()[2].startswith("| run | mlp |")
+
+
+@pytest.mark.parametrize("content, message", [(None, "does not exist"), (b"not hdf5", "not a readable HDF5"),
+                                              ("empty-h5", "not an hpcspec results.h5")])
+def test_bad_results_file_is_one_line_exit_2(tmp_path: Path, content, message) -> None:
+    path = tmp_path / "results.h5"
+    if content == "empty-h5":
+        h5py.File(path, "w").close()
+    elif content is not None:
+        path.write_bytes(content)
+    done = subprocess.run([sys.executable, "-m", "hpcspec", "report", str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_report_redraws_a_sweep_file(tmp_path: Path, capsys) -> None:
+    output = tmp_path / "blocks"
+    assert main(["run", "--data", "synthetic", "--set", "data.samples=40", "--set", "data.features=4", "--set",
+                 "model.hidden=[5]", "--top-k", "1", "--per-block", "--output", str(output)]) == 0
+    (output / "blocks.png").unlink()
+    capsys.readouterr()
+    assert main(["report", str(output / "blocks.h5")]) == 0
+    printed = capsys.readouterr().out
+    assert (output / "blocks.png").stat().st_size > 0
+    with h5py.File(output / "blocks.h5", "r") as f:
+        for block, top in zip(f["block"].asstr()[()], f["eigenvalues"][()][:, 0]):
+            assert any(block in line and f"{top:.8g}" in line for line in printed.splitlines())
