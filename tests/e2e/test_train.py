@@ -231,13 +231,13 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.mpi
 def test_two_and_three_ranks_follow_one_rank_and_a_stopped_two_rank_run_resumes_bitwise(folder, monkeypatch):
-    """One mpirun -n 3 (tests/mpi/mpi_train.py): a 3-rank training; on a 2-rank sub-communicator an
+    """One mpirun -n 3 (tests/e2e/mpi_train.py): a 3-rank training; on a 2-rank sub-communicator an
     uninterrupted training, one stopped by SIGTERM on rank 1 only, a refused fresh start, the resume;
     a BatchNorm model that must end with the same weights on both ranks."""
     monkeypatch.chdir(folder)
     monkeypatch.syspath_prepend(str(folder))
     assert main([*TRAIN, "--output", "ranks1"]) == 0
-    done = mpirun(3, [str(REPO / "tests" / "mpi" / "mpi_train.py"), str(folder)], cwd=folder, timeout=180)
+    done = mpirun(3, [str(REPO / "tests" / "e2e" / "mpi_train.py"), str(folder)], cwd=folder, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads((folder / "mpi_train.json").read_text())
     assert report["ranks3"] == 0 and "trained 14 steps on 3 ranks" in done.stdout

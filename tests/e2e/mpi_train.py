@@ -21,6 +21,7 @@ from mpi4py import MPI
 folder = Path(sys.argv[1])
 os.chdir(folder)
 sys.path.insert(0, str(folder))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "support"))
 
 import trainmod  # noqa: E402  (written by the test)
 from test_train import TRAIN  # noqa: E402
