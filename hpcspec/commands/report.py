@@ -14,11 +14,11 @@ from pathlib import Path
 
 from ..results.hdf5 import file_kind, load_run
 from ..results.plots import write_density_plot, write_landscape_plots
-from ..results.sweep_hdf5 import read_sweep
+from ..results.sweep_hdf5 import SWEEP_KINDS, read_sweep
 from ..results.sweepplots import sweep_plots
-from ..results.text import comparison_table as markdown_table
 from ..results.text import (
     console_summary,
+    runs_table,
     summary,
     sweep_table,
     validation_table,
@@ -29,7 +29,7 @@ from ..results.text import (
 def regenerate(path: Path, output: Path | None = None) -> str:
     """Rewrite ``summary.json`` and the plots of the run stored in ``path`` into ``output`` (default:
     the file's folder); returns the console summary. A missing plotting library skips the plots."""
-    if file_kind(path) in ("track", "blocks"):
+    if file_kind(path) in SWEEP_KINDS:
         return _regenerate_sweep(path)
     stored = load_run(path)
     folder = output if output is not None else path.parent
@@ -49,8 +49,8 @@ def regenerate(path: Path, output: Path | None = None) -> str:
 
 def comparison_table(paths: list[Path]) -> str:
     """The Markdown table comparing the runs stored in ``paths``, each labelled by its folder
-    relative to the folder all of them share (see :func:`hpcspec.results.text.comparison_table`)."""
-    return markdown_table([(label, path, load_run(path)) for label, path in zip(_labels(paths), paths)])
+    relative to the folder all of them share (see :func:`hpcspec.results.text.runs_table`)."""
+    return runs_table([(label, path, load_run(path)) for label, path in zip(_labels(paths), paths)])
 
 
 def _labels(paths: list[Path]) -> list[str]:

@@ -30,7 +30,7 @@ from ..solvers import DensityResult, LanczosResult, PowerResult, TraceResult
 from .records import RunInfo, RunNumbers, StoredRun, data_passes, eigen_iterations
 
 #: results.h5 attributes that are the run's own fields, not provenance.
-INFO_ATTRS = ("num_params", "num_samples", "dtype", "config", "model", "data", "loss", "bn_mode", "loss_value",
+_INFO_ATTRS = ("num_params", "num_samples", "dtype", "config", "model", "data", "loss", "bn_mode", "loss_value",
               "world_size", "hvp_method", "seconds")
 
 
@@ -209,7 +209,7 @@ def load_run(path: Path) -> StoredRun:
 
 def _info(f: h5py.File) -> RunInfo:
     attrs = dict(f.attrs)
-    provenance = {key: plain(value) for key, value in attrs.items() if key not in INFO_ATTRS}
+    provenance = {key: plain(value) for key, value in attrs.items() if key not in _INFO_ATTRS}
     provenance.setdefault("hpcspec", plain(attrs.get("hpcspec_version", "unknown")))
     return RunInfo(model=str(attrs["model"]), data=str(attrs["data"]), loss=str(attrs["loss"]),
                    num_samples=int(attrs["num_samples"]), world_size=int(attrs["world_size"]),

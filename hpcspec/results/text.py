@@ -208,7 +208,7 @@ def _num(value: float, fmt: str = ".8g") -> str:
     return "—" if math.isnan(value) else format(value, fmt)
 
 
-def comparison_table(runs: list[tuple[str, Path, StoredRun]]) -> str:
+def runs_table(runs: list[tuple[str, Path, StoredRun]]) -> str:
     """A Markdown table comparing runs, one row per ``(label, results.h5 path, stored run)``: top
     eigenvalue ± its residual (a bound on its error: for a symmetric matrix some eigenvalue lies
     within ‖Hy − θy‖ of θ) and trace ± its standard error."""
