@@ -267,7 +267,7 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
         cfg = agreed(comm, config_from_args, args)
     cfg = _watched(comm, cfg)
     if getattr(args, "per_block", False):
-        from .commands.track import blocks_job
+        from .commands.blocks import blocks_job
 
         blocks_job(cfg, comm, flag, overwrite=bool(getattr(args, "overwrite", False)))
         return EXIT_OK

@@ -65,17 +65,11 @@ from ..parallel.vectors import Sharded
 from ..problem.data import Shard
 from ..problem.losses import get_loss
 from ..problem.params import select_parameters
-from ..results.plots import write_landscape_plots
+from ..results.hdf5 import write_results
+from ..results.plots import write_density_plot, write_landscape_plots
 from ..results.provenance import provenance, versions
-from ..results.report import (
-    RunInfo,
-    console_summary,
-    summary,
-    validation_table,
-    write_density_plot,
-    write_results,
-    write_summary,
-)
+from ..results.records import RunInfo
+from ..results.text import console_summary, summary, validation_table, write_summary
 from ..solvers.base import State
 from ..solvers.lanczos import LanczosResult
 from .setup import (

@@ -54,7 +54,7 @@ from ..checkpoint import (
 )
 from ..config import Config, TrainConfig, to_toml
 from ..errors import InputError
-from ..files.outputs import atomic_path, released_after
+from ..files.outputs import released_after, write_atomic, write_text_atomic
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
 from ..parallel.device import select_device, set_threads
@@ -261,13 +261,6 @@ def _clear_finished(output: Path, comm: Communicator) -> list[str]:
     return removed
 
 
-def _write(path: Path, write: Any) -> None:
-    """Write one file through a temporary sibling (:func:`hpcspec.files.outputs.atomic_path`); a failure
-    is :class:`~hpcspec.files.outputs.WriteFailed`, bad output (exit 2) naming the path and the cause."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu").clone() for key, value in model.state_dict().items()}
 
@@ -303,21 +296,17 @@ class Trainer:
             return
         weights = _plain_state_dict(self.model)
         if name is not None:
-            _write(self.output / name, lambda tmp: torch.save(weights, tmp))
+            write_atomic(self.output / name, lambda tmp: torch.save(weights, tmp))
         state = {"version": STATE_VERSION, "step": self.step, "total": self.total, "model": weights,
                  "optimizer": self.optimizer.state_dict(), "rng": rngs, "world_size": self.comm.size,
                  "identity": json.dumps(self.identity, sort_keys=True), "loss": list(self.history.loss),
                  "lr": list(self.history.lr), "saved": list(self.history.saved)}
-        _write(self.output / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        write_atomic(self.output / STATE_FILE, lambda tmp: torch.save(state, tmp))
         record = {"steps": self.total, "step": self.step, "world_size": self.comm.size,
                   "batch_size": self.cfg.train.batch_size, "num_samples": self.num_samples,
                   "steps_per_epoch": steps_per_epoch(self.cfg.train, self.num_samples),
                   "loss": self.history.loss, "lr": self.history.lr, "saved": self.history.saved}
-
-        def dump(tmp: Path) -> None:
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-
-        _write(self.output / LOG_FILE, dump)
+        write_text_atomic(self.output / LOG_FILE, json.dumps(record, indent=1) + "\n")
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a ``train_state.pt`` (weights, momentum buffers, step, history, RNG)."""
@@ -414,7 +403,7 @@ def _check_optimizable(model: nn.Module) -> None:
 def _write_config(cfg: Config, output: Path, comm: Communicator) -> None:
     if comm.rank == 0:
         text = to_toml(cfg)
-        _write(output / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+        write_text_atomic(output / CONFIG_FILE, text)
 
 
 def prepare_training(cfg: Config, comm: Communicator, *, resume: bool = False) -> tuple[Trainer, dict[str, Any] | None]:

@@ -1,4 +1,6 @@
-"""Figures of spectral densities (needs matplotlib: ``pip install 'hpcspec[plots]'``).
+"""Figures of one run (needs matplotlib: ``pip install 'hpcspec[plots]'``): its spectral density
+(``density.png``) and its loss landscape (``landscape_1d.png``, ``landscape_2d.png``, redrawn from
+``results.h5`` alone, read through :mod:`hpcspec.results.hdf5`).
 
 The density is drawn on a logarithmic y-axis against the eigenvalue, as PyHessian (Yao et al.
 2020) and Ghorbani et al. (2019) draw Hessian spectra: a trained network's density spans many
@@ -11,22 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files.outputs import atomic_path
+from ..analyses.tasks import TaskResults
+from .hdf5 import read_landscape_arrays
+from .mpl import pyplot, save_figure
+from .records import RunInfo
 
 #: Density values below this fraction of the peak are drawn at the floor (log axes cannot show 0).
 FLOOR_FRACTION = 1e-8
-
-
-def _pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend, imported only when a figure is drawn."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("plotting needs matplotlib: pip install 'hpcspec[plots]'") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma: float | None = None) -> None:
@@ -47,13 +40,11 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
     values = np.asarray(values, dtype=float)
     if grid.ndim != 1 or grid.shape != values.shape or grid.size < 2:
         raise ValueError(f"grid and values must be 1-D arrays of one length ≥ 2, got {grid.shape} and {values.shape}")
-    plt = _pyplot()
+    plt = pyplot()
     peak = float(np.max(values)) if np.any(values > 0) else 1.0
     floor = peak * FLOOR_FRACTION
     shown = np.maximum(values, floor)
 
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
     figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
     try:
         label = "density" if sigma is None else f"density (Gaussian σ = {sigma:.3g})"
@@ -71,47 +62,32 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
             axes.set_title(title)
         axes.grid(True, which="major", alpha=0.3)
         axes.legend(loc="upper right", fontsize="small")
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format=fmt, dpi=150)
+        save_figure(figure, path)
     finally:
-        plt.close(figure)
+        plt.close(figure)  # also when drawing failed (closing twice is harmless)
 
 
-def _save(plt, figure, path) -> None:
-    """Write ``figure`` to ``path`` (format from the suffix) under a temporary name, then rename."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
-    finally:
-        plt.close(figure)
-
-
-def _landscape(results_path):
-    """The ``/landscape`` group of a results file as plain arrays and attributes."""
-    import h5py
-
-    with h5py.File(results_path, "r") as f:
-        if "landscape" not in f:
-            raise ValueError(f"{str(results_path)!r} holds no /landscape group (run with --landscape)")
-        group = f["landscape"]
-        data = {key: group[key][()] for key in group}
-        data.update({key: group.attrs[key] for key in group.attrs})
-        data["title"] = f"{f.attrs.get('model', '?')} on {f.attrs.get('data', '?')}"
-    return data
+def write_density_plot(path: Path, results: TaskResults, info: RunInfo) -> None:
+    """``density.png``: the broadened SLQ density on a log scale, top eigenvalues marked if known."""
+    density = results.density
+    assert density is not None
+    marks = results.eigen.eigenvalues if results.eigen is not None else None
+    title = (f"{info.model} on {info.data}: SLQ, {density.result.nodes.shape[0]} probes × "
+             f"{density.result.nodes.shape[1]} steps, σ = {density.sigma_fraction:g} × range")
+    plot_density(path, density.grid, density.values, title=title, eigenvalues=marks, sigma=density.sigma)
 
 
 def plot_landscape_1d(results_path, path) -> None:
     """``landscape_1d.png`` from a results file: the loss along the top eigenvector v₁ and along a
     random unit direction against the step α, with the quadratic model L + α g·v₁ + ½ λ₁ α²
     (PyHessian's figure; the random curve shows how much flatter a typical direction is)."""
-    land = _landscape(results_path)
+    land = read_landscape_arrays(results_path)
     alphas, loss = land["alphas"], float(land["loss"])
     lam = float(np.atleast_1d(land["eigenvalues"])[0])
     slope = float(land.get("slope", 0.0))
     if not np.isfinite(slope):
         slope = 0.0
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
     axes.plot(alphas, land["loss_top"], "o-", color="tab:red", markersize=3, label=f"along v₁ (λ₁ = {lam:.4g})")
     if "loss_random" in land:
@@ -129,17 +105,17 @@ def plot_landscape_1d(results_path, path) -> None:
     axes.set_title(f"{land['title']}: loss along the top Hessian eigenvector")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
-    _save(plt, figure, path)
+    save_figure(figure, path)
 
 
 def plot_landscape_2d(results_path, path) -> None:
     """``landscape_2d.png`` from a results file: contours of L(θ + α v₁ + β v₂)."""
-    land = _landscape(results_path)
+    land = read_landscape_arrays(results_path)
     if "loss_2d" not in land:
         raise ValueError(f"{str(results_path)!r} holds no 2-D landscape (landscape.points_2d = 0)")
     betas, grid = land["betas"], land["loss_2d"]
     values = np.atleast_1d(land["eigenvalues"])
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(5.6, 4.8), layout="constrained")
     a, b = np.meshgrid(betas, betas, indexing="ij")  # loss_2d[i, j] = L(θ + betas[i] v₁ + betas[j] v₂)
     filled = axes.contourf(a, b, grid, levels=20, cmap="viridis")
@@ -149,7 +125,7 @@ def plot_landscape_2d(results_path, path) -> None:
     axes.set_xlabel(f"α along v₁ (λ₁ = {values[0]:.4g})")
     axes.set_ylabel(f"β along v₂ (λ₂ = {values[1]:.4g})" if len(values) > 1 else "β along v₂")
     axes.set_title(f"{land['title']}: loss over the top-2 eigenvector plane", fontsize="medium")
-    _save(plt, figure, path)
+    save_figure(figure, path)
 
 
 def write_landscape_plots(results_path, folder) -> list[Path]:
@@ -157,11 +133,7 @@ def write_landscape_plots(results_path, folder) -> list[Path]:
     folder = Path(folder)
     written = [folder / "landscape_1d.png"]
     plot_landscape_1d(results_path, written[0])
-    import h5py
-
-    with h5py.File(results_path, "r") as f:
-        has_2d = "loss_2d" in f["landscape"]
-    if has_2d:
+    if "loss_2d" in read_landscape_arrays(results_path):
         written.append(folder / "landscape_2d.png")
         plot_landscape_2d(results_path, written[-1])
     return written

@@ -12,27 +12,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..errors import InputError
-from ..files.outputs import atomic_path
-from .plots import FLOOR_FRACTION, _pyplot
+from .mpl import pyplot, save_figure
+from .plots import FLOOR_FRACTION
+from .sweep_hdf5 import SweepFile, read_sweep
 
 
-def _save(figure, path: Path) -> None:
-    """Write through :func:`hpcspec.files.outputs.atomic_path` (never a partial file; a failure is one line)."""
-    plt = _pyplot()
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format=path.suffix.lstrip(".") or "png", dpi=150)
-    finally:
-        plt.close(figure)
-
-
-def _title(f: h5py.File, what: str) -> str:
-    data = str(f.attrs.get("data", "?"))
-    return f"{f.attrs.get('model', '?')} on {Path(data).name if '/' in data else data}: {what}"
+def _title(sweep: SweepFile, what: str) -> str:
+    data = str(sweep.attrs.get("data", "?"))
+    return f"{sweep.attrs.get('model', '?')} on {Path(data).name if '/' in data else data}: {what}"
 
 
 def _scale(axes, values: np.ndarray, axis: str = "y") -> None:
@@ -50,50 +39,49 @@ def _scale(axes, values: np.ndarray, axis: str = "y") -> None:
 def track_plots(path: Path | str) -> list[Path]:
     """Every ``track_*.png`` that ``track.h5`` at ``path`` has the numbers for; returns their paths."""
     path = Path(path)
-    plt = _pyplot()
+    plt = pyplot()
     written = []
-    with h5py.File(path, "r") as f:
-        steps = f["step"][...]
-        if "eigenvalues" in f:
-            values = f["eigenvalues"][...]
-            figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
-            for i in range(values.shape[1]):
-                axes.plot(steps, values[:, i], marker="o", markersize=3, label=f"λ{i + 1}")
-            _scale(axes, values)
-            axes.set_xlabel("training step")
-            axes.set_ylabel("Hessian eigenvalue")
-            axes.set_title(_title(f, f"top-{values.shape[1]} eigenvalues"))
-            axes.grid(True, alpha=0.3)
-            axes.legend(fontsize="small", ncol=2)
-            written.append(path.with_name("track_eigenvalues.png"))
-            _save(figure, written[-1])
-        if "trace" in f:
-            trace, stderr = f["trace"][...], f["trace_stderr"][...]
-            figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
-            axes.fill_between(steps, trace - 2 * stderr, trace + 2 * stderr, color="tab:blue", alpha=0.25,
-                              label="±2 standard errors")
-            axes.plot(steps, trace, marker="o", markersize=3, color="tab:blue", label="trace estimate")
-            axes.set_xlabel("training step")
-            axes.set_ylabel("tr H")
-            axes.set_title(_title(f, "Hessian trace"))
-            axes.grid(True, alpha=0.3)
-            axes.legend(fontsize="small")
-            written.append(path.with_name("track_trace.png"))
-            _save(figure, written[-1])
-        if "density" in f:
-            written.append(path.with_name("track_density.png"))
-            _density_map(f, steps, written[-1])
-        if "gradient_fraction" in f:
-            fraction = f["gradient_fraction"][...]
-            figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
-            axes.plot(steps, fraction, marker="o", markersize=3, color="tab:green")
-            axes.set_ylim(0.0, 1.02)
-            axes.set_xlabel("training step")
-            axes.set_ylabel("‖P_k g‖² / ‖g‖²")
-            axes.set_title(_title(f, "gradient share in the top eigenspace"))
-            axes.grid(True, alpha=0.3)
-            written.append(path.with_name("track_gradient.png"))
-            _save(figure, written[-1])
+    sweep = read_sweep(path)
+    steps = sweep.steps
+    if sweep.eigenvalues is not None:
+        values = sweep.eigenvalues
+        figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+        for i in range(values.shape[1]):
+            axes.plot(steps, values[:, i], marker="o", markersize=3, label=f"λ{i + 1}")
+        _scale(axes, values)
+        axes.set_xlabel("training step")
+        axes.set_ylabel("Hessian eigenvalue")
+        axes.set_title(_title(sweep, f"top-{values.shape[1]} eigenvalues"))
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small", ncol=2)
+        written.append(path.with_name("track_eigenvalues.png"))
+        save_figure(figure, written[-1])
+    if sweep.trace is not None:
+        trace, stderr = sweep.trace, sweep.trace_stderr
+        figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+        axes.fill_between(steps, trace - 2 * stderr, trace + 2 * stderr, color="tab:blue", alpha=0.25,
+                          label="±2 standard errors")
+        axes.plot(steps, trace, marker="o", markersize=3, color="tab:blue", label="trace estimate")
+        axes.set_xlabel("training step")
+        axes.set_ylabel("tr H")
+        axes.set_title(_title(sweep, "Hessian trace"))
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small")
+        written.append(path.with_name("track_trace.png"))
+        save_figure(figure, written[-1])
+    if sweep.density_grid is not None:
+        written.append(path.with_name("track_density.png"))
+        _density_map(sweep, written[-1])
+    if sweep.gradient_fraction is not None:
+        figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+        axes.plot(steps, sweep.gradient_fraction, marker="o", markersize=3, color="tab:green")
+        axes.set_ylim(0.0, 1.02)
+        axes.set_xlabel("training step")
+        axes.set_ylabel("‖P_k g‖² / ‖g‖²")
+        axes.set_title(_title(sweep, "gradient share in the top eigenspace"))
+        axes.grid(True, alpha=0.3)
+        written.append(path.with_name("track_gradient.png"))
+        save_figure(figure, written[-1])
     return written
 
 
@@ -106,11 +94,11 @@ def _edges(centres: np.ndarray) -> np.ndarray:
     return np.concatenate([[2 * centres[0] - middle[0]], middle, [2 * centres[-1] - middle[-1]]])
 
 
-def _density_map(f: h5py.File, steps: np.ndarray, out: Path) -> None:
+def _density_map(sweep: SweepFile, out: Path) -> None:
     from matplotlib.colors import LogNorm
 
-    plt = _pyplot()
-    grid, values = f["density/grid"][...], f["density/values"][...]
+    plt = pyplot()
+    steps, grid, values = sweep.steps, sweep.density_grid, sweep.density_values
     peak = float(np.max(values)) if np.any(values > 0) else 1.0
     shown = np.maximum(values, peak * FLOOR_FRACTION)
     figure, axes = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
@@ -122,25 +110,26 @@ def _density_map(f: h5py.File, steps: np.ndarray, out: Path) -> None:
     axes.set_xticks(ticks, [str(int(steps[i])) for i in ticks], rotation=45 if len(ticks) > 6 else 0)
     axes.set_xlabel("training step (one column per checkpoint)")
     axes.set_ylabel("eigenvalue λ")
-    axes.set_title(_title(f, f"spectral density (σ = {f['density'].attrs.get('sigma', float('nan')):.3g})"))
+    sigma = sweep.density_attrs.get("sigma", float("nan"))
+    axes.set_title(_title(sweep, f"spectral density (σ = {sigma:.3g})"))
     figure.colorbar(mesh, ax=axes, label="density (log scale)")
-    _save(figure, out)
+    save_figure(figure, out)
 
 
 def blocks_plots(path: Path | str) -> list[Path]:
     """``blocks.png`` beside ``blocks.h5`` at ``path``: top eigenvalue and trace (±2σ) per block."""
     path = Path(path)
-    plt = _pyplot()
-    with h5py.File(path, "r") as f:
-        blocks = [b.decode() if isinstance(b, bytes) else str(b) for b in f["block"][...]]
-        panels = []
-        if "eigenvalues" in f:
-            panels.append(("top eigenvalue", f["eigenvalues"][:, 0], None))
-        if "trace" in f:
-            panels.append(("trace (±2 standard errors)", f["trace"][...], 2 * f["trace_stderr"][...]))
-        if not panels:
-            return []
-        title = _title(f, f"per block (depth {f.attrs.get('depth', '?')})")
+    plt = pyplot()
+    sweep = read_sweep(path)
+    blocks = sweep.labels
+    panels = []
+    if sweep.eigenvalues is not None:
+        panels.append(("top eigenvalue", sweep.eigenvalues[:, 0], None))
+    if sweep.trace is not None:
+        panels.append(("trace (±2 standard errors)", sweep.trace, 2 * sweep.trace_stderr))
+    if not panels:
+        return []
+    title = _title(sweep, f"per block (depth {sweep.attrs.get('depth', '?')})")
     figure, grid = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.45 * len(blocks) + 2), 3.2 * len(panels)),
                                 layout="constrained", squeeze=False, sharex=True)
     at = np.arange(len(blocks))
@@ -152,20 +141,12 @@ def blocks_plots(path: Path | str) -> list[Path]:
     grid[-1, 0].set_xticks(at, blocks, rotation=45, ha="right")
     grid[0, 0].set_title(title)
     out = path.with_name("blocks.png")
-    _save(figure, out)
+    save_figure(figure, out)
     return [out]
 
 
 def sweep_plots(path: Path | str) -> list[Path]:
-    """Redraw the plots of a ``track.h5`` or ``blocks.h5`` (by its ``kind`` attribute)."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            kind = f.attrs.get("kind")
-    except OSError as exc:
-        raise InputError(f"{str(path)!r} is not a readable HDF5 file ({exc})") from None
-    if kind == "track":
-        return track_plots(path)
-    if kind == "blocks":
-        return blocks_plots(path)
-    raise InputError(f"{str(path)!r} is not a track.h5 or blocks.h5 (kind attribute {kind!r})")
+    """Redraw the plots of a ``track.h5`` or ``blocks.h5`` (by its ``kind`` attribute; anything
+    else is a one-line :class:`~hpcspec.errors.InputError`)."""
+    kind = read_sweep(path).kind
+    return track_plots(path) if kind == "track" else blocks_plots(path)

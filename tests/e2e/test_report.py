@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from hpcspec.cli import main
-from hpcspec.commands.report import comparison_table, load_run
+from hpcspec.commands.report import comparison_table
+from hpcspec.results.hdf5 import load_run
 from helpers import REPO
 
 RUN = ["run", "--data", "synthetic", "--set", "data.samples=60", "--set", "data.features=4", "--set",

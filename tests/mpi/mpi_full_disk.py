@@ -10,7 +10,7 @@ import sys
 
 import h5py
 
-import hpcspec.results.report
+import hpcspec.results.hdf5
 from hpcspec.cli import main
 from hpcspec.files.outputs import TMP_PREFIX
 
@@ -30,5 +30,5 @@ class _FullDisk:
         return h5py.File(path, *args, **kwargs)
 
 
-hpcspec.results.report.h5py = _FullDisk()
+hpcspec.results.hdf5.h5py = _FullDisk()
 sys.exit(main(sys.argv[1:]))

@@ -22,7 +22,7 @@ from hpcspec.analyses.landscape import RANDOM_STREAM, loss_landscape, random_dir
 from hpcspec.hessian.operator import HessianOperator
 from hpcspec.problem.params import ParamLayout, select_parameters
 from hpcspec.results.plots import write_landscape_plots
-from hpcspec.results.report import read_gradient, read_landscape
+from hpcspec.results.hdf5 import read_gradient, read_landscape
 from hpcspec.analyses.tasks import run_tasks
 
 USER_MODULE = '''

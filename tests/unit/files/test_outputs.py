@@ -83,7 +83,7 @@ def _full_disk_on_results(monkeypatch) -> None:
                 raise RuntimeError("Can't write data (file write failed: No space left on device)")
             return real(path, *a, **k)
 
-    monkeypatch.setattr("hpcspec.results.report.h5py", FullDisk())
+    monkeypatch.setattr("hpcspec.results.hdf5.h5py", FullDisk())
 
 
 # -- 1. writes that cannot lose work ------------------------------------------------------------
@@ -108,12 +108,12 @@ def test_full_disk_on_results_is_one_line_and_resume_rewrites_without_recomputin
 
 def test_full_disk_on_a_plot_keeps_the_previous_plot_and_the_checkpoint(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    from hpcspec.results import plots
+    from hpcspec.results import mpl
 
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(plots, "atomic_path", _failing_atomic_path(no_space))
+    monkeypatch.setattr(mpl, "atomic_path", _failing_atomic_path(no_space))
     assert main(_args(out, **{"density.plot": True})) == EXIT_BAD_INPUT
     line = _error(capsys)
     assert "density.png" in line and "No space left on device" in line and "--resume" in line
@@ -366,7 +366,7 @@ def _mpi_checks(done: subprocess.CompletedProcess, *expected: str) -> str:
 @needs_mpi
 def test_mpi_full_disk_output_root_lock_and_changed_config(tmp_path):
     out = tmp_path / "out"
-    script = str(Path(__file__).resolve().parents[2] / "tests" / "mpi" / "mpi_full_disk.py")
+    script = str(REPO / "tests" / "mpi" / "mpi_full_disk.py")
     done = mpirun(2, [script, *_args(out)], cwd=tmp_path, timeout=240)
     _mpi_checks(done, "results.h5", "No space left on device", "--resume")
     assert not _temporaries(out) and list((out / "checkpoints").glob("step-*"))
