@@ -9,26 +9,25 @@ Library use, with or without MPI::
     quadrature = slq(op, probes=4)       # spectral density by stochastic Lanczos quadrature
 """
 
-__version__ = "0.1.0"
-
-from .errors import ConfigError, InputError  # noqa: E402
-from .hessian.operator import HessianOperator  # noqa: E402
-from .parallel.comm import Communicator, SingleProcess, world  # noqa: E402
-from .problem.data import Shard, load_shard, shard_range  # noqa: E402
-from .problem.params import ParamLayout  # noqa: E402
-from .solvers import (  # noqa: E402
-                      DensityResult,
-                      LanczosResult,
-                      PowerResult,
-                      TraceResult,
-                      block_lanczos,
-                      lanczos,
-                      power_iteration,
-                      slq,
-                      trace,
+from .errors import ConfigError, InputError
+from .hessian.operator import HessianOperator
+from .parallel.comm import Communicator, SingleProcess, world
+from .problem.data import Shard, load_shard, shard_range
+from .problem.params import ParamLayout
+from .solvers import (
+    DensityResult,
+    LanczosResult,
+    PowerResult,
+    TraceResult,
+    block_lanczos,
+    lanczos,
+    power_iteration,
+    slq,
+    trace,
 )
-from .solvers.matrix import MatrixOperator  # noqa: E402
+from .solvers.matrix import MatrixOperator
+from .version import __version__
 
-__all__ = ["Communicator", "ConfigError", "DensityResult", "HessianOperator", "InputError", "LanczosResult",
+__all__ = ["__version__", "Communicator", "ConfigError", "DensityResult", "HessianOperator", "InputError", "LanczosResult",
            "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "lanczos",
            "load_shard", "power_iteration", "shard_range", "slq", "trace", "world"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
 from ..parallel.comm import Communicator
+from ..version import __version__
 
 
 def git_revision() -> str:
