@@ -38,7 +38,7 @@ from hpcspec.problem.models import build_model
 from hpcspec.hessian.operator import HessianOperator
 from hpcspec.solvers.block_lanczos import BlockLanczos
 from hpcspec.solvers.lanczos import Lanczos
-from hpcspec.analyses.tasks import DEFAULT_TOL
+from hpcspec.choices import DEFAULT_TOL
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "block_lanczos.json"
 

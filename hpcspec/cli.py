@@ -14,27 +14,26 @@ import traceback
 from typing import Any, Sequence
 
 from .checkpoint import StopFlag, StopRequested
-from .config import Config, load_config, parse_override
+from .choices import BACKENDS
+from .config import (
+    Config,
+    command_flags,
+    flag_overrides,
+    layered_config,
+    load_config,
+    named_tasks,
+    parse_override,
+)
+from .config.fields import RUN as RUN_FLAGS
+from .config.fields import TASKS_GROUP
+from .config.fields import TRAIN as TRAIN_FLAGS
 from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
 from .hessian.dense import MAX_DENSE_PARAMS
 from .parallel.agree import AgreedInputError, agreed
-from .parallel.comm import BACKENDS, Communicator, SingleProcess, world
+from .parallel.comm import Communicator, SingleProcess, world
 
 #: ``python -m hpcspec`` with no arguments: train the default MLP on digits briefly, then analyse it.
 DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out", "tasks": ["eigen", "trace", "density"]}
-
-#: Task flags: naming any of them on the command line runs exactly the tasks named.
-TASK_FLAGS = {"top_k": "eigen", "trace": "trace", "density": "density", "landscape": "landscape"}
-
-#: Dedicated flags and the config keys they set (applied after the config file, before --set).
-FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss", "top_k": "eigen.top_k",
-             "output": "output", "dtype": "hessian.dtype", "seed": "seed", "tol": "eigen.tol",
-             "which": "eigen.which", "maxiter": "eigen.maxiter", "batch_size": "data.batch_size",
-             "hvp": "hessian.hvp", "weights": "model.weights", "train_steps": "train.steps",
-             "threads": "threads", "eigen_method": "eigen.method", "block_size": "eigen.block_size",
-             "max_basis": "eigen.max_basis", "trace_method": "trace.method",
-             "trace_matvecs": "trace.matvecs", "probes": "density.probes", "steps": "density.steps",
-             "bn_mode": "hessian.bn_mode", "params": "model.params", "force_output": "force_output"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,102 +93,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_problem_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
-    """The config file, overrides, model, data and loss: what every subcommand that builds a model takes."""
+def _add_config_arguments(parser: argparse.ArgumentParser, command: str, set_example: str) -> None:
+    """``--config``, ``--set`` and every flag the options declare for ``command`` (``run`` or ``train``,
+    :func:`hpcspec.config.command_flags`): names, types and help come from the config's fields."""
     from .problem.data import BUILTIN_DATA
     from .problem.models import BUILTIN_MODELS
 
     parser.add_argument("--config", help="TOML job config (see README)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config key, e.g. --set {set_example} (repeatable; applied last)")
-    parser.add_argument("--model", help=f"zoo model ({', '.join(BUILTIN_MODELS)}) or module:callable")
-    parser.add_argument("--data", help=f"{', '.join(BUILTIN_DATA)}, a path to an "
-                                       "HDF5 file, or module:callable")
-    parser.add_argument("--loss", help="cross_entropy or mse")
-    parser.add_argument("--force-output", action="store_const", const=True,
-                        help="write into an output folder that holds files other than an hpcspec run's (config "
-                             "key force_output; hpcspec still deletes only what it wrote)")
+    groups: dict[str, Any] = {}
+    for option, flag in command_flags(command):
+        target: Any = parser
+        if flag.task:
+            if TASKS_GROUP not in groups:
+                groups[TASKS_GROUP] = parser.add_argument_group(TASKS_GROUP)
+            target = groups[TASKS_GROUP]
+        text = (flag.help or option.meta.help).format(models=", ".join(BUILTIN_MODELS), data=", ".join(BUILTIN_DATA))
+        if option.kind in (int, float):
+            target.add_argument(flag.name, type=option.kind, help=text)
+        elif option.kind is str:
+            target.add_argument(flag.name, help=text)
+        else:  # a switch: a boolean key, or a task flag on ``tasks``
+            target.add_argument(flag.name, action="store_const", const=True, help=text)
 
 
 def _add_job_arguments(run: argparse.ArgumentParser) -> None:
-    """The flags ``run`` and ``validate`` share (each also has a config key; see README)."""
-    _add_problem_arguments(run, "eigen.maxiter=300")
-    tasks = run.add_argument_group("tasks (any combination; with none named, the config's tasks, default top-k)")
-    tasks.add_argument("--top-k", type=int, help="top-k eigenpairs")
-    tasks.add_argument("--trace", action="store_const", const=True, help="the trace, with a standard error")
-    tasks.add_argument("--density", action="store_const", const=True,
-                       help="the eigenvalue density by stochastic Lanczos quadrature (+ density.png)")
-    tasks.add_argument("--landscape", action="store_const", const=True,
-                       help="the loss along the top eigenvectors and a random direction (needs --top-k; "
-                            "+ landscape_1d.png, landscape_2d.png)")
-    run.add_argument("--which", help="largest, smallest, largest_magnitude or both_ends")
-    run.add_argument("--eigen-method", help="block (default: block Lanczos with restarts, right for repeated "
-                     "eigenvalues), lanczos (single vector) or power (PyHessian's power iteration)")
-    run.add_argument("--block-size", type=int, help="vectors per data pass of the block solver (default 4): "
-                     "multiplicity up to it is found by construction")
-    run.add_argument("--max-basis", type=int, help="most vectors the block solver holds (0: max(64, 2k + 4b))")
-    run.add_argument("--trace-method", help="krylov (default), hutchpp, xtrace or hutchinson")
-    run.add_argument("--trace-matvecs", type=int, help="products the trace may spend (default 100)")
-    run.add_argument("--probes", type=int, help="SLQ probe vectors (default 4)")
-    run.add_argument("--steps", type=int, help="Lanczos steps per SLQ probe (default 80)")
-    run.add_argument("--output", help="output directory")
-    run.add_argument("--dtype", help="model compute precision: float64 or float32 (solver is float64)")
-    run.add_argument("--seed", type=int, help="seed for probe and start vectors and zoo model initialisation")
-    run.add_argument("--tol", type=float, help="relative Ritz-residual tolerance (0: 1e-8 float64, 1e-5 float32)")
-    run.add_argument("--maxiter", type=int, help="most products (block) or Lanczos steps (lanczos)")
-    run.add_argument("--batch-size", type=int, help="samples per forward pass")
-    run.add_argument("--hvp", help="auto, double_backward or forward_over_reverse")
-    run.add_argument("--bn-mode", help="eval (default: running statistics) or train (batch statistics)")
-    run.add_argument("--weights", help="state-dict file to load into the model")
-    run.add_argument("--params", help="only these parameters enter the Hessian: comma-separated globs over "
-                                      "parameter names, e.g. 'layer3.*,linear.*' (the others are frozen)")
-    run.add_argument("--train-steps", type=int, help="full-batch Adam steps before the analysis")
-    run.add_argument("--threads", type=int, help="torch threads per rank (0: cores / ranks per node)")
-
-
-#: ``train``'s flags and the config keys they set (``--steps``/``--batch-size`` mean training steps/minibatch).
-TRAIN_FLAG_KEYS = {"model": "model.spec", "data": "data.spec", "loss": "hessian.loss", "output": "output",
-                   "dtype": "hessian.dtype", "seed": "seed", "batch_size": "train.batch_size",
-                   "weights": "model.weights", "threads": "threads", "epochs": "train.epochs", "steps": "train.steps",
-                   "lr": "train.lr", "momentum": "train.momentum", "weight_decay": "train.weight_decay",
-                   "schedule": "train.schedule", "save_every": "train.save_every", "force_output": "force_output"}
+    """The flags ``run``, ``validate`` and ``track`` share (each sets a config key; docs/configuration.md)."""
+    _add_config_arguments(run, RUN_FLAGS, "eigen.maxiter=300")
 
 
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
-    """The flags of ``train`` (each sets the config key in :data:`TRAIN_FLAG_KEYS`; see README "Training")."""
-    _add_problem_arguments(train, "train.nesterov=true")
-    train.add_argument("--output", help="directory for step_*.pt, train.toml, train_state.pt, train_log.json")
-    train.add_argument("--dtype", help="training precision: float64 (default) or float32")
-    train.add_argument("--seed", type=int, help="seed of the initial weights and the minibatch order")
-    train.add_argument("--weights", help="state-dict file to start from (default: the seed's initialisation)")
-    train.add_argument("--threads", type=int, help="torch threads per rank (0: cores / ranks per node)")
-    train.add_argument("--epochs", type=int, help="passes over the data (0: use --steps)")
-    train.add_argument("--steps", type=int, help="SGD updates, when --epochs is 0")
-    train.add_argument("--batch-size", type=int, help="global minibatch size, split over the ranks (default 128)")
-    train.add_argument("--lr", type=float, help="peak learning rate (default 0.01)")
-    train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    train.add_argument("--weight-decay", type=float, help="L2 weight decay (default 5e-4)")
-    train.add_argument("--schedule", help="cosine (default), step or constant")
-    train.add_argument("--save-every", type=int, help="save step_*.pt every this many steps (0: first and last)")
+    """The flags of ``train`` (each sets a config key; README "Training")."""
+    _add_config_arguments(train, TRAIN_FLAGS, "train.nesterov=true")
     train.add_argument("--resume", action="store_true",
                        help="continue from OUTPUT/train_state.pt (start from the beginning if there is none)")
 
 
-def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None,
-                     flag_keys: dict[str, str] = FLAG_KEYS) -> Config:
-    """Defaults → ``base`` → ``--config`` file → dedicated flags (``flag_keys``) → ``--set`` (later wins)."""
-    overrides: dict[str, Any] = dict(base or {})
-    named = [task for flag, task in TASK_FLAGS.items() if getattr(args, flag, None) is not None]
-    if named:
-        overrides["tasks"] = named
-    for flag, key in flag_keys.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[key] = value
-    for item in getattr(args, "set", []):
-        key, value = parse_override(item)
-        overrides[key] = value
-    return load_config(getattr(args, "config", None), overrides)
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None, command: str = RUN_FLAGS) -> Config:
+    """Defaults → ``--config`` file → ``base`` → the flags of ``command`` → ``--set`` (later wins)."""
+    return layered_config(getattr(args, "config", None), base=base, flags=flag_overrides(vars(args), command),
+                          sets=getattr(args, "set", []))
 
 
 def _info(comm: Communicator) -> None:
@@ -241,7 +185,7 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     if args.command == "train":
         from .commands.train import train_job
 
-        cfg = _watched(comm, agreed(comm, config_from_args, args, None, TRAIN_FLAG_KEYS))
+        cfg = _watched(comm, agreed(comm, config_from_args, args, None, TRAIN_FLAGS))
         train_job(cfg, comm, resume=args.resume, flag=flag)
         return EXIT_OK
     if args.command == "track":
@@ -258,7 +202,7 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
         args = parser.parse_args(["run"])
         cfg = agreed(comm, config_from_args, args, DEMO_OVERRIDES)
     elif args.command == "validate":
-        named = any(getattr(args, flag, None) is not None for flag in TASK_FLAGS)
+        named = bool(named_tasks(vars(args), RUN_FLAGS))
         base = {} if named or args.config else {"tasks": ["eigen", "trace", "density"]}
         cfg = _watched(comm, agreed(comm, config_from_args, args, base))
         validate_job(cfg, comm, max_params=args.max_params)

@@ -14,6 +14,7 @@ from typing import Callable, Union
 
 import numpy as np
 
+from ..choices import POWER_MAXITER, POWER_TOL, default_tol
 from ..config import Config
 from ..solvers import (
     DensityResult,
@@ -31,10 +32,6 @@ from ..solvers.power import PowerIteration
 from ..solvers.trace import TraceEstimator
 from .gradient import GradientOverlap
 from .landscape import Landscape
-
-DEFAULT_TOL = {"float64": 1e-8, "float32": 1e-5}
-#: PyHessian's defaults for its power iteration (``hessian.eigenvalues(maxIter=100, tol=1e-3)``).
-POWER_DEFAULTS = {"tol": 1e-3, "maxiter": 100}
 
 EigenResult = Union[LanczosResult, PowerResult]
 Progress = Callable[[str], None]
@@ -85,9 +82,8 @@ class TaskResults:
 def eigen_settings(cfg: Config) -> tuple[str, float, int]:
     """``which``, tolerance and maxiter the eigen task runs with (config zeros → method defaults)."""
     if cfg.eigen.method == "power":
-        return ("largest_magnitude", cfg.eigen.tol or POWER_DEFAULTS["tol"],
-                cfg.eigen.maxiter or POWER_DEFAULTS["maxiter"])
-    return cfg.eigen.which, cfg.eigen.tol or DEFAULT_TOL[cfg.hessian.dtype], cfg.eigen.maxiter
+        return "largest_magnitude", cfg.eigen.tol or POWER_TOL, cfg.eigen.maxiter or POWER_MAXITER
+    return cfg.eigen.which, cfg.eigen.tol or default_tol(cfg.hessian.dtype), cfg.eigen.maxiter
 
 
 def eigen_solver(op: LinearOperator, cfg: Config, progress: Progress | None = None) -> IterativeSolver:

@@ -17,23 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config, valid_keys
+from ..config import Config, may_change_keys, valid_keys
 from ..parallel.comm import Communicator
 from ..problem.data import Shard
 
-#: Config keys (or sections) a resumed run may change: where and how fast it runs, not what it computes.
-MAY_CHANGE = ("output", "force_output", "threads", "checkpoint", "hessian.check", "hessian.graph_budget_mb", "hessian.shard_vectors",
-              "hessian.reduction", "density.plot", "blocks")
+#: Config keys a resumed run may change: where and how fast it runs, not what it computes (each
+#: key declares it: ``may_change`` in :mod:`hpcspec.config.schema`).
+MAY_CHANGE = may_change_keys()
 _MODULUS = (1 << 61) - 1
-#: The collective watchdog's deadline (``[comm]``) may change on resume too.
-MAY_CHANGE = (*MAY_CHANGE, "comm")
 
 
 def config_identity(cfg: Config) -> dict[str, Any]:
     """The config keys that decide the numbers, as JSON values."""
     values: dict[str, Any] = {}
     for key in valid_keys():
-        if any(key == skip or key.startswith(skip + ".") for skip in MAY_CHANGE):
+        if key in MAY_CHANGE:
             continue
         node: Any = cfg
         for part in key.split("."):

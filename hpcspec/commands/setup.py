@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import choices
 from ..config import Config
 from ..errors import InputError
 from ..files.outputs import claim
@@ -20,7 +21,7 @@ from ..problem.losses import check_labels, get_loss
 from ..problem.models import build_model, load_weights
 
 #: The analysis dtypes (``hessian.dtype``) as torch dtypes.
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in choices.DTYPES}
 
 
 @dataclass(frozen=True)

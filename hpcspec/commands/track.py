@@ -102,7 +102,7 @@ def track_config(args: argparse.Namespace) -> tuple[Config, list[tuple[int, Path
 
     Defaults → ``train.toml`` (model, data, hessian, seed) → ``--config`` file → flags → ``--set``.
     """
-    from ..cli import FLAG_KEYS, config_from_args
+    from ..config import flag_overrides, layered_config
 
     directory = Path(args.checkpoint_dir)
     steps = checkpoint_files(directory)
@@ -110,13 +110,13 @@ def track_config(args: argparse.Namespace) -> tuple[Config, list[tuple[int, Path
     explicit: dict[str, Any] = {}
     if args.config:
         explicit = _flatten(_read_toml(Path(args.config), "config file"))
-    named = set(explicit) | {key for flag, key in FLAG_KEYS.items() if getattr(args, flag, None) is not None}
-    named |= {item.partition("=")[0].strip() for item in args.set}
+    flags = flag_overrides(vars(args), "run")
+    named = set(explicit) | set(flags) | {item.partition("=")[0].strip() for item in args.set}
     if not base and not {"model.spec", "data.spec"} <= named:
         raise InputError(f"{str(directory)!r} has no {TRAIN_TOML}: name the model and the data (--model and --data) "
                          "the checkpoints were trained with")
-    # config_from_args applies its base after a --config file; here the file must override train.toml
-    cfg = config_from_args(argparse.Namespace(**{**vars(args), "config": None}), {**base, **explicit})
+    # the --config file must override train.toml: both go in as the base, under the flags
+    cfg = layered_config(base={**base, **explicit}, flags=flags, sets=args.set)
     if cfg.train.steps:
         raise InputError("track analyses the saved checkpoints as they are: train.steps must be 0")
     if cfg.model.weights:

@@ -52,7 +52,7 @@ from ..checkpoint import (
     describe_mismatch,
     model_fingerprint,
 )
-from ..config import Config, TrainConfig, to_toml
+from ..config import Config, TrainConfig, to_toml, training_identity_keys
 from ..errors import InputError
 from ..files.outputs import released_after, write_atomic, write_text_atomic
 from ..parallel.agree import agreed
@@ -66,10 +66,9 @@ from .setup import claim_output, data_shape, job_model, load_data
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.json"
 CONFIG_FILE = "train.toml"
-#: Config keys (prefixes) that decide the trained weights; the others may change on --resume.
-IDENTITY_KEYS = ("seed", "model.", "data.", "hessian.loss", "hessian.dtype", "train.")
-#: ...except these, which decide only how the data is chunked for the Hessian or which steps are saved.
-IDENTITY_EXCEPT = ("data.batch_size", "train.save_every")
+#: Config keys that decide the trained weights (each declares it: ``identity`` in
+#: :mod:`hpcspec.config.schema`); the others may change on --resume.
+IDENTITY_KEYS = training_identity_keys()
 STATE_VERSION = 1
 
 
@@ -211,8 +210,7 @@ class History:
 def training_identity(cfg: Config, model: nn.Module, shard: Shard, comm: Communicator) -> dict[str, Any]:
     """What a resumed training must match (collective: hashes the data set)."""
     keys = {key: value for key, value in config_identity(cfg).items()
-            if any(key == k or (k.endswith(".") and key.startswith(k)) for k in IDENTITY_KEYS)
-            and key not in IDENTITY_EXCEPT}
+            if key in IDENTITY_KEYS}
     return {"config": keys, "model": model_fingerprint(model), "data": data_fingerprint(shard, comm),
             "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 

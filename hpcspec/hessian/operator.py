@@ -18,6 +18,13 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..choices import (
+    BN_MODES,
+    DEFAULT_GRAPH_BUDGET_MB,
+    DEFAULT_SHARD_VECTORS,
+    HVP_METHODS,
+    REDUCTIONS,
+)
 from ..errors import InputError
 from ..parallel.comm import Communicator, SingleProcess
 from ..parallel.vectors import VectorSpace, make_space
@@ -25,17 +32,10 @@ from ..problem.data import Shard
 from ..problem.losses import Loss, check_targets, get_loss
 from ..problem.params import ParamLayout
 
-HVP_METHODS = ("double_backward", "forward_over_reverse")
-#: ``fast``: one float64 allreduce (bits depend on the rank count through the summation order);
-#: ``ordered``: an exact fixed-point sum whose bits do not (see ``HessianOperator._exact_sum``).
-REDUCTIONS = ("fast", "ordered")
 #: Used by ``method="auto"`` when there is nothing to time (rank 0 holds no samples).
 #: benchmarks/hvp_cost.py found it faster on the digits MLP (float32 and float64) and on ResNet-20
 #: in float32, but forward-over-reverse faster on ResNet-20 in float64 — hence the timing in "auto".
 DEFAULT_HVP_METHOD = "double_backward"
-#: ``eval``: BatchNorm normalises with its running (population) statistics; ``train``: with each
-#: batch's own statistics.
-BN_MODES = ("eval", "train")
 
 
 
@@ -102,10 +102,12 @@ class HessianOperator:
             kept, each product costs only the second backward. Measured on the first product
             (the tensors autograd saves); over budget, every product recomputes its forward and
             gradient batch by batch. 0 turns the cache off. The cache is rebuilt when a
-            parameter or buffer changes (e.g. after training). Same bits either way.
+            parameter or buffer changes (e.g. after training). Same bits either way. Default
+            :data:`~hpcspec.choices.DEFAULT_GRAPH_BUDGET_MB`, as ``hessian.graph_budget_mb``.
         shard_vectors: solvers keep only this rank's slice of every long vector (``space``, see
             :mod:`hpcspec.parallel.vectors`) and products are reduce-scattered (:meth:`apply_sharded`);
             off, or on one rank, vectors are replicated and products allreduced (:meth:`apply`).
+            Default on, as ``hessian.shard_vectors``.
         reduction: ``fast`` (one float64 allreduce of the rank sums) or ``ordered``: every batch's
             product is reduced exactly on a fixed-point grid, so H·v has the same bits for any
             rank count and any order, provided each batch is the same on every rank count (shard
@@ -120,7 +122,8 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
-                 bn_mode: str = "eval", graph_budget_mb: float = 0.0, shard_vectors: bool = False,
+                 bn_mode: str = "eval", graph_budget_mb: float = DEFAULT_GRAPH_BUDGET_MB,
+                 shard_vectors: bool = DEFAULT_SHARD_VECTORS,
                  reduction: str = "fast") -> None:
         self.comm = comm or SingleProcess()
         if reduction not in REDUCTIONS:

@@ -16,9 +16,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from ..choices import BACKENDS
 from ..errors import InputError
-
-BACKENDS = ("auto", "mpi", "torch", "horovod", "single")
 
 
 @runtime_checkable

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
+from ..choices import default_tol
 from ..parallel.comm import Communicator
 from ..parallel.vectors import LocalSlice
 
@@ -98,3 +99,10 @@ def check_state(state: State, size: int) -> None:
                                  f"got {value.dtype} {tuple(value.shape)}")
         elif not isinstance(value, (np.ndarray, *SCALARS)):
             raise ValueError(f"state entry {key!r} has type {type(value).__name__}, which a checkpoint cannot hold")
+
+
+def resolve_tol(tol: float | None, op: Any) -> float:
+    """``tol``, or when it is None the Lanczos default for the operator's compute dtype (its
+    ``compute_dtype``, as a :class:`~hpcspec.hessian.operator.HessianOperator` has; float64's
+    when it has none): the library and ``eigen.tol = 0`` on the command line agree."""
+    return default_tol(getattr(op, "compute_dtype", None)) if tol is None else float(tol)

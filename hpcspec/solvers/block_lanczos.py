@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from ..parallel.vectors import space_of
-from .base import IterativeSolver, LinearOperator, State
+from .base import IterativeSolver, LinearOperator, State, resolve_tol
 from .lanczos import LanczosResult, check_request, select
 from .probes import probe
 
@@ -129,7 +129,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
 
     kind = "block_lanczos"
 
-    def __init__(self, op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
+    def __init__(self, op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, max_basis: int | None = None, maxiter: int | None = None,
                  seed: int = 0, v0: torch.Tensor | None = None, check: bool = True, check_size: int = 1,
                  callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
@@ -137,6 +137,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         check_request(n, k, which)
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        tol = resolve_tol(tol, op)
         if math.isnan(tol):
             raise ValueError("tol must be a number, got nan")
         b = min(block_size, n)
@@ -590,7 +591,7 @@ def _beyond(candidates: np.ndarray, locked: np.ndarray, k: int, which: str, marg
     return found
 
 
-def block_lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
+def block_lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,
                   block_size: int = DEFAULT_BLOCK_SIZE, max_basis: int | None = None, maxiter: int | None = None,
                   seed: int = 0, v0: torch.Tensor | None = None, check: bool = True, check_size: int = 1,
                   callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> LanczosResult:
@@ -606,7 +607,8 @@ def block_lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol
         which: ``largest`` (algebraic, default), ``smallest``, ``largest_magnitude`` or
             ``both_ends`` (⌈k/2⌉ largest and ⌊k/2⌋ smallest).
         tol: a pair is converged when its Ritz residual ≤ ``tol · max|θ|``; the same margin
-            separates a missed copy from the k-th value in a check round.
+            separates a missed copy from the k-th value in a check round. None: the default for
+            the operator's compute dtype (:data:`~hpcspec.choices.DEFAULT_TOL`).
         block_size: vectors per data pass (b): multiplicity ≤ b is found by construction.
         max_basis: most vectors held at once, locked ones included (ARPACK's ``ncv``; default
             ``max(64, 2k + 4b)``, at least ``k + 3b``); memory per rank ``max_basis · P / R``.

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from ..choices import WHICH
 from ..parallel.vectors import VectorSpace, space_of
-from .base import IterativeSolver, LinearOperator, State
+from .base import IterativeSolver, LinearOperator, State, resolve_tol
 from .probes import probe
 
-WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")
 STREAM = "lanczos"
 
 
@@ -140,7 +140,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
 
     kind = "lanczos"
 
-    def __init__(self, op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
+    def __init__(self, op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,
                  maxiter: int | None = None, seed: int = 0, v0: torch.Tensor | None = None,
                  callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
         n = op.size
@@ -148,7 +148,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
         self.maxiter = min(n, maxiter if maxiter else max(200, 30 * k))
         if self.maxiter < k:
             raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
-        self.op, self.k, self.which, self.tol, self.seed, self.callback = op, k, which, tol, seed, callback
+        self.op, self.k, self.which, self.tol, self.seed, self.callback = op, k, which, resolve_tol(tol, op), seed, callback
         self.space = space_of(op)
         self.basis = _Basis(self.space, min(self.maxiter, 64), self.maxiter)
         q = v0.to(torch.float64).clone() if v0 is not None else probe(n, seed, STREAM, 0, "gaussian")
@@ -249,7 +249,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
                              peak_basis=m)
 
 
-def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float = 1e-8,
+def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,
             maxiter: int | None = None, seed: int = 0, v0: torch.Tensor | None = None,
             callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> LanczosResult:
     """k extreme eigenpairs of the symmetric operator ``op`` (Lanczos 1950, full reorthogonalisation).
@@ -262,6 +262,7 @@ def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: floa
             ``both_ends`` (⌈k/2⌉ largest and ⌊k/2⌋ smallest).
         tol: stop when every wanted Ritz residual ≤ ``tol · max|θ|`` (relative to the estimated
             spectral norm). Eigenvalue errors are about residual²/gap, so they are far smaller.
+            None: the default for the operator's compute dtype (:data:`~hpcspec.choices.DEFAULT_TOL`).
         maxiter: maximum Krylov dimension (default ``min(P, max(200, 30 k))``).
         seed: seeds the start vector (probe ``(seed, "lanczos", 0)``) and any restart vector
             (probes 1, 2, …); identical on every rank.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..choices import POWER_MAXITER, POWER_TOL
 from .base import IterativeSolver, LinearOperator, State
 from .orthogonal import project_out_
 from .probes import probe
@@ -71,7 +72,7 @@ class PowerIteration(IterativeSolver[PowerResult]):
 
     kind = "power"
 
-    def __init__(self, op: LinearOperator, k: int = 1, *, maxiter: int = 100, tol: float = 1e-3,
+    def __init__(self, op: LinearOperator, k: int = 1, *, maxiter: int = POWER_MAXITER, tol: float = POWER_TOL,
                  seed: int = 0) -> None:
         n = op.size
         if not 1 <= k <= n:
@@ -159,7 +160,7 @@ class PowerIteration(IterativeSolver[PowerResult]):
                            converged=self.converged)
 
 
-def power_iteration(op: LinearOperator, k: int = 1, *, maxiter: int = 100, tol: float = 1e-3,
+def power_iteration(op: LinearOperator, k: int = 1, *, maxiter: int = POWER_MAXITER, tol: float = POWER_TOL,
                     seed: int = 0) -> PowerResult:
     """k eigenpairs of largest magnitude of the symmetric ``op`` by power iteration with deflation.
 

@@ -13,9 +13,8 @@ import zlib
 import numpy as np
 import torch
 
+from ..choices import DISTRIBUTIONS
 from .base import LinearOperator
-
-DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
 def probe_generator(seed: int, stream: str, index: int) -> torch.Generator:

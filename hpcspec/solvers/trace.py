@@ -81,15 +81,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# DEFAULT_TRACE_METHOD meets the 0.5 % median-error target at 100 products on the digits MLP
+# (module docstring); ADAPTIVE_METHODS support ``rtol`` (XTrace needs its whole sketch first).
+from ..choices import ADAPTIVE_TRACE_METHODS as ADAPTIVE_METHODS
+from ..choices import DEFAULT_TRACE_METHOD, TRACE_METHODS
 from .base import IterativeSolver, LinearOperator, State
 from .orthogonal import project_out_
 from .probes import DISTRIBUTIONS, apply_in_blocks, probe_block
 
-TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace", "krylov")
-#: Meets the 0.5 % median-error target at 100 products on the digits MLP (module docstring).
-DEFAULT_TRACE_METHOD = "krylov"
-#: Methods that support ``rtol`` (XTrace needs its whole sketch before its first estimate).
-ADAPTIVE_METHODS = ("hutchinson", "hutchpp", "krylov")
 #: Fewest samples an adaptive run bases a stop on (a standard error from fewer is too noisy).
 MIN_ADAPTIVE_SAMPLES = 10
 #: Probes per round in adaptive mode when ``block_size`` is 0.

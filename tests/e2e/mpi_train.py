@@ -26,18 +26,18 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "support"))
 import trainmod  # noqa: E402  (written by the test)
 from test_train import TRAIN  # noqa: E402
 
-from hpcspec.commands import train as tr  # noqa: E402
 from hpcspec.checkpoint import StopFlag, model_fingerprint  # noqa: E402
-from hpcspec.cli import TRAIN_FLAG_KEYS, build_parser, config_from_args, main  # noqa: E402
-from hpcspec.parallel.comm import MPICommunicator  # noqa: E402
+from hpcspec.cli import build_parser, config_from_args, main  # noqa: E402
+from hpcspec.commands import train as tr  # noqa: E402
 from hpcspec.parallel.agree import AgreedInputError  # noqa: E402
+from hpcspec.parallel.comm import MPICommunicator  # noqa: E402
 
 world = MPI.COMM_WORLD
 report: dict = {"ranks3": main([*TRAIN, "--output", "ranks3"])}
 
 
 def config(output: str, *extra: str):
-    return config_from_args(build_parser().parse_args([*TRAIN, "--output", output, *extra]), None, TRAIN_FLAG_KEYS)
+    return config_from_args(build_parser().parse_args([*TRAIN, "--output", output, *extra]), None, "train")
 
 
 pair = world.Split(0 if world.rank < 2 else MPI.UNDEFINED, world.rank)

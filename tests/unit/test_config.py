@@ -61,18 +61,41 @@ def test_parse_override():
         parse_override("eigen.top_k")
 
 
-def test_config_choices_match_what_the_kernels_accept():
-    """config.py keeps its own choice lists (so parsing a config needs no torch); they must not drift."""
+def test_config_and_kernels_share_one_choice_list_each():
+    """Every choice tuple is defined once, in hpcspec.choices: the kernels use those very objects,
+    and the config's lists are they or derived from them."""
     import importlib
+    import subprocess
+    import sys
 
-    from hpcspec import config
+    from hpcspec import choices
+    from hpcspec.config import options
     from hpcspec.hessian import operator
+    from hpcspec.parallel import comm
 
     lanczos, probes, trace = (importlib.import_module(f"hpcspec.solvers.{name}") for name in ("lanczos", "probes", "trace"))
+    assert trace.TRACE_METHODS is choices.TRACE_METHODS and trace.ADAPTIVE_METHODS is choices.ADAPTIVE_TRACE_METHODS
+    assert probes.DISTRIBUTIONS is choices.DISTRIBUTIONS and lanczos.WHICH is choices.WHICH
+    assert operator.BN_MODES is choices.BN_MODES and operator.REDUCTIONS is choices.REDUCTIONS
+    assert operator.HVP_METHODS is choices.HVP_METHODS and comm.BACKENDS is choices.BACKENDS
+    declared = {option.key: option.meta.choices for option in options()}
+    assert declared["hessian.hvp"] == ("auto", *choices.HVP_METHODS)
+    assert set(declared["trace.method"]) == set(choices.TRACE_METHODS)
+    assert declared["trace.method"][0] == choices.DEFAULT_TRACE_METHOD == Config().trace.method
+    assert declared["trace.distribution"] is declared["density.distribution"] is choices.DISTRIBUTIONS
+    assert declared["hessian.bn_mode"] is choices.BN_MODES and declared["eigen.which"] is choices.WHICH
+    # the library and the CLI share their defaults
+    import inspect
 
-    assert set(config.TRACE_METHODS) == set(trace.TRACE_METHODS)
-    assert config.TRACE_METHODS[0] == trace.DEFAULT_TRACE_METHOD == Config().trace.method
-    assert set(config.DISTRIBUTIONS) == set(probes.DISTRIBUTIONS)
-    assert set(config.BN_MODES) == set(operator.BN_MODES)
-    assert set(config.WHICH) == set(lanczos.WHICH)
-    assert set(config.HVP_METHODS) == {"auto", *operator.HVP_METHODS}
+    params = inspect.signature(operator.HessianOperator).parameters
+    assert params["graph_budget_mb"].default == Config().hessian.graph_budget_mb == choices.DEFAULT_GRAPH_BUDGET_MB
+    assert params["shard_vectors"].default is Config().hessian.shard_vectors is choices.DEFAULT_SHARD_VECTORS
+    # parsing a config imports no kernel (hpcspec/__init__ imports the library, so load the modules bare)
+    code = ("import sys, importlib.util, types; pkg = types.ModuleType('hpcspec'); pkg.__path__ = ['hpcspec']; "
+            "sys.modules['hpcspec'] = pkg; import hpcspec.config; hpcspec.config.load_config(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch', 'hpcspec.'))))")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert "torch" not in loaded and "hpcspec.solvers" not in loaded, loaded

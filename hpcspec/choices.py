@@ -1,0 +1,67 @@
+"""Every choice list and every default the library and the command line share, stated once.
+
+The config (:mod:`hpcspec.config`) validates against these tuples and the kernels (operator,
+solvers, communicator) check their arguments against the same ones, so the two cannot drift.
+Torch-free on purpose: parsing or validating a config must not import torch. Where the config
+accepts more than a kernel (``hvp = "auto"``, the default trace method listed first) the config's
+tuple is derived from the kernel's here.
+"""
+
+from __future__ import annotations
+
+# --- the model and the loss --------------------------------------------------------------------
+ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid", "softplus")
+LOSSES = ("cross_entropy", "mse")
+#: The compute precisions (``hessian.dtype``); names of torch dtypes.
+DTYPES = ("float64", "float32")
+
+# --- the Hessian operator ----------------------------------------------------------------------
+#: The Hessian-vector product implementations :class:`~hpcspec.hessian.operator.HessianOperator` has.
+HVP_METHODS = ("double_backward", "forward_over_reverse")
+#: What ``hessian.hvp`` accepts: ``auto`` times the methods and uses the faster.
+HVP_CHOICES = ("auto", *HVP_METHODS)
+#: ``fast``: one float64 allreduce (bits depend on the rank count through the summation order);
+#: ``ordered``: an exact fixed-point sum whose bits do not (see ``HessianOperator._exact_sum``).
+REDUCTIONS = ("fast", "ordered")
+#: ``eval``: BatchNorm normalises with its running (population) statistics; ``train``: with each
+#: batch's own statistics.
+BN_MODES = ("eval", "train")
+#: MiB per rank the shard's first-order graphs may take to be kept between products (0: never kept).
+DEFAULT_GRAPH_BUDGET_MB = 1024.0
+#: Solvers keep only each rank's slice of every long vector (products reduce-scattered).
+DEFAULT_SHARD_VECTORS = True
+
+# --- the solvers -------------------------------------------------------------------------------
+WHICH = ("largest", "smallest", "largest_magnitude", "both_ends")
+EIGEN_METHODS = ("block", "lanczos", "power")
+#: The trace estimators, in the order of their history (Hutchinson 1989 → Hutch++ → XTrace → Krylov-deflated).
+TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace", "krylov")
+DEFAULT_TRACE_METHOD = "krylov"
+#: The trace methods that can stop early at a standard error (``trace.rtol``); XTrace spends its budget on one sketch.
+ADAPTIVE_TRACE_METHODS = ("hutchinson", "hutchpp", "krylov")
+#: ``trace.method``'s choices as the config lists them: the default first.
+TRACE_CHOICES = (DEFAULT_TRACE_METHOD, *(method for method in TRACE_METHODS if method != DEFAULT_TRACE_METHOD))
+#: The fewest products any trace method needs at its default sketch size (hutchpp: 2·1 + 2).
+MIN_TRACE_MATVECS = 4
+DISTRIBUTIONS = ("rademacher", "gaussian")
+#: Lanczos / block Lanczos relative Ritz-residual tolerance by compute dtype (``eigen.tol = 0``;
+#: a library call with ``tol=None``): float32 products are not accurate to 1e-8.
+DEFAULT_TOL = {"float64": 1e-8, "float32": 1e-5}
+#: PyHessian's defaults for its power iteration (``hessian.eigenvalues(maxIter=100, tol=1e-3)``).
+POWER_TOL = 1e-3
+POWER_MAXITER = 100
+
+# --- the run -----------------------------------------------------------------------------------
+TASKS = ("eigen", "trace", "density", "landscape")
+SPLITS = ("train", "test")
+NORMALIZE = ("auto", "channel", "none")
+SCHEDULES = ("cosine", "step", "constant")
+HDF5_LOCKING = ("auto", "true", "false", "best-effort")
+#: Communication backends (``--backend``); ``auto`` picks one from the launcher's environment.
+BACKENDS = ("auto", "mpi", "torch", "horovod", "single")
+
+
+def default_tol(dtype: object = None) -> float:
+    """The Lanczos tolerance for a compute dtype (a name or a torch dtype); float64's when unknown."""
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float64"
+    return DEFAULT_TOL.get(name, DEFAULT_TOL["float64"])
