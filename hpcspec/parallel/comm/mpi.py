@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 
 BACKENDS = ("auto", "mpi", "torch", "horovod", "single")
 
@@ -103,7 +103,7 @@ class MPICommunicator:
     def __init__(self, mpi_comm: Any) -> None:
         from mpi4py import MPI
 
-        from .watchdog import Watchdog
+        from ..watchdog import Watchdog
 
         self._MPI = MPI
         self._comm = mpi_comm
