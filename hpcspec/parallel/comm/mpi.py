@@ -61,6 +61,7 @@ class MPICommunicator:
         return full
 
     def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
+        _check_float64(rows)  # on every rank: a wrong dtype must fail everywhere, not on root alone
         full = _full_like(rows, bounds) if self.rank == root else None
         counts, displacements = _row_counts(rows, bounds)
         target = [full.numpy(), counts, displacements, self._MPI.DOUBLE] if full is not None else None
@@ -115,10 +116,15 @@ def _row_counts(tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> tupl
     return [(hi - lo) * row for lo, hi in bounds], [lo * row for lo, _ in bounds]
 
 
-def _full_like(rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """An empty float64 CPU tensor with all ranks' rows (``bounds[-1][1]`` of them)."""
+def _check_float64(rows: torch.Tensor) -> None:
+    """Raise ValueError unless ``rows`` is float64: what the row collectives move (MPI.DOUBLE)."""
     if rows.dtype != torch.float64:
         raise ValueError("row collectives move float64 tensors")
+
+
+def _full_like(rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """An empty float64 CPU tensor with all ranks' rows (``bounds[-1][1]`` of them)."""
+    _check_float64(rows)
     return torch.empty((bounds[-1][1], *rows.shape[1:]), dtype=torch.float64)
 
 
