@@ -43,7 +43,7 @@ from hpcspec.checkpoint import Checkpointer, CheckpointStore, StopFlag  # noqa: 
 from hpcspec.parallel.comm import world  # noqa: E402
 from hpcspec.problem.losses import get_loss  # noqa: E402
 from hpcspec.hessian.operator import HessianOperator  # noqa: E402
-from hpcspec.solvers.lanczos import _Basis  # noqa: E402
+from hpcspec.solvers.lanczos import KrylovBasis  # noqa: E402
 from hpcspec.solvers.lanczos import Lanczos  # noqa: E402
 
 CATEGORIES = ("hvp", "communication", "reorthogonalisation", "checkpoint", "other")
@@ -95,7 +95,7 @@ def main() -> None:
     op._local_products = profile.wrap("hvp", op._local_products)  # type: ignore[method-assign]
     for name in COLLECTIVES:
         setattr(comm, name, profile.wrap("communication", getattr(comm, name)))
-    _Basis.orthogonalise_ = profile.wrap("reorthogonalisation", _Basis.orthogonalise_)  # type: ignore[method-assign]
+    KrylovBasis.orthogonalise_ = profile.wrap("reorthogonalisation", KrylovBasis.orthogonalise_)  # type: ignore[method-assign]
     space = op.space
     space.norms = profile.wrap("reorthogonalisation", space.norms)  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as scratch:

@@ -48,7 +48,7 @@ def worker(steps: int, sharded: bool, out: Path) -> None:
     solver = Lanczos(op, 5, tol=-1.0, maxiter=steps)  # never converged: exactly m steps
     solver.run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    record = {"rank": comm.rank, "basis_bytes": solver.basis._rows.numel() * 8, "basis_rows": solver.basis.count,
+    record = {"rank": comm.rank, "basis_bytes": solver.basis.allocated.numel() * 8, "basis_rows": solver.basis.count,
               "local_size": op.space.local_size, "peak_before": before, "peak": peak, "size": op.size}
     records = comm.allgather_object(record)
     if comm.rank == 0:

@@ -8,12 +8,10 @@ across ranks in one message per application, and the result is divided once by C
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -31,6 +29,8 @@ from ..parallel.vectors import VectorSpace, make_space
 from ..problem.data import Shard
 from ..problem.losses import Loss, check_targets, get_loss
 from ..problem.params import ParamLayout
+from .graphs import SavedBytes
+from .ordered import exact_sum
 
 #: Used by ``method="auto"`` when there is nothing to time (rank 0 holds no samples).
 #: benchmarks/hvp_cost.py found it faster on the digits MLP (float32 and float64) and on ResNet-20
@@ -43,33 +43,6 @@ def check_bn_mode(bn_mode: str) -> None:
     """Raise :class:`InputError` unless ``bn_mode`` is one of :data:`BN_MODES`."""
     if bn_mode not in BN_MODES:
         raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
-
-
-class _SavedBytes:
-    """Within ``with``: the bytes of the tensors autograd saves for backward, each counted once
-    (with the gradients themselves, :meth:`add_gradients`: what keeping a graph costs)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._seen: set[tuple[int, int, torch.dtype]] = set()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        tag = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
-        if tag not in self._seen:
-            self._seen.add(tag)
-            self.total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    def add_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
-        self.total += sum(g.numel() * g.element_size() for g in grads if g is not None)
-
-    def __enter__(self) -> "_SavedBytes":
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
 
 
 class HessianOperator:
@@ -214,7 +187,7 @@ class HessianOperator:
     def _kept_graph_trial(self, inputs: torch.Tensor, targets: torch.Tensor) -> Callable | None:
         """A product on the trial batch as it runs with kept graphs (the second backward alone),
         or None if the shard's graphs, extrapolated from this batch, would not fit the budget."""
-        saved = _SavedBytes()
+        saved = SavedBytes()
         with saved:
             grads, live = self._first_order(inputs, targets)
         saved.add_gradients(grads)
@@ -286,7 +259,7 @@ class HessianOperator:
             return self._graphs
         self._graphs, self._graph_key = None, key
         graphs = []
-        saved = _SavedBytes()
+        saved = SavedBytes()
         with saved:
             for inputs, targets in self._batches():
                 grads, live = self._first_order(inputs, targets)
@@ -302,7 +275,8 @@ class HessianOperator:
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
         if self.reduction == "ordered":
-            total = self._exact_sum(self._local_products(vectors, per_batch=True), None)
+            parts = self._local_products(vectors, per_batch=True)
+            total = exact_sum(self.comm, parts, self.size, bool(len(self._inputs)), None)
         else:
             total = self.comm.allreduce_sum_(self._local_products(vectors)[0])
         total /= self.total_count
@@ -312,7 +286,8 @@ class HessianOperator:
         """Rows ``bounds[rank]`` of ``H @ vectors`` (whole (P,) or (P, k) in, this rank's rows out):
         the partial products are reduce-scattered, so no rank receives the whole product."""
         if self.reduction == "ordered":
-            total = self._exact_sum(self._local_products(vectors, per_batch=True), bounds)
+            parts = self._local_products(vectors, per_batch=True)
+            total = exact_sum(self.comm, parts, self.size, bool(len(self._inputs)), bounds)
         else:
             total = self.comm.reduce_scatter_rows(self._local_products(vectors)[0].T.contiguous(), bounds)
         total /= self.total_count
@@ -338,33 +313,6 @@ class HessianOperator:
                 self._accumulate(totals[-1][j], product)
         self.num_matvecs += k
         return [total.cpu() if total.device.type != "cpu" else total for total in totals]
-
-    def _exact_sum(self, parts: list[torch.Tensor], bounds: Sequence[tuple[int, int]] | None) -> torch.Tensor:
-        """The sum over every batch of every rank, with bits that depend on neither the order of
-        the terms nor the rank count (``reduction = "ordered"``).
-
-        Each column's terms are put on one fixed-point grid (2^-s, from the column's largest
-        magnitude over all ranks and the number of batches, so that no int64 sum can overflow)
-        and summed as integers, which is exact and so associative; one allreduce (or
-        reduce-scatter: ``bounds`` given, rows of (P, k) returned) of int64 carries them. The
-        grid keeps 62 − ⌈log2(batches + 1)⌉ bits below each column's largest term: a rounding of
-        about 2^-57 of it per term on data sets of a few dozen batches. Without ``bounds``,
-        returns (k, P).
-        """
-        k = parts[0].shape[0]
-        largest = torch.stack([part.abs().amax(dim=1) for part in parts]).amax(dim=0).numpy() if parts else np.zeros(k)
-        gathered = self.comm.allgather_object((largest, len(parts) if len(self._inputs) else 0))
-        largest = np.max(np.stack([found for found, _ in gathered]), axis=0)
-        headroom = max(1, math.ceil(math.log2(sum(batches for _, batches in gathered) + 1)))
-        # |term · 2^s| < 2^(62−h); capped so that 2^s stays a finite float64
-        shift = torch.from_numpy(np.minimum(62 - headroom - np.frexp(largest)[1], 1000).astype(np.int64))
-        fixed = torch.zeros(k, self.size, dtype=torch.int64)
-        for part in parts:
-            fixed += torch.round(torch.ldexp(part, shift[:, None].to(torch.float64))).to(torch.int64)
-        if bounds is None:
-            return torch.ldexp(self.comm.allreduce_sum_(fixed).to(torch.float64), -shift[:, None].to(torch.float64))
-        rows = self.comm.reduce_scatter_rows(fixed.T.contiguous(), bounds)
-        return torch.ldexp(rows.to(torch.float64), -shift[None, :].to(torch.float64))
 
     def _accumulate(self, flat: torch.Tensor, parts: Sequence[torch.Tensor | None]) -> None:
         """``flat += parts`` slice by slice (float64), skipping parameters with no contribution."""

@@ -19,20 +19,14 @@ for Large Eigenvalue Problems*, 2nd ed., §5.3 and ch. on deflation). Memory per
 ``max_basis · P / R`` whatever k and however many restarts.
 
 Why a completeness check. A missed copy is invisible: the wanted pairs converge with small
-residuals whether or not a copy is missing. So once the k wanted pairs are converged and locked,
-the solver starts again from a *fresh* seeded block, deflated against the locked vectors, and runs
-until the extreme Ritz pair(s) of that new space have converged. If one lies beyond the k-th
-wanted value (with a margin of ``tol · scale``), it was a missed copy: it is locked and another
-fresh round follows; when a round finds nothing beyond the k-th value, the answer is complete.
-Guarantee: multiplicity ≤ b is found in exact arithmetic from any start block in general position;
-higher multiplicity is found with high probability (each check round sees min(μ', b) of the μ'
-copies still missing, from a Gaussian block independent of the search).
+residuals whether or not a copy is missing, so once the k wanted pairs are locked, fresh seeded
+blocks deflated against them look for more until a round finds nothing beyond the k-th value
+(:mod:`hpcspec.solvers.block_check`). Guarantee: multiplicity ≤ b is found in exact arithmetic from
+any start block in general position; higher multiplicity is found with high probability.
 
 Convergence is judged by Ritz residuals ``‖R S_{last, i}‖ = ‖H y_i − θ_i y_i‖`` (exact arithmetic),
-relative to ``scale = max |θ|``. Every new block is orthogonalised against all held vectors twice
-(classical Gram–Schmidt, "twice is enough"), then within itself column by column; a column that
-vanishes (an invariant subspace) is replaced by a fresh probe. Probes depend only on ``(seed,
-index)``, never on the rank count.
+relative to ``scale = max |θ|``. New blocks are orthonormalised against every held vector
+(:mod:`hpcspec.solvers.block_basis`). Probes depend only on ``(seed, index)``, never on the rank count.
 
 SPMD: every rank runs the loop; rank 0's projected matrix and Ritz decomposition are broadcast,
 so all ranks take the same decisions. Vectors live in the operator's space (:mod:`hpcspec.parallel.vectors`):
@@ -42,15 +36,30 @@ replicated, or sharded so that each rank holds only its slice of every basis vec
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..parallel.vectors import space_of
 from .base import IterativeSolver, LinearOperator, State, resolve_tol
-from .lanczos import LanczosResult, check_request, select
+from .block_basis import (
+    as_block,
+    checked_sizes,
+    fresh_block,
+    next_block,
+    one_thread,
+    orthogonalise,
+)
+from .block_check import (
+    beyond,
+    check_which,
+    guarantee,
+    restart_priority,
+    round_clear,
+    wanted_indices,
+)
+from .lanczos import LanczosResult, check_request
 from .probes import probe
 
 STREAM = "block_lanczos"
@@ -61,48 +70,6 @@ DEFAULT_BLOCK_SIZE = 4
 #: Columns of the basis recombined at a time at a restart (bounds the transient memory).
 CHUNK = 1 << 16
 PHASES = ("search", "check")
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the solver's own dense algebra on one thread: a BLAS product splits its rows among the
-    threads, and rows that fall to another kernel round differently, so the bits would depend on the
-    thread count, which a resumed run may change. (The operator's products keep every thread.)"""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def default_max_basis(size: int, k: int, block_size: int) -> int:
-    """``max_basis`` when none is given: at least 64 vectors and room for 2k + 4b (capped at P)."""
-    return min(size, max(64, 2 * k + 4 * block_size))
-
-
-def min_max_basis(size: int, k: int, block_size: int) -> int:
-    """The smallest basis that can lock k pairs and still grow a check space of three blocks."""
-    return min(size, k + 3 * block_size)
-
-
-def default_maxiter(k: int) -> int:
-    """Default product budget (products, not steps): generous, a safety net, not a tolerance."""
-    return max(1000, 100 * k)
-
-
-def guarantee(block_size: int, checks: int, complete: bool) -> str:
-    """One line saying what a result guarantees about multiplicities (printed with it)."""
-    if complete and checks == 0:
-        return "the basis spanned the whole space: every eigenvalue found with its multiplicity"
-    if not complete:
-        return (f"multiplicity <= {block_size} found by the block; completeness NOT checked "
-                "(stopped before a check round finished)")
-    return (f"multiplicity <= {block_size} found by construction; higher multiplicity checked by {checks} "
-            "round(s) from a fresh seeded vector deflated against the locked pairs (found with high probability)")
 
 
 class _Buffer:
@@ -135,25 +102,11 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                  callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
         n = op.size
         check_request(n, k, which)
-        if not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         tol = resolve_tol(tol, op)
-        if math.isnan(tol):
-            raise ValueError("tol must be a number, got nan")
-        b = min(block_size, n)
-        floor = min_max_basis(n, k, b)
-        basis = default_max_basis(n, k, b) if not max_basis else min(int(max_basis), n)
-        if basis < floor:
-            raise ValueError(f"max_basis = {max_basis} is too small for k = {k} and block_size = {b}: it must be at "
-                             f"least k + 3 * block_size = {floor} (or 0 for the default {default_max_basis(n, k, b)})")
+        b, basis, self.maxiter = checked_sizes(n, k, tol, block_size, max_basis, check_size, maxiter)
         self.op, self.k, self.which, self.tol, self.seed = op, k, which, float(tol), seed
         self.block_size, self.max_basis, self.check, self.callback = b, basis, check, callback
-        if not isinstance(check_size, int) or not 1 <= check_size <= b:
-            raise ValueError(f"check_size must be an integer between 1 and block_size = {b}, got {check_size!r}")
         self.check_size = check_size
-        self.maxiter = int(maxiter) if maxiter else default_maxiter(k)
-        if self.maxiter < k:
-            raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
         self.space = space_of(op)
         self.buffer = _Buffer(self, self.space.local_size)
         self.peak_rows = 0  # the most vectors ever held (locked + active + pending): ≤ max_basis
@@ -169,7 +122,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.low, self.high = math.inf, -math.inf  # the extreme Ritz values ever seen: the spectrum's span
         self.converged = self.complete = self.done = False
         self._final: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None
-        start = [] if v0 is None else list(self.space.local(_as_block(v0, n)).T.clone())
+        start = [] if v0 is None else list(self.space.local(as_block(v0, n)).T.clone())
         with one_thread():
             self._place(self._fresh(min(b, n), [], start))
 
@@ -207,19 +160,6 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         return self.block_size if self.phase == "search" else self.check_size
 
     # ------------------------------------------------------------------------------ orthogonality
-    def _orthogonalise(self, vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-        """Remove from the rows of ``vectors`` (in place) their components along the orthonormal rows
-        of ``basis``, twice; return the summed coefficients (len(basis), len(vectors))."""
-        total = torch.zeros(basis.shape[0], vectors.shape[0], dtype=torch.float64)
-        if basis.shape[0] == 0:
-            return total
-        for _ in range(2):
-            coefficients = self.space.sum(basis @ vectors.T)
-            vectors -= coefficients.T @ basis
-            total += coefficients
-        return total
-
-
     def _draw(self) -> torch.Tensor:
         """This rank's rows of the next Gaussian probe of the stream (depends on (seed, index) only)."""
         vector = self.space.local(probe(self.op.size, self.seed, STREAM, self.draws, "gaussian")).clone()
@@ -227,51 +167,12 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         return vector
 
     def _fresh(self, width: int, held: list[torch.Tensor], start: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Up to ``width`` orthonormal rows orthogonal to the rows of every ``held`` tensor (each
-        orthonormal, and orthogonal to the others; never concatenated, which would copy the basis):
-        the ``start`` rows first, then probes."""
-        block = torch.empty(width, self.space.local_size, dtype=torch.float64)
-        count, candidates, attempts = 0, list(start or []), 0
-        while count < width and attempts < 4 * width + 8:
-            vector = candidates.pop(0) if candidates else self._draw()
-            attempts += 1
-            before = float(self.space.norms(vector))
-            for basis in (*held, block[:count]):
-                self._orthogonalise(vector[None], basis)
-            norm = float(self.space.norms(vector))
-            if norm > 1e-8 * before:
-                block[count] = vector / norm
-                count += 1
-        return block[:count]
+        """Up to ``width`` orthonormal rows orthogonal to every ``held`` tensor: ``start``, then probes."""
+        return fresh_block(self.space, width, held, self._draw, start)
 
     def _next_block(self, w: torch.Tensor, width: int) -> tuple[torch.Tensor, np.ndarray]:
-        """Orthonormal rows X (``width`` of them) and R (width, len(w)) with ``w ≈ Rᵀ X``, for rows
-        ``w`` already orthogonal to the held vectors. A column that vanishes (an invariant subspace)
-        is dropped and a fresh probe takes its place, with a zero row of R (no coupling)."""
-        held = self._rows[: self.nl + self.m]
-        block = torch.empty(width, self.space.local_size, dtype=torch.float64)
-        r = np.zeros((width, w.shape[0]))
-        count = 0
-        for j in range(w.shape[0]):
-            if count == width:  # the whole space is spanned: what is left is rounding
-                break
-            vector = w[j].clone()
-            before = float(self.space.norms(vector))
-            r[:count, j] += self._orthogonalise(vector[None], block[:count])[:, 0].numpy()
-            norm = float(self.space.norms(vector))
-            if norm < 0.7 * before:  # cancellation: restore orthogonality to the held vectors too
-                self._orthogonalise(vector[None], held)
-                r[:count, j] += self._orthogonalise(vector[None], block[:count])[:, 0].numpy()
-                norm = float(self.space.norms(vector))
-            if norm > 1e-12 * max(self.scale, np.finfo(float).tiny):
-                block[count] = vector / norm
-                r[count, j] = norm
-                count += 1
-        if count < width:
-            filler = self._fresh(width - count, [held, block[:count]])
-            block[count:count + filler.shape[0]] = filler
-            count += filler.shape[0]
-        return block[:count], r[:count]
+        """The next block X and its coupling R (``w ≈ Rᵀ X``), orthogonal to the locked and active rows."""
+        return next_block(self.space, w, width, self._rows[: self.nl + self.m], self.scale, self._draw)
 
     # ---------------------------------------------------------------------------------- one pass
     def step(self) -> None:
@@ -290,7 +191,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.m, self.w = self.m + width, 0  # X joins the active basis
         m = self.m
         self.scale = max(self.scale, float(space.norms(w).max()))
-        coefficients = self._orthogonalise(w, self._rows[: nl + m])[nl:].numpy()  # (m, width); locked: deflated
+        coefficients = orthogonalise(space, w, self._rows[: nl + m])[nl:].numpy()  # (m, width); locked: deflated
         t = np.zeros((m, m))
         t[: m - width, : m - width] = self.T
         t[:, m - width:] = coefficients
@@ -315,7 +216,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         tol = self._tolerance(theta)
         converged = (residuals <= tol) | exhausted
         values = np.concatenate([self.locked_values, theta])
-        wanted = _wanted(values, self.k, self.which)
+        wanted = wanted_indices(values, self.k, self.which)
         active_wanted = wanted[wanted >= self.nl] - self.nl
         if self.callback is not None:
             self.callback(self.passes, values[wanted], np.concatenate([self.locked_residuals, residuals])[wanted])
@@ -330,7 +231,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             lock = active_wanted[converged[active_wanted]]
         else:
             self.round_passes += 1
-            missed = np.flatnonzero(converged & _beyond(theta, self.locked_values, self.k, self.which, tol))
+            missed = np.flatnonzero(converged & beyond(theta, self.locked_values, self.k, self.which, tol))
             if len(missed):  # a copy the search did not see: lock it, then check again from scratch
                 self._recombine(theta, s, residuals, lock=missed, keep=np.zeros(0, dtype=int))
                 self._drop_unwanted(tol)
@@ -339,7 +240,10 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                 else:
                     self._start_check()
                 return
-            if exhausted or self._round_clear(theta, residuals, tol):
+            if exhausted or round_clear(theta, residuals, tol, locked=self.locked_values, k=self.k,
+                                           which=self.which, size=self.op.size, check_size=self.check_size,
+                                           low=self.low, high=self.high, round_passes=self.round_passes,
+                                           search_passes=self.search_passes):
                 self._finish(converged=True, complete=True)
                 return
             lock = missed
@@ -353,41 +257,12 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             self._restart(theta, s, residuals, lock)
         self._place(x_next)
 
-    def _round_clear(self, theta: np.ndarray, residuals: np.ndarray, tol: float) -> bool:
-        """Whether this check round shows, with high probability, that no missed eigenvalue lies
-        beyond the k-th wanted value on any side.
-
-        On each side, the extreme Ritz value of the fresh space must stand clear of the threshold
-        (its residual interval too), and the round must have run long enough that a missed
-        eigenvalue λ* at the threshold would already show: by the Kaniel–Paige–Saad bound,
-        ``λ* − θ ≤ (λ* − λ_far) tan²Φ / T_{j−1}(1 + 2γ)²`` with γ the relative gap between λ* and the
-        extreme Ritz value, so j passes suffice once ``T_{j−1}(1+2γ)² > tan²Φ (λ* − λ_far)/(λ* − θ)``;
-        tan²Φ is bounded for a Gaussian start block with failure probability ``FAILURE``. The round
-        never needs more passes than the search took: those sufficed to converge the k-th pair from
-        a random start, and the deflated operator's spectrum beyond it is a subset of the original's.
-        """
-        far_low, far_high = self.low, self.high
-        for sign, threshold in _thresholds(self.locked_values, self.k, self.which):
-            index = int(np.argmax(sign * theta))
-            extreme, far = sign * theta[index], sign * (far_low if sign > 0 else far_high)
-            limit = sign * threshold - tol
-            if extreme + residuals[index] >= limit:
-                return False
-            gap = limit - extreme
-            chebyshev = math.sqrt(_tan_squared(self.op.size, self.check_size) * (limit - far) / gap)
-            spread = extreme - far
-            needed = 1 if spread <= 0 else 1 + math.ceil(math.acosh(max(chebyshev, 1.0)) /
-                                                         math.acosh(1 + 2 * min(gap / spread, 1e300)))
-            if self.round_passes < min(needed, self.search_passes):
-                return False
-        return True
-
     def _restart(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, lock: np.ndarray) -> None:
         """Thick restart: lock ``lock``, keep the best unconverged Ritz vectors, drop the rest."""
         free = self.max_basis - self.nl - len(lock)
         remaining = max(self.k - self.nl - len(lock), 0)
         keep_count = min(free - 2 * self.block_size, max(remaining + self.block_size, free // 2))
-        order = _priority(theta, self.which if self.phase == "search" else _check_which(self.which))
+        order = restart_priority(theta, self.which if self.phase == "search" else check_which(self.which))
         locked = set(lock.tolist())
         keep = np.array([i for i in order if i not in locked][:max(keep_count, 0)], dtype=int)
         self._recombine(theta, s, residuals, lock=lock, keep=keep)
@@ -411,10 +286,10 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
 
     def _drop_unwanted(self, tol: float) -> None:
         """Unlock the locked pairs that a missed copy pushed clearly out of the wanted k."""
-        wanted = _wanted(self.locked_values, self.k, self.which)
+        wanted = wanted_indices(self.locked_values, self.k, self.which)
         keep = np.zeros(self.nl, dtype=bool)
         keep[wanted] = True
-        keep |= _beyond(self.locked_values, self.locked_values[wanted], self.k, self.which, tol)
+        keep |= beyond(self.locked_values, self.locked_values[wanted], self.k, self.which, tol)
         for new, old in enumerate(np.flatnonzero(keep)):
             if new != old:
                 self._rows[new] = self._rows[old]
@@ -435,14 +310,14 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
 
     # ------------------------------------------------------------------------------------ finish
     def _finish(self, *, converged: bool, complete: bool) -> None:
-        wanted = _wanted(self.locked_values, self.k, self.which)
+        wanted = wanted_indices(self.locked_values, self.k, self.which)
         vectors = self._rows[wanted].T.contiguous()
         self._end(self.locked_values[wanted], self.locked_residuals[wanted], vectors, converged, complete)
 
     def _finish_partial(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray) -> None:
         """Out of budget: the best k of the locked and active pairs, residuals as they stand."""
         values = np.concatenate([self.locked_values, theta])
-        wanted = _wanted(values, self.k, self.which)
+        wanted = wanted_indices(values, self.k, self.which)
         active = self._rows[self.nl:self.nl + self.m]
         columns = [self._rows[i] if i < self.nl else torch.from_numpy(np.ascontiguousarray(s[:, i - self.nl])) @ active
                    for i in wanted]
@@ -469,8 +344,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             "phase": self.phase, "checks": self.checks, "round_passes": self.round_passes,
             "search_passes": self.search_passes, "restarts": self.restarts, "draws": self.draws,
             "num_matvecs": self.num_matvecs, "passes": self.passes, "scale": self.scale, "low": self.low,
-            "high": self.high,
-            "peak_rows": self.peak_rows,
+            "high": self.high, "peak_rows": self.peak_rows,
             "converged": self.converged, "complete": self.complete, "done": self.done,
         }
         if self._final is not None:
@@ -518,77 +392,6 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                              checks=self.checks, complete=self.complete, max_basis=self.max_basis,
                              peak_basis=self.peak_rows,
                              guarantee=guarantee(self.block_size, self.checks, self.complete))
-
-
-def _as_block(v0: torch.Tensor, n: int) -> torch.Tensor:
-    block = v0.to(torch.float64).reshape(n, -1) if v0.numel() % n == 0 else None
-    if block is None or v0.shape[0] != n:
-        raise ValueError(f"v0 must be a ({n},) vector or a ({n}, j) block, got shape {tuple(v0.shape)}")
-    return block
-
-
-def _wanted(values: np.ndarray, k: int, which: str) -> np.ndarray:
-    """Indices into ``values`` (any order) of the k wanted ones, in reporting order."""
-    order = np.argsort(values, kind="stable")
-    return order[select(values[order], k, which)] if len(values) else np.zeros(0, dtype=int)
-
-
-def _priority(theta: np.ndarray, which: str) -> np.ndarray:
-    """Indices of ascending ``theta``, most wanted first (what a restart keeps)."""
-    n = len(theta)
-    if which == "largest":
-        return np.arange(n)[::-1]
-    if which == "smallest":
-        return np.arange(n)
-    if which == "largest_magnitude":
-        return np.argsort(-np.abs(theta), kind="stable")
-    alternate = [i for pair in zip(range(n - 1, -1, -1), range(n)) for i in pair]  # top, bottom, top, …
-    return np.array(list(dict.fromkeys(alternate))[:n], dtype=int)
-
-
-#: Probability that a Gaussian start block is so nearly orthogonal to a missed eigenvector that
-#: a check round of the length :meth:`BlockLanczos._round_clear` asks for would not reveal it.
-FAILURE = 1e-6
-
-
-def _tan_squared(size: int, block: int) -> float:
-    """tan² of the angle between a Gaussian (size, block) block and a fixed direction, exceeded with
-    probability FAILURE: cos² ≈ χ²_b / P and P(χ²_b < x) ≈ (x/2)^{b/2} / Γ(b/2 + 1)."""
-    x = 2.0 * math.exp((math.log(FAILURE) + math.lgamma(block / 2 + 1)) * 2 / block)
-    return size / min(x, 1.0)
-
-
-def _thresholds(locked: np.ndarray, k: int, which: str) -> list[tuple[int, float]]:
-    """Per side, ``(sign, t)``: a value v is beyond the k-th wanted one when ``sign · v > sign · t``.
-
-    +1 is the top side, −1 the bottom; ``largest_magnitude`` has both, at ±(the k-th |value|)."""
-    chosen = locked[_wanted(locked, k, which)]
-    if which == "largest":
-        return [(1, float(chosen.min()))]
-    if which == "smallest":
-        return [(-1, float(chosen.max()))]
-    if which == "largest_magnitude":
-        t = float(np.abs(chosen).min())
-        return [(1, t), (-1, -t)]
-    ordered = np.sort(locked)
-    sides = [(1, float(ordered[len(ordered) - (k + 1) // 2:].min()))]
-    return sides + ([(-1, float(ordered[: k // 2].max()))] if k // 2 else [])
-
-
-def _check_which(which: str) -> str:
-    """The ``which`` a check round keeps at a restart: both ends where both can hold a missed copy."""
-    return "both_ends" if which == "largest_magnitude" else which
-
-
-def _beyond(candidates: np.ndarray, locked: np.ndarray, k: int, which: str, margin: float) -> np.ndarray:
-    """Which ``candidates`` would rank among the k wanted of ``locked`` (within ``margin``)."""
-    candidates = np.asarray(candidates, dtype=np.float64)
-    found = np.zeros(len(candidates), dtype=bool)
-    if len(locked) < k:
-        return ~found
-    for sign, threshold in _thresholds(locked, k, which):
-        found |= sign * candidates > sign * threshold - margin
-    return found
 
 
 def block_lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,

@@ -72,7 +72,7 @@ class LanczosResult:
     guarantee: str = "single-vector Lanczos: one copy of a repeated eigenvalue at most (use eigen.method = block)"
 
 
-class _Basis:
+class KrylovBasis:
     """Orthonormal Krylov vectors as rows of a buffer that doubles when full, up to ``limit`` rows."""
 
     def __init__(self, space: VectorSpace, capacity: int, limit: int) -> None:
@@ -90,7 +90,13 @@ class _Basis:
 
     @property
     def rows(self) -> torch.Tensor:
+        """The basis vectors held, as rows (this rank's slice of each when vectors are sharded)."""
         return self._rows[: self.count]
+
+    @property
+    def allocated(self) -> torch.Tensor:
+        """The whole allocation, scratch rows included: what the basis costs in memory."""
+        return self._rows
 
     def orthogonalise_(self, w: torch.Tensor) -> torch.Tensor:
         """Remove from ``w`` (in place) its components along the basis; return the coefficients."""
@@ -150,7 +156,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
             raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
         self.op, self.k, self.which, self.tol, self.seed, self.callback = op, k, which, resolve_tol(tol, op), seed, callback
         self.space = space_of(op)
-        self.basis = _Basis(self.space, min(self.maxiter, 64), self.maxiter)
+        self.basis = KrylovBasis(self.space, min(self.maxiter, 64), self.maxiter)
         q = v0.to(torch.float64).clone() if v0 is not None else probe(n, seed, STREAM, 0, "gaussian")
         self.q = q / torch.linalg.vector_norm(q)  # whole on every rank: the next vector to multiply
         self.alpha: list[float] = []
@@ -216,7 +222,7 @@ class Lanczos(IterativeSolver[LanczosResult]):
         self._check_kind(state)
         space = self.space
         rows = space.take(state["basis"])
-        self.basis = _Basis(space, max(min(self.maxiter, 64), rows.shape[0]), self.maxiter)
+        self.basis = KrylovBasis(space, max(min(self.maxiter, 64), rows.shape[0]), self.maxiter)
         for row in rows:
             self.basis.append(row)
         self.q = space.gather(space.take(state["q"]).clone())

@@ -97,6 +97,7 @@ def test_ordered_sum_is_exact_and_order_free():
     """The fixed-point sum of one rank's batches: any order of the terms gives the same bits, and
     the result is within 2^-50 of the float64 sum relative to the largest term."""
     from hpcspec.hessian.operator import HessianOperator
+    from hpcspec.hessian.ordered import exact_sum
     from helpers import classification_data, mlp
 
     x, y = classification_data(n=40)
@@ -104,8 +105,8 @@ def test_ordered_sum_is_exact_and_order_free():
                          reduction="ordered")
     gen = torch.Generator().manual_seed(3)
     parts = [torch.randn(2, op.size, generator=gen, dtype=torch.float64) * 10.0 ** e for e in (-3, 0, 2, 5, -8, 1)]
-    forward = op._exact_sum(parts, None)
-    backward = op._exact_sum(parts[::-1], None)
+    forward = exact_sum(op.comm, parts, op.size, True, None)
+    backward = exact_sum(op.comm, parts[::-1], op.size, True, None)
     assert torch.equal(forward, backward)
     reference = torch.stack(parts).sum(dim=0)
     largest = torch.stack(parts).abs().amax(dim=(0, 2))
@@ -118,6 +119,7 @@ def test_ordered_sum_is_exact_and_order_free():
 def test_unknown_reduction_is_refused():
     from hpcspec.errors import InputError
     from hpcspec.hessian.operator import HessianOperator
+    from hpcspec.hessian.ordered import exact_sum
     from helpers import classification_data, mlp
 
     with pytest.raises(InputError, match="unknown reduction 'exact'"):

@@ -3,51 +3,18 @@
 Four estimators, all unbiased, all reporting ``estimate = deflated + mean(samples)`` and
 ``stderr = std(samples, ddof=1) / sqrt(len(samples))``:
 
-``hutchinson`` (Hutchinson 1989)
-    ``tr(H) ≈ (1/m) Σ zᵢᵀ H zᵢ`` with E[z zᵀ] = I. Variance per sample 2(‖H‖_F² − Σ H_jj²) for
-    Rademacher probes, 2‖H‖_F² for Gaussian ones. ``samples``: the m terms ``zᵢᵀHzᵢ``; ``deflated`` 0.
+``hutchinson`` (:mod:`.hutchinson`)
+    Hutchinson 1989: the mean of ``zᵢᵀHzᵢ``.
+``hutchpp`` (:mod:`.hutchpp`)
+    Hutch++ (Meyer, Musco, Musco & Woodruff 2021): the exact trace of a one-pass sketch, plus
+    Hutchinson on the rest.
+``krylov`` (:mod:`.krylov`)
+    Hutch++ with a block-Krylov basis, whose products give its exact trace as they grow it.
+``xtrace`` (:mod:`.xtrace`)
+    XTrace (Epperly, Tropp & Webber 2024): leave-one-out estimates of one sketch.
 
-``hutchpp`` (Meyer, Musco, Musco & Woodruff 2021, "Hutch++")
-    A sketch ``Q = orth(H S)`` of k vectors (k products), its exact trace ``tr(QᵀHQ)`` (k more),
-    and Hutchinson on the rest: ``tr(H) = tr(QᵀHQ) + E[zᵀ(I−QQᵀ)H(I−QQᵀ)z]``. The probes z are
-    independent of Q, so the estimate is unbiased whatever Q is. Default split k = matvecs/3.
-    ``samples``: the residual terms; ``deflated``: ``tr(QᵀHQ)``.
-
-``krylov`` (Hutch++ with a block-Krylov basis; cf. Persson, Cortinovis & Kressner 2022 and the
-Krylov-aware estimator of Chen & Hallman 2023)
-    Q is a block Lanczos basis (Golub & Underwood 1977) of ``span{Ω, HΩ, …, H^{d−1}Ω}`` with full
-    reorthogonalisation (classical Gram–Schmidt twice). Every product ``H Q_j`` the recurrence needs
-    also gives that block's exact trace ``tr(Q_jᵀ H Q_j)``, so k basis vectors cost k products, not
-    2k as in Hutch++, and the Krylov space captures the dominant eigenspace far better than one
-    range-finder pass (Musco & Musco 2015). Default: k = matvecs/2 in about ``KRYLOV_DEPTH`` passes
-    of width ⌈k / KRYLOV_DEPTH⌉ (at 100 products: plain Lanczos, 50 one-vector passes), the other
-    half on residual Hutchinson samples in one pass. Wider blocks mean fewer data passes but a
-    worse basis per product (width 5 at 100 products: RMS error 0.70 % instead of 0.60 % on the
-    digits MLP). ``samples``: the residual terms; ``deflated``: ``tr(QᵀHQ)``.
-
-``xtrace`` (Epperly, Tropp & Webber 2024, "XTrace")
-    s = matvecs/2 probes Ω serve as both sketch and test vectors. With ``Y = HΩ = QR`` and
-    ``Q_(i)`` the orthonormal basis of Y without column i, each leave-one-out estimate
-    ``tᵢ = tr(Q_(i)ᵀHQ_(i)) + ωᵢᵀ(I−Q_(i)Q_(i)ᵀ)H(I−Q_(i)Q_(i)ᵀ)ωᵢ`` is unbiased (ωᵢ is independent
-    of Q_(i)) and the estimate is their mean. ``samples``: ``tᵢ − tr(QᵀHQ)``; ``deflated``:
-    ``tr(QᵀHQ)`` of the full sketch. The standard error treats the tᵢ as independent, which they
-    are not (they share s − 2 sketch vectors); it is the paper's error estimate, and it can be
-    optimistic (benchmarks/trace_accuracy.py measures its coverage).
-
-How each ``tᵢ`` costs no extra product (derived here; the paper does the same with other algebra):
-``range(Y_(−i)) = Q·range(R_(−i))`` and the vector of R^s orthogonal to the other columns of R is
-``vᵢ = R^{−T} eᵢ`` (row i of R^{−1}), so ``Q_(i)Q_(i)ᵀ = QQᵀ − qᵢqᵢᵀ`` with ``qᵢ = Q sᵢ``,
-``sᵢ = vᵢ/‖vᵢ‖``. With ``C = QᵀHQ``, ``xᵢ = Qᵀωᵢ``, ``cᵢ = sᵢᵀxᵢ`` and ``uᵢ = xᵢ − cᵢ sᵢ`` (so that
-``(I−Q_(i)Q_(i)ᵀ)ωᵢ = ωᵢ − Q uᵢ``)::
-
-    tᵢ = tr C − sᵢᵀ C sᵢ  +  ωᵢᵀHωᵢ − uᵢᵀ(QᵀHωᵢ + (HQ)ᵀωᵢ) + uᵢᵀ C uᵢ,
-
-where ``ωᵢᵀHωᵢ = diag(ΩᵀY)ᵢ``, ``QᵀHΩ = R`` and ``(HQ)ᵀΩ = ZᵀΩ`` with ``Z = HQ`` (equal for a
-symmetric H; using both keeps the form exact for a slightly asymmetric float32 operator). Only
-s×s matrices are formed after the two passes. With Gaussian probes the residual vector
-``(I−Q_(i)Q_(i)ᵀ)ωᵢ`` is Gaussian in an (n − s + 1)-dimensional space, so rescaling it to squared
-norm n − s + 1 (a uniform direction on that sphere, still E[vvᵀ] = I − Q_(i)Q_(i)ᵀ) keeps the
-estimate unbiased and lowers its variance; Rademacher probes are used as drawn.
+This module holds what runs them: :class:`TraceEstimator` (one data pass per step, resumable) and
+:func:`trace`; :mod:`.base` holds :class:`TraceResult` and what the methods share.
 
 Accuracy on the default job's trained digits MLP (P = 3,466, tr H ≈ 3.860, ‖H‖_F² ≈ 0.0876, a
 slowly decaying spectrum), 100 products, Rademacher probes, seeds 0–399 (benchmarks/trace_accuracy.py;
@@ -64,9 +31,6 @@ the budget runs out (``converged`` False). Never stopped on "the mean changed li
 decides and broadcasts, so every rank stops together. A data-dependent stop can bias the stopped
 estimate slightly (optional stopping); the minimum sample count keeps that small.
 
-Probes: the i-th Hutchinson/XTrace probe is ``probe(size, seed, "trace", i)`` and the i-th sketch or
-Krylov start vector ``probe(size, seed, "trace-sketch", i)``, identical on every rank.
-
 Checkpointing: :class:`TraceEstimator` runs one data pass (one ``apply_in_blocks`` call) per step —
 hutchpp's sketch, then its basis products; one block of the Krylov recurrence; xtrace's ``HΩ``,
 then ``HQ`` and the estimates; the residual samples, all at once or one adaptive round — and can
@@ -76,96 +40,27 @@ be checkpointed between passes (:mod:`hpcspec.solvers.base`); :func:`trace` runs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 # DEFAULT_TRACE_METHOD meets the 0.5 % median-error target at 100 products on the digits MLP
 # (module docstring); ADAPTIVE_METHODS support ``rtol`` (XTrace needs its whole sketch first).
-from ..choices import ADAPTIVE_TRACE_METHODS as ADAPTIVE_METHODS
-from ..choices import DEFAULT_TRACE_METHOD, TRACE_METHODS
-from .base import IterativeSolver, LinearOperator, State
-from .orthogonal import project_out_
-from .probes import DISTRIBUTIONS, apply_in_blocks, probe_block
+from ...choices import ADAPTIVE_TRACE_METHODS as ADAPTIVE_METHODS
+from ...choices import DEFAULT_TRACE_METHOD, TRACE_METHODS
+from ..base import IterativeSolver, LinearOperator, State
+from ..probes import DISTRIBUTIONS, apply_in_blocks
+from .base import TraceResult, make_result, standard_error
+from .hutchinson import residual_samples
+from .hutchpp import exact_trace, sketch_basis
+from .krylov import block_width, krylov_pass, start_block
+from .xtrace import xtrace_estimates, xtrace_sketch
 
 #: Fewest samples an adaptive run bases a stop on (a standard error from fewer is too noisy).
 MIN_ADAPTIVE_SAMPLES = 10
 #: Probes per round in adaptive mode when ``block_size`` is 0.
 ADAPTIVE_ROUND = 10
-#: Target number of block-Krylov passes (the block width is ⌈k / KRYLOV_DEPTH⌉): depth buys
-#: accuracy per product, width buys fewer data passes.
-KRYLOV_DEPTH = 50
-#: Coverage multiple used by the tests and the benchmark: ``|estimate − tr H| ≤ 2·stderr``.
-COVERAGE_MULTIPLE = 2.0
-PROBE_STREAM = "trace"
-SKETCH_STREAM = "trace-sketch"
-#: Krylov directions whose norm after reorthogonalisation is below this fraction of the largest
-#: product norm seen are dropped (the Krylov space is (numerically) invariant there).
-_RANK_TOL = 1e-10
 
-
-@dataclass(frozen=True)
-class TraceResult:
-    """A trace estimate from :func:`trace`.
-
-    Attributes:
-        estimate: the estimate of ``tr(H)``; always ``deflated + mean(samples)``.
-        stderr: its standard error, ``std(samples, ddof=1) / sqrt(len(samples))`` (0 with fewer
-            than two samples).
-        method: the estimator (one of ``TRACE_METHODS``).
-        num_matvecs: products ``H·v`` spent, sketches included.
-        samples: the stochastic terms (per method, see the module docstring): Hutchinson terms
-            ``zᵀHz``, residual terms ``zᵀ(I−QQᵀ)H(I−QQᵀ)z`` (hutchpp, krylov), or XTrace's
-            leave-one-out estimates minus ``deflated``.
-        deflated: the exact part ``tr(QᵀHQ)`` (0.0 for hutchinson).
-        converged: ``stderr ≤ rtol·|estimate|`` was met; True when no rtol was asked.
-    """
-
-    estimate: float
-    stderr: float
-    method: str
-    num_matvecs: int
-    samples: np.ndarray
-    deflated: float
-    converged: bool
-
-    def confidence_interval(self, level: float = 0.95) -> tuple[float, float]:
-        """``estimate ± t·stderr`` with t the Student-t quantile for ``len(samples) − 1`` degrees of
-        freedom (the samples' spread is itself estimated). Assumes the estimate is roughly normal;
-        for XTrace the samples are correlated and the interval is only indicative."""
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level}")
-        if len(self.samples) < 2 or self.stderr == 0.0:
-            return self.estimate, self.estimate
-        from scipy.stats import t as student_t
-
-        half = float(student_t.ppf(0.5 + level / 2, df=len(self.samples) - 1)) * self.stderr
-        return self.estimate - half, self.estimate + half
-
-    def covers(self, value: float, multiple: float = COVERAGE_MULTIPLE) -> bool:
-        """Whether ``|estimate − value| ≤ multiple·stderr`` (2 ≈ a 95 % normal interval)."""
-        return abs(self.estimate - value) <= multiple * self.stderr
-
-
-def _stderr(samples: np.ndarray) -> float:
-    return float(np.std(samples, ddof=1) / math.sqrt(len(samples))) if len(samples) >= 2 else 0.0
-
-
-def _result(method: str, deflated: float, samples: list[float] | np.ndarray, num_matvecs: int,
-            converged: bool) -> TraceResult:
-    samples = np.asarray(samples, dtype=np.float64)
-    estimate = deflated + float(np.mean(samples)) if len(samples) else deflated
-    return TraceResult(estimate=estimate, stderr=_stderr(samples), method=method, num_matvecs=num_matvecs,
-                       samples=samples, deflated=deflated, converged=converged)
-
-
-def _quadratic_forms(op: LinearOperator, probes: torch.Tensor, basis: torch.Tensor | None,
-                     block_size: int) -> np.ndarray:
-    """``zᵀ(I−QQᵀ)H(I−QQᵀ)z`` for each column z of ``probes`` (one data pass per block)."""
-    projected = project_out_(probes, basis)
-    products = apply_in_blocks(op, projected, block_size)
-    return (projected * products).sum(dim=0).numpy()
 
 
 def _as_rows(columns: torch.Tensor) -> torch.Tensor:
@@ -181,22 +76,6 @@ def _as_columns(rows: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "F":
         return rows.clone(memory_format=torch.contiguous_format).T
     return torch.empty(rows.shape[1], rows.shape[0], dtype=torch.float64).copy_(rows.T)
-
-
-def _next_krylov_block(op: LinearOperator, products: torch.Tensor, basis: torch.Tensor, scale: float,
-                       room: int) -> torch.Tensor:
-    """Orthonormal directions of ``products`` outside ``basis`` (at most ``room``), largest first.
-
-    Directions below ``_RANK_TOL·scale`` after reorthogonalisation are dropped: there the Krylov
-    space is invariant. The count kept is rank 0's, broadcast, so all ranks keep the same block.
-    """
-    project_out_(products, basis)
-    left, singular, _ = torch.linalg.svd(products, full_matrices=False)
-    keep = int(min(room, int((singular > _RANK_TOL * scale).sum())))
-    keep = op.comm.bcast_object(keep)
-    block = left[:, :keep].contiguous()
-    project_out_(block, basis)  # SVD's rounding re-introduces tiny components along the basis
-    return torch.linalg.qr(block).Q if keep else block
 
 
 def _min_matvecs(method: str, sketch: int) -> int:
@@ -266,7 +145,7 @@ class TraceEstimator(IterativeSolver[TraceResult]):
         #: hutchpp's and krylov's basis size (a basis cannot exceed the space), xtrace's s, krylov's block width
         self.sketch = min(int(sketch), n) if method in ("hutchpp", "krylov") else 0
         self.s = min(self.matvecs // 2, n) if method == "xtrace" else 0
-        self.width = math.ceil(self.sketch / min(KRYLOV_DEPTH, self.sketch)) if method == "krylov" else 0
+        self.width = block_width(self.sketch) if method == "krylov" else 0
         self.phase = PHASES[method][0]
         self.basis: torch.Tensor | None = None  # (P, k): hutchpp's and xtrace's Q, krylov's basis
         self.block: torch.Tensor | None = None  # (P, width): krylov's next block
@@ -278,8 +157,7 @@ class TraceEstimator(IterativeSolver[TraceResult]):
         self.converged = True
         self.done = False
         if method == "krylov":
-            start = probe_block(n, self.seed, SKETCH_STREAM, range(self.width), distribution)
-            self.block = torch.linalg.qr(start).Q
+            self.block = start_block(n, self.seed, self.width, distribution)
             self.basis = torch.empty(n, 0, dtype=torch.float64)
 
     # --- steps -------------------------------------------------------------------------------
@@ -310,91 +188,55 @@ class TraceEstimator(IterativeSolver[TraceResult]):
         return self.matvecs - (self.num_matvecs - len(self.samples))
 
     def _hutchpp_sketch(self) -> None:
-        sketch_vectors = probe_block(self.op.size, self.seed, SKETCH_STREAM, range(self.sketch), self.distribution)
-        self.basis = torch.linalg.qr(self._apply(sketch_vectors)).Q
+        self.basis = sketch_basis(self._apply, self.op.size, self.seed, self.sketch, self.distribution)
         self.phase = "basis"
 
     def _hutchpp_basis(self) -> None:
-        basis = self.basis
-        self.deflated = float((basis * self._apply(basis)).sum())
+        self.deflated = exact_trace(self._apply, self.basis)
         self._start_samples()
 
     def _krylov_block(self) -> None:
-        block = self.block
-        products = self._apply(block)
-        self.deflated += float((block * products).sum())
-        self.scale = max(self.scale, float(torch.linalg.vector_norm(products, dim=0).max()))
-        self.basis = basis = torch.cat([self.basis, block], dim=1)
-        room = self.sketch - basis.shape[1]
-        if room <= 0:
-            self._start_samples()
-            return
-        block = _next_krylov_block(self.op, products, basis, self.scale, min(room, self.width))
-        if block.shape[1]:
+        exact, self.scale, self.basis, block = krylov_pass(self.op, self._apply, self.block, self.basis, self.scale,
+                                                           self.sketch, self.width)
+        self.deflated += exact
+        if block is not None:
             self.block = block
-        else:  # the Krylov space became invariant: the rest of the budget goes to samples
+        else:  # the basis is full, or the Krylov space became invariant: the rest goes to samples
             self._start_samples()
 
     def _samples(self) -> None:
         """Hutchinson samples of the operator deflated by ``basis``: all at once, or, with
         ``rtol > 0``, one round (rank 0 decides whether the standard error is small enough)."""
-        n, budget = self.op.size, self._budget()
+        budget = self._budget()
         if self.rtol <= 0:
-            probes = probe_block(n, self.seed, PROBE_STREAM, range(budget), self.distribution)
             self.num_matvecs += budget
-            self.samples = _quadratic_forms(self.op, probes, self.basis, self.block_size)
+            self.samples = residual_samples(self.op, self.basis, seed=self.seed, distribution=self.distribution,
+                                            probes=range(budget), block_size=self.block_size)
             self._finish(True)
             return
         round_size = self.block_size if self.block_size > 0 else ADAPTIVE_ROUND
         begin = len(self.samples)
         end = min(budget, begin + round_size)
-        probes = probe_block(n, self.seed, PROBE_STREAM, range(begin, end), self.distribution)
         self.num_matvecs += end - begin
-        samples = np.concatenate([self.samples, _quadratic_forms(self.op, probes, self.basis, self.block_size)])
+        fresh = residual_samples(self.op, self.basis, seed=self.seed, distribution=self.distribution,
+                                 probes=range(begin, end), block_size=self.block_size)
+        samples = np.concatenate([self.samples, fresh])
         self.samples = samples
         done = False
         if len(samples) >= MIN_ADAPTIVE_SAMPLES:
-            done = _stderr(samples) <= self.rtol * abs(self.deflated + float(np.mean(samples)))
+            done = standard_error(samples) <= self.rtol * abs(self.deflated + float(np.mean(samples)))
         if self.op.comm.bcast_object(done):
             self._finish(True)
         elif len(samples) >= budget:
             self._finish(False)
 
     def _xtrace_sketch(self) -> None:
-        omega = probe_block(self.op.size, self.seed, PROBE_STREAM, range(self.s), self.distribution)
-        y = self._apply(omega)
-        self.basis, self.r = torch.linalg.qr(y)
-        self.diag = (omega * y).sum(dim=0)       # ωᵢᵀHωᵢ: all the second pass needs of Y
+        self.basis, self.r, self.diag = xtrace_sketch(self._apply, self.op.size, self.seed, self.s, self.distribution)
         self.phase = "project"
 
     def _xtrace_project(self) -> None:
-        n, s, q, r, diag = self.op.size, self.s, self.basis, self.r, self.diag
-        omega = probe_block(n, self.seed, PROBE_STREAM, range(s), self.distribution)
-        z = self._apply(q)
-        c = q.T @ z
-        c = (c + c.T) / 2
-        x = q.T @ omega                              # column i: Qᵀωᵢ
-        cross = r + z.T @ omega                      # column i: QᵀHωᵢ + (HQ)ᵀωᵢ
-        # sᵢ ∝ R^{−T} eᵢ: the direction of span(Q) that leaving ωᵢ out removes. R = UΣVᵀ gives
-        # R^{−T} = U Σ^{−1} Vᵀ. If HΩ is rank deficient (rank H < s), every leave-one-out space still
-        # contains range(HΩ) = range(H), and any null vector of Rᵀ is a valid choice for every i.
-        u_r, sigma, vt_r = torch.linalg.svd(r)
-        full_rank = bool(sigma[-1] > _RANK_TOL * sigma[0])
-        full_rank = self.op.comm.bcast_object(full_rank)
-        if full_rank:
-            directions = u_r @ (vt_r / sigma[:, None])
-        else:
-            directions = u_r[:, -1:].expand(s, s)
-        directions = directions / torch.linalg.vector_norm(directions, dim=0)
-        coefficient = (directions * x).sum(dim=0)    # cᵢ = sᵢᵀxᵢ
-        u = x - directions * coefficient             # (I − Q_(i)Q_(i)ᵀ)ωᵢ = ωᵢ − Q uᵢ
-        removed = (directions * (c @ directions)).sum(dim=0)
-        residual = diag - (u * cross).sum(dim=0) + (u * (c @ u)).sum(dim=0)
-        if self.distribution == "gaussian":
-            norm2 = (omega * omega).sum(dim=0) - (x * x).sum(dim=0) + coefficient ** 2
-            residual = residual * ((n - s + 1) / norm2.clamp_min(torch.finfo(torch.float64).tiny))
-        self.samples = (residual - removed).numpy()  # tᵢ − tr(C)
-        self.deflated = float(torch.trace(c))
+        self.samples, self.deflated = xtrace_estimates(self.op, self._apply, self.basis, self.r, self.diag,
+                                                       seed=self.seed, s=self.s, distribution=self.distribution)
         self._finish(True)
 
     # --- state -------------------------------------------------------------------------------
@@ -434,7 +276,7 @@ class TraceEstimator(IterativeSolver[TraceResult]):
         self.converged, self.done = bool(state["converged"]), bool(state["done"])
 
     def result(self) -> TraceResult:
-        return _result(self.method, self.deflated, self.samples.copy(), self.num_matvecs, self.converged)
+        return make_result(self.method, self.deflated, self.samples.copy(), self.num_matvecs, self.converged)
 
 
 def trace(op: LinearOperator, *, method: str = DEFAULT_TRACE_METHOD, matvecs: int = 100, rtol: float = 0.0,

@@ -1,0 +1,99 @@
+"""The ``torch.distributed`` backend (gloo on CPU tensors, NCCL when every rank has a GPU).
+
+Named ``torch_dist`` so that it cannot shadow the ``torch`` package.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+
+from ...errors import InputError
+from .launch import launcher_local_rank_and_size, launcher_rank_and_size
+
+
+class TorchDistributedCommunicator:
+    """``torch.distributed``: gloo on CPU tensors, NCCL when every rank has a GPU.
+
+    Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``,
+    ``LOCAL_RANK``), or by ``mpirun`` with ``MASTER_ADDR``/``MASTER_PORT`` exported: the rank and
+    world size are then read from the MPI launcher's variables. Reductions run on the tensor's own
+    device with NCCL (GPU-resident, no host staging) and on the host with gloo.
+    """
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        if not dist.is_initialized():
+            rank, size = launcher_rank_and_size()
+            backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+            try:
+                dist.init_process_group(backend=backend, rank=rank, world_size=size)
+            except (ValueError, RuntimeError) as exc:  # e.g. MASTER_ADDR unset, port taken, peer gone
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"torch.distributed ({backend}) could not start: {first}") from None
+        self.rank: int = dist.get_rank()
+        self.size: int = dist.get_world_size()
+        self.local_rank, self.local_size = launcher_local_rank_and_size(self.rank, self.size)
+        self._nccl = dist.get_backend() == "nccl"
+
+    def allreduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        wire = self._on_wire(tensor)
+        self._dist.all_reduce(wire, op=self._dist.ReduceOp.SUM)
+        return tensor if wire is tensor else tensor.copy_(wire)
+
+    def _on_wire(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor itself when the backend can move it where it is, else a copy where it can:
+        NCCL moves only GPU tensors, gloo host ones."""
+        if self._nccl and tensor.device.type != "cuda":
+            return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        if not self._nccl and tensor.device.type != "cpu":
+            return tensor.cpu()
+        return tensor
+
+    def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        # gloo has no uneven reduce-scatter: reduce everything, keep this rank's rows
+        lo, hi = bounds[self.rank]
+        return self.allreduce_sum_(tensor.clone())[lo:hi].clone()
+
+    def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+        widest = max(hi - lo for lo, hi in bounds)
+        padded = self._on_wire(torch.zeros((widest, *rows.shape[1:]), dtype=rows.dtype))
+        padded[: len(rows)] = rows
+        pieces = [torch.empty_like(padded) for _ in bounds]
+        self._dist.all_gather(pieces, padded)
+        return torch.cat([piece[: hi - lo] for piece, (lo, hi) in zip(pieces, bounds)]).to(rows.device)
+
+    def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
+        full = self.allgather_rows(rows, bounds)
+        return full if self.rank == root else None
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        found: list[Any] = [None] * self.size
+        self._dist.all_gather_object(found, obj)
+        return found
+
+    def close(self) -> None:
+        """Leave the process group together (every rank, at a normal exit): a gloo group torn
+        down by interpreter shutdown while a peer still works can kill the process (SIGABRT)."""
+        self._dist.barrier()
+        self._dist.destroy_process_group()
+
+    def abort(self, code: int = 1) -> None:
+        # torch.distributed has no abort: exiting breaks every peer's pending collective, and a
+        # torchrun launcher then stops the other workers.
+        os._exit(code)
+
+    @property
+    def description(self) -> str:
+        return f"torch.distributed {self._dist.get_backend()} (torch {torch.__version__})"
