@@ -44,16 +44,8 @@ import h5py
 import numpy as np
 import torch
 
-from ..files.outputs import (
-    WriteFailed,
-    cause,
-    fsync_dir,
-    fsync_file,
-    mark_owned,
-    owned_step,
-    remove_temporaries,
-    write_text_atomic,
-)
+from ..files.atomic import WriteFailed, cause, fsync_dir, fsync_file, write_text_atomic
+from ..files.outputs import mark_owned, owned_step, remove_temporaries
 from ..parallel.agree import AgreedInputError
 from ..parallel.comm import Communicator
 from ..parallel.vectors import LocalSlice, slice_bounds

@@ -13,7 +13,8 @@ from pathlib import Path
 from ..checkpoint import StopFlag
 from ..config import Config
 from ..errors import InputError
-from ..files.outputs import released_after, remove_run
+from ..files.lock import released_after
+from ..files.outputs import remove_run
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
 from ..parallel.logs import setup_logging

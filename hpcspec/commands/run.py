@@ -47,12 +47,9 @@ from ..checkpoint import (
 )
 from ..config import Config, to_toml
 from ..errors import InputError
-from ..files.outputs import (
-    WriteFailed,
-    released_after,
-    remove_run,
-    write_text_atomic,
-)
+from ..files.atomic import WriteFailed, write_text_atomic
+from ..files.lock import released_after
+from ..files.outputs import remove_run
 from ..hessian.dense import MAX_DENSE_PARAMS, dense_hessian
 from ..hessian.fullbatch import train_full_batch
 from ..hessian.operator import HessianOperator

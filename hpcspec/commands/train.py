@@ -54,7 +54,8 @@ from ..checkpoint import (
 )
 from ..config import Config, TrainConfig, to_toml, training_identity_keys
 from ..errors import InputError
-from ..files.outputs import released_after, write_atomic, write_text_atomic
+from ..files.atomic import write_atomic, write_text_atomic
+from ..files.lock import released_after
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
 from ..parallel.device import select_device, set_threads

@@ -1,9 +1,9 @@
 """``results.h5``: its one writer and its one reader (README "Output files", DESIGN §4).
 
 :func:`write_results` writes a run's file (rank 0 only, through
-:func:`hpcspec.files.outputs.atomic_path`: a temporary name, fsynced, then renamed into place, so
+:func:`hpcspec.files.atomic.atomic_path`: a temporary name, fsynced, then renamed into place, so
 the file is never seen half-written under its final name and a full disk is one
-:class:`~hpcspec.files.outputs.WriteFailed` line). :func:`load_run` reads it back as the very
+:class:`~hpcspec.files.atomic.WriteFailed` line). :func:`load_run` reads it back as the very
 objects the run wrote from, so ``python -m hpcspec report`` rebuilds the run's own summary and
 plots from the file alone; :func:`read_numbers` and :func:`read_landscape_arrays` are the
 narrower reads a sweep and the landscape plots need. No other module opens a ``results.h5``.
@@ -24,7 +24,7 @@ from ..analyses.landscape import Landscape
 from ..analyses.tasks import Density, TaskResults, broaden
 from ..analyses.validation import Validation
 from ..errors import InputError
-from ..files.outputs import atomic_path
+from ..files.atomic import atomic_path
 from ..problem.params import ParamLayout
 from ..solvers import DensityResult, LanczosResult, PowerResult, TraceResult
 from .records import RunInfo, RunNumbers, StoredRun, data_passes, eigen_iterations

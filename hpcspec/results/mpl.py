@@ -1,6 +1,6 @@
 """matplotlib for the plot modules: imported only when a figure is drawn, on the non-interactive
-Agg backend, and every figure saved through :func:`hpcspec.files.outputs.atomic_path` (never a
-partial file under the final name; a full disk is one :class:`~hpcspec.files.outputs.WriteFailed`
+Agg backend, and every figure saved through :func:`hpcspec.files.atomic.atomic_path` (never a
+partial file under the final name; a full disk is one :class:`~hpcspec.files.atomic.WriteFailed`
 line). One home for both, so :mod:`~hpcspec.results.plots` and :mod:`~hpcspec.results.sweepplots`
 share them instead of one borrowing the other's private helper.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..files.outputs import atomic_path
+from ..files.atomic import atomic_path
 
 
 def pyplot() -> Any:

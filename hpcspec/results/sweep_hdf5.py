@@ -2,7 +2,7 @@
 "--per-block"): one row per sub-run of the numbers :class:`~hpcspec.results.records.RunNumbers`
 holds, plus for ``track`` the common-grid spectral density.
 
-Written by rank 0 through :func:`hpcspec.files.outputs.atomic_path`. :func:`read_sweep` gives the
+Written by rank 0 through :func:`hpcspec.files.atomic.atomic_path`. :func:`read_sweep` gives the
 plots (:mod:`hpcspec.results.sweepplots`) and the offline ``report`` the file's contents as plain
 arrays, so neither opens the file itself.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import Config, to_toml
 from ..errors import InputError
-from ..files.outputs import atomic_path
+from ..files.atomic import atomic_path
 from .hdf5 import plain
 from .records import RunNumbers
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..analyses.tasks import TaskResults
 from ..analyses.validation import Validation
 from ..config import tomllib
-from ..files.outputs import write_text_atomic
+from ..files.atomic import write_text_atomic
 from ..problem.params import ParamLayout
 from ..solvers import LanczosResult
 from .records import RunInfo, RunNumbers, StoredRun, data_passes, eigen_iterations

@@ -12,7 +12,7 @@ import h5py
 
 import hpcspec.results.hdf5
 from hpcspec.cli import main
-from hpcspec.files.outputs import TMP_PREFIX
+from hpcspec.files.atomic import TMP_PREFIX
 
 
 class _FullDisk:

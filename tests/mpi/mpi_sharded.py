@@ -15,9 +15,9 @@ import torch
 
 from hpcspec.checkpoint.store import CheckpointStore
 from hpcspec.parallel.comm import world
-from hpcspec.solvers.matrix import MatrixOperator
 from hpcspec.solvers.density import SLQ
 from hpcspec.solvers.lanczos import Lanczos
+from hpcspec.solvers.matrix import MatrixOperator
 
 SIZE, K, STEPS, PROBES = 301, 4, 30, 3
 

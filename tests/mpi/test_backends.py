@@ -10,11 +10,10 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
-from hpcspec.parallel.comm import world
-from hpcspec.errors import InputError
-
 from helpers import REPO, mpirun
+
+from hpcspec.errors import InputError
+from hpcspec.parallel.comm import world
 
 pytestmark = pytest.mark.mpi
 

@@ -3,11 +3,10 @@
 import json
 import time
 
+import bad_inputs
 import h5py
 import numpy as np
 import pytest
-
-import bad_inputs
 from helpers import REPO, dense_hessian, mpirun, relative_error, top_eigenvalues
 
 pytestmark = pytest.mark.mpi

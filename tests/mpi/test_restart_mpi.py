@@ -22,7 +22,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from helpers import REPO, mpirun
 
 pytestmark = pytest.mark.mpi

@@ -7,11 +7,10 @@ import json
 import h5py
 import numpy as np
 import pytest
-
-from helpers import REPO, mpirun
-from hpcspec.parallel.vectors import LocalSlice, Replicated, all_bounds, make_space
-
 import torch
+from helpers import REPO, mpirun
+
+from hpcspec.parallel.vectors import LocalSlice, Replicated, all_bounds, make_space
 
 SCRIPT = str(REPO / "tests" / "mpi" / "mpi_sharded.py")
 
@@ -96,9 +95,10 @@ def test_job_sharded_equals_replicated(tmp_path):
 def test_ordered_sum_is_exact_and_order_free():
     """The fixed-point sum of one rank's batches: any order of the terms gives the same bits, and
     the result is within 2^-50 of the float64 sum relative to the largest term."""
+    from helpers import classification_data, mlp
+
     from hpcspec.hessian.operator import HessianOperator
     from hpcspec.hessian.ordered import exact_sum
-    from helpers import classification_data, mlp
 
     x, y = classification_data(n=40)
     op = HessianOperator(mlp(), "cross_entropy", (x, y), batch_size=7, method="double_backward",
@@ -117,10 +117,10 @@ def test_ordered_sum_is_exact_and_order_free():
 
 
 def test_unknown_reduction_is_refused():
+    from helpers import classification_data, mlp
+
     from hpcspec.errors import InputError
     from hpcspec.hessian.operator import HessianOperator
-    from hpcspec.hessian.ordered import exact_sum
-    from helpers import classification_data, mlp
 
     with pytest.raises(InputError, match="unknown reduction 'exact'"):
         HessianOperator(mlp(), "cross_entropy", classification_data(), reduction="exact")

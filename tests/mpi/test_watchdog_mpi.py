@@ -17,10 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import REPO, mpirun
-from test_restart_mpi import LANCZOS, LANCZOS_NUMBERS, _env, _kill_everything, _latest, _numbers, _rank_pids, \
-    _wait_for
+from test_restart_mpi import (
+    LANCZOS,
+    LANCZOS_NUMBERS,
+    _env,
+    _kill_everything,
+    _latest,
+    _numbers,
+    _rank_pids,
+    _wait_for,
+)
 
 pytestmark = pytest.mark.mpi
 

@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, mpirun, mpirun_available
 
-from hpcspec.files import outputs
 from hpcspec.cli import main
 from hpcspec.errors import EXIT_BAD_INPUT, EXIT_OK
-from hpcspec.files.outputs import LOCK_FILE, OWNED, RUN_MARKER, TMP_PREFIX, FolderLock
-
-from helpers import REPO, mpirun, mpirun_available
+from hpcspec.files import atomic, lock, outputs
+from hpcspec.files.atomic import TMP_PREFIX
+from hpcspec.files.lock import LOCK_FILE, FolderLock
+from hpcspec.files.outputs import OWNED, RUN_MARKER
 
 #: A small run of all three tasks (test_checkpoint's), a checkpoint at every iteration.
 SETTINGS = {"model.hidden": [6], "data.spec": "synthetic", "data.samples": 120, "data.features": 5,
@@ -124,12 +125,12 @@ def test_full_disk_on_a_plot_keeps_the_previous_plot_and_the_checkpoint(tmp_path
 
 
 def _failing_atomic_path(fail):
-    """outputs.atomic_path whose write fails the way ``fail`` does (after making the temporary)."""
+    """atomic.atomic_path whose write fails the way ``fail`` does (after making the temporary)."""
     import contextlib
 
     @contextlib.contextmanager
     def failing(path):
-        with outputs.atomic_path(path) as tmp:
+        with atomic.atomic_path(path) as tmp:
             tmp.write_bytes(b"partial")
             fail()
             yield tmp
@@ -166,8 +167,8 @@ def test_atomic_path_removes_only_its_temporary_and_keeps_the_old_file(tmp_path)
     target.write_text("old")
     neighbour = tmp_path / (TMP_PREFIX + "summary.json.1.other")  # another writer's: not ours to remove
     neighbour.write_text("x")
-    with pytest.raises(outputs.WriteFailed, match=r"cannot write .*summary.json.*No space left on device"):
-        with outputs.atomic_path(target) as tmp:
+    with pytest.raises(atomic.WriteFailed, match=r"cannot write .*summary.json.*No space left on device"):
+        with atomic.atomic_path(target) as tmp:
             tmp.write_text("new, half")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert target.read_text() == "old" and neighbour.exists()
@@ -246,7 +247,7 @@ def test_a_folder_of_an_earlier_version_without_the_marker_is_accepted(tmp_path)
     (out / ".results.h5.tmp-77").write_text("half")
     assert outputs.foreign_entries(out) == []
     outputs.claim(out)
-    outputs.release(out)
+    lock.release(out)
     assert (out / RUN_MARKER).is_file() and not (out / ".results.h5.tmp-77").exists()
 
 
