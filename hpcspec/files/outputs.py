@@ -70,7 +70,7 @@ _LEGACY_TMP = re.compile(r"^\.(?P<name>.+?)(\.tmp-\d+|\.\d+\.tmp)$")
 #: errno values meaning "this file system has no flock": fall back to an exclusive lock file.
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
-log = logging.getLogger("hpcspec")
+log = logging.getLogger(__name__)
 
 
 class WriteFailed(InputError):
