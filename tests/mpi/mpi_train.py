@@ -21,6 +21,8 @@ from mpi4py import MPI
 folder = Path(sys.argv[1])
 os.chdir(folder)
 sys.path.insert(0, str(folder))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[1:1] = [str(TESTS / "e2e"), str(TESTS / "support")]  # test_train and its helpers (pytest's pythonpath)
 
 import trainmod  # noqa: E402  (written by the test)
 from test_train import TRAIN  # noqa: E402
