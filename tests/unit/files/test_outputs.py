@@ -366,7 +366,7 @@ def _mpi_checks(done: subprocess.CompletedProcess, *expected: str) -> str:
 @needs_mpi
 def test_mpi_full_disk_output_root_lock_and_changed_config(tmp_path):
     out = tmp_path / "out"
-    script = str(Path(__file__).resolve().parents[2] / "tests" / "mpi" / "mpi_full_disk.py")
+    script = str(Path(__file__).resolve().parents[2] / "mpi" / "mpi_full_disk.py")
     done = mpirun(2, [script, *_args(out)], cwd=tmp_path, timeout=240)
     _mpi_checks(done, "results.h5", "No space left on device", "--resume")
     assert not _temporaries(out) and list((out / "checkpoints").glob("step-*"))
