@@ -31,6 +31,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
 from .hessian.dense import MAX_DENSE_PARAMS
 from .parallel.agree import AgreedInputError, agreed
 from .parallel.comm import Communicator, SingleProcess, world
+from .parallel.logs import setup_logging
 
 #: ``python -m hpcspec`` with no arguments: train the default MLP on digits briefly, then analyse it.
 DEMO_OVERRIDES = {"train.steps": 100, "output": "hpcspec-out", "tasks": ["eigen", "trace", "density"]}
@@ -232,7 +233,7 @@ def _stored_run_config(args: argparse.Namespace) -> Config:
     """``resume OUTPUT_DIR``: the config stored with the checkpoints, output pointed at OUTPUT_DIR."""
     from pathlib import Path
 
-    from .commands.run import stored_config
+    from .commands.resume import stored_config
 
     output = Path(args.output_dir)
     overrides: dict[str, Any] = {"output": str(output), "checkpoint.dir": ""}
@@ -265,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _launcher_rank() == 0:
             print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    setup_logging(comm)  # the one place logging is configured: rank-aware, progress from rank 0 only
     # Caught for the life of the process: a signal during setup is acted on at the first iteration
     # boundary, and one after the last is ignored (the run finishes and exits 0).
     flag = StopFlag().install()

@@ -23,7 +23,7 @@ from ..solvers.base import State
 from .signals import StopFlag
 from .store import CheckpointStore, Commit
 
-log = logging.getLogger("hpcspec")
+log = logging.getLogger(__name__)
 
 
 class StopRequested(Exception):

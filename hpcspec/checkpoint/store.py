@@ -46,7 +46,7 @@ import torch
 
 from ..files.atomic import WriteFailed, cause, fsync_dir, fsync_file, write_text_atomic
 from ..files.outputs import mark_owned, owned_step, remove_temporaries
-from ..parallel.agree import AgreedInputError
+from ..parallel.agree import AgreedInputError, agreed
 from ..parallel.comm import Communicator
 from ..parallel.vectors import LocalSlice, slice_bounds
 from ..solvers.base import SCALARS, State, check_state
@@ -60,7 +60,7 @@ _STEP = re.compile(r"^step-(\d{8})$")
 TEST_PAUSE_ENV = "HPCSPEC_TEST_CHECKPOINT_PAUSE"
 LOCKING = {"auto": None, "true": True, "false": False, "best-effort": "best-effort"}
 
-log = logging.getLogger("hpcspec")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,11 @@ class CheckpointStore:
     def remove_stale(self) -> list[str]:
         """Delete the temporaries a killed hpcspec left behind — owned ``step-N.tmp/`` folders and
         ``.hpcspec-tmp-*`` files, nothing else (rank 0 decides; collective). Returns their names."""
-        removed: list[str] = []
-        if self.comm.rank == 0:
-            removed = remove_temporaries(self.directory, checkpoints=True)
+        removed = agreed(self.comm, self._remove_temporaries)  # a failure on rank 0 is every rank's
         return self.comm.bcast_object(removed)
+
+    def _remove_temporaries(self) -> list[str]:
+        return remove_temporaries(self.directory, checkpoints=True) if self.comm.rank == 0 else []
 
     # -- commit -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ A block is the first ``blocks.depth`` components of a parameter's module path; e
 from __future__ import annotations
 
 import fnmatch
+import logging
 from pathlib import Path
 
 from ..checkpoint import StopFlag
@@ -15,15 +16,17 @@ from ..config import Config
 from ..errors import InputError
 from ..files.lock import released_after
 from ..files.outputs import remove_run
-from ..parallel.agree import agreed
+from ..parallel.agree import agreed, collective
 from ..parallel.comm import Communicator
-from ..parallel.logs import setup_logging
+from ..parallel.device import select_device
 from ..results.hdf5 import read_numbers
 from ..results.sweep_hdf5 import write_blocks
 from ..results.sweepplots import blocks_plots
 from ..results.text import sweep_table
-from .setup import checkpoint_dir, claim_output, data_shape, job_model, load_data
+from .setup import build_workload, checkpoint_dir, claim_output
 from .sweep import SubRun, draw_plots, run_sweep, sub_config, sub_results
+
+log = logging.getLogger(__name__)
 
 
 def block_of(name: str, depth: int) -> str:
@@ -59,12 +62,7 @@ def parameter_blocks(names: list[str], depth: int, selection: str = "") -> list[
 def _trainable_names(cfg: Config, comm: Communicator) -> list[str]:
     """The names of the parameters that require gradients, from the model built as ``prepare``
     builds it (collective: the data shape is agreed over ranks); rank 0's list on every rank."""
-    from ..parallel.device import select_device
-    from ..problem.losses import get_loss
-    loss = agreed(comm, get_loss, cfg.hessian.loss)
-    shard = agreed(comm, load_data, cfg, comm)
-    shape = data_shape(comm, shard, loss.name)
-    model = agreed(comm, job_model, cfg, shape, select_device(comm))  # every parameter (no model.params selection)
+    model = collective(comm, build_workload, cfg, comm, select_device(comm)).model  # every parameter
     names = [name for name, param in model.named_parameters() if param.requires_grad]
     return comm.bcast_object(names if comm.rank == 0 else None)
 
@@ -89,7 +87,6 @@ def blocks_job(cfg: Config, comm: Communicator, flag: StopFlag | None = None, ov
 
 
 def _blocks(cfg: Config, comm: Communicator, flag: StopFlag | None, overwrite: bool) -> Path:
-    log = setup_logging(comm)
     output = agreed(comm, claim_output, cfg, comm)
     if overwrite:
         agreed(comm, lambda: remove_run(output, checkpoint_dir(cfg)) if comm.rank == 0 else None)

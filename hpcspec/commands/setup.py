@@ -1,9 +1,11 @@
-"""What every command that builds a model on data does first, shared by ``run``, ``train``, ``track``
-and ``run --per-block``: claim the output folder, load this rank's shard, agree on the data's shape
-over ranks, and build the model in the analysis dtype."""
+"""What every command that builds a model on data does first, shared by ``run``, ``validate``,
+``train``, ``track`` and ``run --per-block``: pick this rank's threads and device, claim the output
+folder, load this rank's shard, agree on the data's shape over ranks, and build the model in the
+analysis dtype (:func:`start_rank`, :func:`claim_output`, :func:`build_workload`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +17,14 @@ from .. import choices
 from ..config import Config
 from ..errors import InputError
 from ..files.outputs import claim
+from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
+from ..parallel.device import select_device, set_threads
 from ..problem.data import Shard, load_shard, memory_budget
-from ..problem.losses import check_labels, get_loss
+from ..problem.losses import Loss, check_labels, get_loss
 from ..problem.models import build_model, load_weights
+
+log = logging.getLogger(__name__)
 
 #: The analysis dtypes (``hessian.dtype``) as torch dtypes.
 DTYPES = {name: getattr(torch, name) for name in choices.DTYPES}
@@ -52,6 +58,38 @@ def data_shape(comm: Communicator, shard: Shard, loss_name: str) -> DataShape:
     return DataShape(input_dim, found[0][2], input_shape)
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What a command computes on, on this rank: the loss, this rank's shard, the data's shape over
+    ranks, and the model sized from it (every parameter trainable: ``run`` narrows H to
+    ``model.params`` itself)."""
+
+    loss: Loss
+    shard: Shard
+    shape: DataShape
+    model: nn.Module
+
+
+def start_rank(cfg: Config, comm: Communicator) -> tuple[int, torch.device]:
+    """This rank's intra-op threads (``threads``, or the node's cores shared among its ranks) and
+    device (local): the first thing every command does."""
+    return set_threads(comm, cfg.threads), select_device(comm)
+
+
+def build_workload(cfg: Config, comm: Communicator, device: torch.device, threads: int | None = None) -> Workload:
+    """The loss, this rank's shard and the model on ``device`` (a collective step: the data's shape
+    is agreed over ranks; every local failure is agreed, so every rank raises it together). With
+    ``threads``, rank 0 logs the data line ``run`` and ``train`` print."""
+    loss = agreed(comm, get_loss, cfg.hessian.loss)
+    shard = agreed(comm, load_data, cfg, comm)
+    if threads is not None:
+        log.info("data %s: %d samples, this rank holds [%d, %d); %d thread(s) per rank on %s",
+                 cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
+    shape = data_shape(comm, shard, loss.name)
+    model = agreed(comm, job_model, cfg, shape, device)
+    return Workload(loss=loss, shard=shard, shape=shape, model=model)
+
+
 def claim_output(cfg: Config, comm: Communicator) -> Path:
     """Rank 0 claims the output folder (a local step: run it through ``agreed``): created, refused
     if it holds anything but an hpcspec run (unless ``force_output``), locked against a second run,
@@ -64,6 +102,8 @@ def claim_output(cfg: Config, comm: Communicator) -> Path:
 
 
 def job_model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
+    """The configured model sized for ``shape`` (the given weights loaded), on ``device`` in the
+    analysis dtype (local); refused when no parameter requires gradients."""
     model = build_model(cfg.model.spec, input_shape=shape.input_shape or (shape.input_dim,),
                         output_dim=shape.output_dim, cfg_model=cfg.model, seed=cfg.seed)
     if cfg.model.weights:
@@ -74,6 +114,7 @@ def job_model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
 
 
 def checkpoint_dir(cfg: Config) -> Path:
+    """``checkpoint.dir``, or ``OUTPUT/checkpoints`` when it is empty."""
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output) / "checkpoints"
 
 

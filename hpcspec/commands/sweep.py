@@ -16,6 +16,7 @@ from those files alone (so ``report`` can redraw them offline).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any, Callable
 from ..checkpoint import StopFlag
 from ..config import Config
 from ..parallel.comm import Communicator
-from ..parallel.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,10 @@ def run_sweep(subs: list[SubRun], comm: Communicator, flag: StopFlag | None) -> 
     """
     from .run import run_job
 
-    log = setup_logging(comm)
     ran = []
     for i, sub in enumerate(subs, start=1):
         log.info("sweep %d/%d: %s -> %s", i, len(subs), sub.label, sub.output)
         ran.append(run_job(sub.cfg, comm, resume=True, flag=flag) is not None)
-        setup_logging(comm)  # the sub-run may have reconfigured the logger
     return ran
 
 

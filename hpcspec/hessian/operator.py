@@ -27,7 +27,8 @@ from ..errors import InputError
 from ..parallel.comm import Communicator, SingleProcess
 from ..parallel.vectors import VectorSpace, make_space
 from ..problem.data import Shard
-from ..problem.losses import Loss, check_targets, get_loss
+from ..problem.losses import Loss, get_loss
+from ..problem.pairing import check_pairing
 from ..problem.params import ParamLayout
 from .graphs import SavedBytes
 from .ordered import exact_sum
@@ -228,17 +229,9 @@ class HessianOperator:
             raise InputError(f"bn_mode = 'train' needs at least 2 samples in every batch, but this rank's "
                              f"{len(self._inputs)} samples in batches of {self.batch_size} leave a batch of 1: "
                              "change data.batch_size")
-        try:
-            with torch.no_grad(), self._frozen_running_stats():
-                # batch statistics need two samples (BatchNorm1d refuses one in training mode)
-                outputs = self.model(self._inputs[:2 if self._batch_stat_norms else 1])
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise InputError(f"the model cannot process a data sample of shape {tuple(self._inputs.shape[1:])} "
-                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        if not isinstance(outputs, torch.Tensor):
-            raise InputError(f"the model must return a tensor, got {type(outputs).__name__}")
-        width = outputs.shape[-1] if outputs is not None and outputs.ndim > 1 else 1
-        check_targets(self.loss, self._targets, width, tuple(outputs.shape))
+        with self._frozen_running_stats():
+            # batch statistics need two samples (BatchNorm1d refuses one in training mode)
+            check_pairing(self.model, self.loss, self._inputs[:2 if self._batch_stat_norms else 1], self._targets)
 
     def _batches(self) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self._inputs)

@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from ..errors import InputError
+from ..parallel.agree import AgreedInputError
 from ..solvers.base import LinearOperator
 from ..solvers.probes import probe_block, probe_generator
 from .operator import check_bn_mode
@@ -127,7 +128,7 @@ def _verdict(first: torch.Tensor, second: torch.Tensor, error: float, tol: float
 
 
 def check_operator(op: LinearOperator, *, seed: int = 0, symmetry_tol: float | None = None) -> OperatorCheck:
-    """Check that H·v is finite, bitwise repeatable and symmetric; raise :class:`InputError` if not.
+    """Check that H·v is finite, bitwise repeatable and symmetric; raise :class:`AgreedInputError` if not.
 
     Collective (calls ``op.apply``): every rank calls it at the same point; rank 0 judges and
     broadcasts its verdict, so every rank returns or raises alike. Costs
@@ -157,8 +158,8 @@ def check_operator(op: LinearOperator, *, seed: int = 0, symmetry_tol: float | N
     if op.comm.rank == 0:
         message = _verdict(first, second, error, tol, str(dtype or torch.float64).removeprefix("torch."))
     message, error = op.comm.bcast_object((message, error))
-    if message is not None:
-        raise InputError(message)
+    if message is not None:  # rank 0's verdict, broadcast: every rank raises it together
+        raise AgreedInputError(message)
     return OperatorCheck(symmetry_error=error, repeatable=True, num_matvecs=CHECK_MATVECS)
 
 

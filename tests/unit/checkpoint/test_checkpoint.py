@@ -128,10 +128,12 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
 
 def test_resume_under_other_library_versions_warns(tmp_path, reference, monkeypatch, capsys):
     _stopped_run(tmp_path, 10)
-    from hpcspec.commands import run as job
+    from hpcspec.commands import resume
+    from hpcspec.parallel.logs import setup_logging
 
-    real = job.versions
-    monkeypatch.setattr(job, "versions", lambda comm: {**real(comm), "torch": "0.0.1"})
+    setup_logging(SingleProcess())  # a library user asks for the progress lines (the CLI does it in main)
+    real = resume.versions
+    monkeypatch.setattr(resume, "versions", lambda comm: {**real(comm), "torch": "0.0.1"})
     run_job(_cfg(tmp_path), SingleProcess(), resume=True)
     assert "other library versions (torch " in capsys.readouterr().err
     _assert_bitwise(reference, _numbers(tmp_path))  # the version strings differ, the libraries do not
