@@ -100,7 +100,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, command: str, set_exa
     from .problem.data import BUILTIN_DATA
     from .problem.models import BUILTIN_MODELS
 
-    parser.add_argument("--config", help="TOML job config (see README)")
+    parser.add_argument("--config", help="TOML job config (every key: docs/configuration.md)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config key, e.g. --set {set_example} (repeatable; applied last)")
     groups: dict[str, Any] = {}
@@ -125,7 +125,7 @@ def _add_job_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
-    """The flags of ``train`` (each sets a config key; README "Training")."""
+    """The flags of ``train`` (each sets a config key; docs/cli.md, "train")."""
     _add_config_arguments(train, TRAIN_FLAGS, "train.nesterov=true")
     train.add_argument("--resume", action="store_true",
                        help="continue from OUTPUT/train_state.pt (start from the beginning if there is none)")

@@ -2,7 +2,7 @@
 # Ctrl-C-safe interactive launch:   jobs/interactive.sh mpirun -n 4 python -m hpcspec run ... [--resume]
 #
 # Open MPI 5's mpirun answers SIGINT (Ctrl-C) and SIGTERM by killing its ranks: SIGCONT at once,
-# SIGTERM 0.25 s later, SIGKILL 0.25 s after that (measured; README "Ctrl-C"), too soon to commit a
+# SIGTERM 0.25 s later, SIGKILL 0.25 s after that (measured; docs/cluster.md, "Ctrl-C under mpirun"), too soon to commit a
 # checkpoint, and the ranks sit in process groups of their own, so the terminal's Ctrl-C never reaches
 # them. This script runs the launcher in a session of its own, so Ctrl-C reaches only this script,
 # which passes it on as SIGUSR1: mpirun forwards USR1 to every rank, hpcspec finishes the iteration

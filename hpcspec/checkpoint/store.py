@@ -11,7 +11,7 @@ Layout of a checkpoint directory (``<output>/checkpoints`` by default)::
         .hpcspec-owned     in every step folder, written first: the mark that hpcspec made it
     step-00000006.damaged/ a checkpoint that failed verification (kept for inspection, never read)
 
-Commit protocol (DESIGN §6): every rank writes and fsyncs its file in ``step-N.tmp/``; the ranks
+Commit protocol (docs/architecture.md, "Checkpoints"): every rank writes and fsyncs its file in ``step-N.tmp/``; the ranks
 agree that every write succeeded (one gather of sizes and checksums); rank 0 writes and fsyncs
 the manifest, renames the directory to ``step-N``, fsyncs the parent, and replaces ``LATEST``;
 then it prunes committed checkpoints beyond the newest ``keep``. The previous good checkpoint is

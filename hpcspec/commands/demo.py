@@ -2,7 +2,7 @@
 
 Tests and benchmarks measure the estimators on exactly the network ``python -m hpcspec`` analyses
 (hidden (32, 32), tanh, 3,466 parameters, 100 full-batch Adam steps at lr 0.01), so the figures in
-the README and the closing notes are reproducible from one function.
+the README and docs/ are reproducible from one function.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ class DensityConfig:
 class TrainConfig:
     """Training: ``run`` uses ``steps`` and ``lr`` for brief full-batch Adam before the analysis
     (0 steps = analyse as loaded); ``python -m hpcspec train`` uses every key for data-parallel
-    minibatch SGD (see README "Training").
+    minibatch SGD (see docs/cli.md, "train").
 
     ``train`` runs ``epochs`` passes over the data (0: ``steps`` updates instead) of global
     minibatches of ``batch_size`` samples, SGD with ``momentum``/``nesterov``/``weight_decay``,

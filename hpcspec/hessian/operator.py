@@ -146,7 +146,7 @@ class HessianOperator:
     def _fastest_method(self) -> str:
         """Time one product of each method on rank 0's first samples; every rank uses rank 0's pick.
 
-        Which is faster depends on the model and the dtype (README "Performance"), so it is
+        Which is faster depends on the model and the dtype (docs/performance.md, "The HVP methods"), so it is
         measured rather than assumed; a method that fails on this model counts as infinitely slow.
         When the shard's first-order graphs would fit ``graph_budget_mb`` (estimated from the
         trial batch), double backward is timed as it will run: the second backward alone.

@@ -1,7 +1,7 @@
 """Where long vectors live: replicated on every rank, or sharded so each rank holds one slice.
 
 A Krylov basis of m vectors of P float64 numbers is m·P·8 bytes; replicated on every rank it is
-the memory wall of a large run (DESIGN §2). A :class:`Sharded` space gives rank r the contiguous
+the memory wall of a large run (docs/performance.md, "Sharded vectors"). A :class:`Sharded` space gives rank r the contiguous
 slice ``[lo, hi) = slice_bounds(P, r, R)`` of every long vector, so the basis costs m·P/R per rank.
 Only the vector an operator is applied to is ever whole: the solver gathers it (one allgather of P
 numbers), every rank multiplies it on its own data shard, and the partial products are

@@ -39,7 +39,7 @@ EXIT_LAUNCHER_GONE = 5
 #: Defaults of ``comm.timeout_s`` and ``comm.timeout_factor``.
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_TIMEOUT_FACTOR = 20.0
-#: Test without sleeping for this long: most collectives of a run finish within it (median 5.5 ms, README).
+#: Test without sleeping for this long: most collectives of a run finish within it (median 5.5 ms, docs/cluster.md).
 SPIN_S = 1e-2
 #: Sleeps between tests start here and double up to MAX_SLEEP_S.
 FIRST_SLEEP_S = 1e-4

@@ -2,8 +2,8 @@
 
 The Hessian hpcspec computes is that of ``criterion(model(X), Y)`` with ``reduction="mean"`` over
 the whole data set at once. Summing per batch and dividing once by the global count makes that
-exact whatever the batch size, the uneven last batch, or the number of ranks (DESIGN §7: averaging
-per-batch means with equal weights is a bug several tools shipped).
+exact whatever the batch size, the uneven last batch, or the number of ranks (averaging per-batch
+means with equal weights is a bug several tools shipped; docs/accuracy.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``results.h5``: its one writer and its one reader (README "Output files", DESIGN §4).
+"""``results.h5``: its one writer and its one reader (layout: docs/results.md).
 
 :func:`write_results` writes a run's file (rank 0 only, through
 :func:`hpcspec.files.atomic.atomic_path`: a temporary name, fsynced, then renamed into place, so
@@ -38,7 +38,7 @@ _INFO_ATTRS = ("num_params", "num_samples", "dtype", "config", "model", "data", 
 
 def write_results(path: Path, results: TaskResults, layout: ParamLayout, info: RunInfo,
                   validation: Validation | None = None) -> None:
-    """``results.h5`` in the layout of README "Output files" (DESIGN §4): one group per task run."""
+    """``results.h5`` in the layout docs/results.md describes: one group per task run."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in info.provenance.items():
             f.attrs[key] = value if isinstance(value, (int, float)) else str(value)

@@ -1,5 +1,5 @@
-"""``track.h5`` and ``blocks.h5``: the one writer and reader of a sweep's file (README "track",
-"--per-block"): one row per sub-run of the numbers :class:`~hpcspec.results.records.RunNumbers`
+"""``track.h5`` and ``blocks.h5``: the one writer and reader of a sweep's file (docs/results.md,
+"track.h5" and "blocks.h5"): one row per sub-run of the numbers :class:`~hpcspec.results.records.RunNumbers`
 holds, plus for ``track`` the common-grid spectral density.
 
 Written by rank 0 through :func:`hpcspec.files.atomic.atomic_path`. :func:`read_sweep` gives the

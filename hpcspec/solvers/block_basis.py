@@ -145,3 +145,22 @@ def as_block(v0: torch.Tensor, n: int) -> torch.Tensor:
     if block is None or v0.shape[0] != n:
         raise ValueError(f"v0 must be a ({n},) vector or a ({n}, j) block, got shape {tuple(v0.shape)}")
     return block
+
+
+class BasisBuffer:
+    """The basis rows of a block solver (locked, active, pending) in one allocation that grows by
+    doubling, from ``first`` rows up to ``max_basis``: memory per rank stays ``max_basis · P / R``."""
+
+    def __init__(self, local_size: int, max_basis: int, first: int) -> None:
+        self.data = torch.empty(0, local_size, dtype=torch.float64)
+        self.max_basis, self.first = max_basis, first
+
+    def ensure(self, rows: int, used: int) -> None:
+        """Room for ``rows`` vectors, the first ``used`` kept; never beyond ``max_basis``."""
+        if rows > self.max_basis:
+            raise AssertionError(f"the basis would hold {rows} vectors, more than max_basis = {self.max_basis}")
+        if rows > self.data.shape[0]:
+            grown = torch.empty(min(max(rows, 2 * self.data.shape[0], self.first), self.max_basis),
+                                self.data.shape[1], dtype=torch.float64)
+            grown[:used] = self.data[:used]
+            self.data = grown

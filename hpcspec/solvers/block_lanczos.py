@@ -43,46 +43,19 @@ import torch
 
 from ..parallel.vectors import space_of
 from .base import IterativeSolver, LinearOperator, State, resolve_tol
-from .block_basis import (
-    as_block,
-    checked_sizes,
-    fresh_block,
-    next_block,
-    one_thread,
-    orthogonalise,
-)
-from .block_check import (
-    beyond,
-    check_which,
-    guarantee,
-    restart_priority,
-    round_clear,
-    wanted_indices,
-)
+from .block_basis import BasisBuffer, as_block, checked_sizes, fresh_block, next_block, one_thread, orthogonalise
+from .block_check import beyond, check_which, guarantee, restart_priority, round_clear, wanted_indices
 from .lanczos import LanczosResult, check_request
 from .probes import probe
 
 STREAM = "block_lanczos"
 #: Default block size: multiplicity ≤ 4 is found by construction; measured on the digits MLP and
 #: ResNet-20 (``benchmarks/block_lanczos.py``), 4 costs fewer data passes than 1 or 2 and fewer
-#: products than 8 at top-5 and top-20 (see README "Top-k eigenpairs").
+#: products than 8 at top-5 and top-20 (see docs/performance.md, "Top-k eigenpairs").
 DEFAULT_BLOCK_SIZE = 4
 #: Columns of the basis recombined at a time at a restart (bounds the transient memory).
 CHUNK = 1 << 16
 PHASES = ("search", "check")
-
-
-class _Buffer:
-    """The basis rows (locked, active, pending) in one allocation that grows up to ``max_basis``."""
-
-    def __init__(self, solver: "BlockLanczos", local_size: int) -> None:
-        self.solver = solver
-        self.data = torch.empty(0, local_size, dtype=torch.float64)
-
-    @property
-    def rows(self) -> torch.Tensor:
-        """The rows in use (what a state holds); the rest of the allocation is scratch."""
-        return self.data[: self.solver.nl + self.solver.m + self.solver.w]
 
 
 class BlockLanczos(IterativeSolver[LanczosResult]):
@@ -108,7 +81,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.block_size, self.max_basis, self.check, self.callback = b, basis, check, callback
         self.check_size = check_size
         self.space = space_of(op)
-        self.buffer = _Buffer(self, self.space.local_size)
+        self.buffer = BasisBuffer(self.space.local_size, basis, 2 * b + k)
         self.peak_rows = 0  # the most vectors ever held (locked + active + pending): ≤ max_basis
         self.nl = self.m = self.w = 0  # locked, active and pending rows of the buffer, in that order
         self.T = np.zeros((0, 0))  # projected matrix on the active rows
@@ -126,21 +99,13 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         with one_thread():
             self._place(self._fresh(min(b, n), [], start))
 
-    # ----------------------------------------------------------------------------------- buffer
     @property
     def _rows(self) -> torch.Tensor:
         return self.buffer.data
 
     def _ensure(self, rows: int) -> None:
-        """Room for ``rows`` vectors in the buffer, grown by doubling, never beyond ``max_basis``."""
-        if rows > self.max_basis:
-            raise AssertionError(f"the basis would hold {rows} vectors, more than max_basis = {self.max_basis}")
-        if rows > self._rows.shape[0]:
-            grown = torch.empty(min(max(rows, 2 * self._rows.shape[0], 2 * self.block_size + self.k), self.max_basis),
-                                self._rows.shape[1], dtype=torch.float64)
-            used = self.nl + self.m + self.w
-            grown[:used] = self._rows[:used]
-            self.buffer.data = grown
+        """Room for ``rows`` vectors in the buffer (the held rows kept)."""
+        self.buffer.ensure(rows, self.nl + self.m + self.w)
         self.peak_rows = max(self.peak_rows, rows)
 
     @property
