@@ -14,108 +14,35 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from helpers import REPO, mpirun
+from helpers import mpirun
+from launches import (
+    BLOCK,
+    BLOCK_NUMBERS,
+    LANCZOS,
+    LANCZOS_NUMBERS,
+    SLQ,
+    SLQ_NUMBERS,
+    kill_everything,
+    latest,
+    launch,
+    numbers,
+    rank_pids,
+    wait_for,
+)
 
 pytestmark = pytest.mark.mpi
 
-COMMON = ["--set", "hessian.hvp='double_backward'", "--set", "hessian.check=false", "--set", "density.plot=false",
-          "--set", "checkpoint.every_iters=1"]
-LANCZOS = ["--top-k", "5", "--eigen-method", "lanczos", "--tol", "1e-14", "--maxiter", "60", *COMMON]
-#: The default solver with a basis so small that it restarts every few passes, then a check round.
-BLOCK = ["--top-k", "5", "--block-size", "2", "--max-basis", "11", "--tol", "1e-10", *COMMON]
-BLOCK_NUMBERS = ("eigen/values", "eigen/vectors", "eigen/residuals")
-SLQ = ["--density", "--probes", "3", "--steps", "40", *COMMON]
-#: (dataset, what it is) compared between runs.
-LANCZOS_NUMBERS = ("eigen/values", "eigen/alpha", "eigen/beta")
-SLQ_NUMBERS = ("lanczos/alpha", "lanczos/beta", "density/nodes")
 KILLS = 20
-PAUSE = "0.05"
-
-
-def _env(pause: str = PAUSE) -> dict[str, str]:
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                HPCSPEC_TEST_CHECKPOINT_PAUSE=pause)
-
-
-def _launch(ranks: int, output: Path, args: list[str], pause: str = PAUSE) -> subprocess.Popen:
-    command = ["mpirun", "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "hpcspec", "run",
-               "--output", str(output), "--resume", *args]
-    return subprocess.Popen(command, env=_env(pause), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
-def _processes(marker: Path) -> dict[int, list[bytes]]:
-    """Live processes whose command line names ``marker``, with their argv (read from /proc, so
-    no procps is needed on a fresh machine)."""
-    found = {}
-    needle = str(marker).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(needle in arg for arg in argv):
-            found[int(entry.name)] = argv
-    return found
-
-
-def _kill_everything(proc: subprocess.Popen, marker: Path) -> None:
-    """SIGKILL mpirun and every rank (found by the output path on their command lines)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 20
-    while True:
-        for pid in _processes(marker):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is not None and not _processes(marker):
-            break
-        assert time.monotonic() < deadline, "ranks survived SIGKILL"
-        time.sleep(0.05)
-    proc.wait(timeout=30)
-
-
-def _latest(checkpoints: Path) -> str:
-    try:
-        return (checkpoints / "LATEST").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _wait_for(proc: subprocess.Popen, condition, timeout: float = 60.0) -> bool:
-    """Poll ``condition`` until true (True) or until the job ends on its own (False)."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if condition():
-            return True
-        assert time.monotonic() < deadline, "the job made no progress"
-        time.sleep(0.005)
-    return False
-
-
-def _numbers(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    with h5py.File(path / "results.h5") as f:
-        return {name: f[name][...] for name in names}
 
 
 def _run_to_end(ranks: int, output: Path, args: list[str]) -> None:
-    proc = _launch(ranks, output, args, pause="0")
+    proc = launch(ranks, output, args, pause="0")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
 
@@ -127,19 +54,19 @@ def _kill_loop(output: Path, args: list[str], seed: int) -> list[str]:
     moments: list[str] = []
     while len(moments) < KILLS:
         kind = ("after a commit", "mid-write", "before LATEST", "random time")[len(moments) % 4]
-        before = _latest(checkpoints)
-        proc = _launch(2, output, args)
+        before = latest(checkpoints)
+        proc = launch(2, output, args)
         try:
             if kind == "after a commit":
-                hit = _wait_for(proc, lambda: _latest(checkpoints) != before)
+                hit = wait_for(proc, lambda: latest(checkpoints) != before)
                 time.sleep(rng.uniform(0.0, 0.15))
             elif kind == "mid-write":
-                hit = _wait_for(proc, lambda: any(checkpoints.glob("step-*.tmp")))
+                hit = wait_for(proc, lambda: any(checkpoints.glob("step-*.tmp")))
             elif kind == "before LATEST":
                 def renamed() -> bool:
                     done = sorted(p.name for p in checkpoints.glob("step-*") if not p.name.endswith((".tmp", ".damaged")))
-                    return bool(done) and done[-1] > (_latest(checkpoints) or "")
-                hit = _wait_for(proc, renamed)
+                    return bool(done) and done[-1] > (latest(checkpoints) or "")
+                hit = wait_for(proc, renamed)
             else:
                 time.sleep(rng.uniform(0.2, 4.0))
                 hit = proc.poll() is None
@@ -147,11 +74,11 @@ def _kill_loop(output: Path, args: list[str], seed: int) -> list[str]:
                 out = proc.communicate()[0]
                 pytest.fail(f"the run finished after only {len(moments)} kills; make it longer\n{out[-2000:]}")
             temporaries = [p.name for p in checkpoints.glob("*.tmp")] if checkpoints.is_dir() else []
-            _kill_everything(proc, output)
+            kill_everything(proc, output)
             moments.append(f"{kind}{' (temporaries: ' + ', '.join(temporaries) + ')' if temporaries else ''}")
         finally:
             if proc.poll() is None:
-                _kill_everything(proc, output)
+                kill_everything(proc, output)
     return moments
 
 
@@ -163,7 +90,7 @@ def references(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
                                 ("block", BLOCK, BLOCK_NUMBERS)):
         output = tmp_path_factory.mktemp(f"reference-{name}")
         _run_to_end(2, output, args)
-        found[name] = _numbers(output, numbers)
+        found[name] = numbers(output, numbers)
     return found
 
 
@@ -176,7 +103,7 @@ def test_sigkill_twenty_times_then_resume_is_bitwise(tmp_path, references, name,
     print(f"{name}: {len(moments)} kills:", "; ".join(moments))  # shown with pytest -s
     assert sum("temporaries" in m for m in moments) >= KILLS // 4, moments  # some kills hit a write
     _run_to_end(2, output, args)
-    resumed = _numbers(output, numbers)
+    resumed = numbers(output, numbers)
     for key, value in references[name].items():
         assert np.array_equal(resumed[key], value), f"{key} differs after {len(moments)} kills: {moments}"
 
@@ -184,13 +111,13 @@ def test_sigkill_twenty_times_then_resume_is_bitwise(tmp_path, references, name,
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_resume_on_another_rank_count_agrees_to_1e_10(tmp_path, references, ranks):
     output = tmp_path / "moved"
-    proc = _launch(2, output, LANCZOS, pause="0")
+    proc = launch(2, output, LANCZOS, pause="0")
     try:
-        assert _wait_for(proc, lambda: _latest(output / "checkpoints") >= "step-00000025")
+        assert wait_for(proc, lambda: latest(output / "checkpoints") >= "step-00000025")
     finally:
-        _kill_everything(proc, output)
+        kill_everything(proc, output)
     _run_to_end(ranks, output, LANCZOS)
-    resumed, reference = _numbers(output, LANCZOS_NUMBERS), references["lanczos"]
+    resumed, reference = numbers(output, LANCZOS_NUMBERS), references["lanczos"]
     with h5py.File(output / "results.h5") as f:
         assert f.attrs["world_size"] == ranks and "step-0000002" in f.attrs["resumed_from"]
     for key in ("eigen/values", "eigen/alpha", "eigen/beta"):
@@ -199,25 +126,20 @@ def test_resume_on_another_rank_count_agrees_to_1e_10(tmp_path, references, rank
         assert error <= 1e-10, f"{key}: relative difference {error:.1e} on {ranks} ranks"
 
 
-def _rank_pids(marker: Path) -> list[int]:
-    """The hpcspec rank processes (not mpirun) whose command line names ``marker``."""
-    return [pid for pid, argv in _processes(marker).items() if Path(argv[0].decode()).name.startswith("python")]
-
-
 @pytest.mark.parametrize("signum, target", [(signal.SIGUSR1, "mpirun"), (signal.SIGTERM, "ranks")])
 def test_stop_signal_checkpoints_exits_3_and_resumes(tmp_path, references, signum, target):
     """USR1 to mpirun (what the job scripts forward), or TERM to every rank (what slurmstepd sends at
     walltime; Open MPI's mpirun itself answers TERM by killing its ranks 0.25 s later, so the job
     scripts turn TERM into USR1)."""
     output = tmp_path / "signalled"
-    proc = _launch(2, output, LANCZOS, pause="0")
+    proc = launch(2, output, LANCZOS, pause="0")
     try:
-        assert _wait_for(proc, lambda: _latest(output / "checkpoints") >= "step-00000005")
+        assert wait_for(proc, lambda: latest(output / "checkpoints") >= "step-00000005")
         sent = time.monotonic()
         if target == "mpirun":
             proc.send_signal(signum)
         else:
-            pids = _rank_pids(output)
+            pids = rank_pids(output)
             assert len(pids) == 2, pids
             for pid in pids:
                 os.kill(pid, signum)
@@ -225,15 +147,15 @@ def test_stop_signal_checkpoints_exits_3_and_resumes(tmp_path, references, signu
         elapsed = time.monotonic() - sent
     finally:
         if proc.poll() is None:
-            _kill_everything(proc, output)
+            kill_everything(proc, output)
     assert proc.returncode == 3, out[-3000:]
     print(f"SIG{signal.Signals(signum).name[3:]} to {target}: exit 3 after {elapsed:.2f} s")  # shown with pytest -s
     assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
     assert f"stopped on {signal.Signals(signum).name} after committing checkpoint" in out
-    stopped_at = _latest(output / "checkpoints")
+    stopped_at = latest(output / "checkpoints")
     assert stopped_at and (output / "checkpoints" / stopped_at / "manifest.json").is_file()
     _run_to_end(2, output, LANCZOS)
-    resumed = _numbers(output, LANCZOS_NUMBERS)
+    resumed = numbers(output, LANCZOS_NUMBERS)
     for key, value in references["lanczos"].items():
         assert np.array_equal(resumed[key], value), key
 

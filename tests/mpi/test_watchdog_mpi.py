@@ -18,16 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import REPO, mpirun
-from test_restart_mpi import (
-    LANCZOS,
-    LANCZOS_NUMBERS,
-    _env,
-    _kill_everything,
-    _latest,
-    _numbers,
-    _rank_pids,
-    _wait_for,
-)
+from launches import LANCZOS, LANCZOS_NUMBERS, kill_everything, latest, launch_env, numbers, rank_pids, wait_for
 
 pytestmark = pytest.mark.mpi
 
@@ -39,7 +30,7 @@ def _launch(ranks: int, output: Path, args: list[str], wrapper: list[str] | None
     (its process group is the one a terminal would signal), optionally under ``wrapper``."""
     command = ["mpirun", "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "hpcspec", "run",
                "--output", str(output), "--resume", *args]
-    return subprocess.Popen([*(wrapper or []), *command], env=_env("0"), stdout=subprocess.PIPE,
+    return subprocess.Popen([*(wrapper or []), *command], env=launch_env("0"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -54,14 +45,14 @@ def reference(tmp_path_factory) -> dict[str, np.ndarray]:
     proc = _launch(2, output, LANCZOS)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    return _numbers(output, LANCZOS_NUMBERS)
+    return numbers(output, LANCZOS_NUMBERS)
 
 
 def _resume_to_end(output: Path, reference: dict[str, np.ndarray]) -> None:
     proc = _launch(2, output, LANCZOS)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    resumed = _numbers(output, LANCZOS_NUMBERS)
+    resumed = numbers(output, LANCZOS_NUMBERS)
     for key, value in reference.items():
         assert np.array_equal(resumed[key], value), key
 
@@ -71,8 +62,8 @@ def test_stopped_rank_is_named_and_the_job_ends_within_its_timeout(tmp_path, ran
     output = tmp_path / "hung"
     proc = _launch(ranks, output, WATCHED)
     try:
-        assert _wait_for(proc, lambda: _latest(output / "checkpoints") >= "step-00000003")
-        pids = {_world_rank(pid): pid for pid in _rank_pids(output)}
+        assert wait_for(proc, lambda: latest(output / "checkpoints") >= "step-00000003")
+        pids = {_world_rank(pid): pid for pid in rank_pids(output)}
         assert len(pids) == ranks, pids
         os.kill(pids[victim], signal.SIGSTOP)
         stopped = time.monotonic()
@@ -80,7 +71,7 @@ def test_stopped_rank_is_named_and_the_job_ends_within_its_timeout(tmp_path, ran
         elapsed = time.monotonic() - stopped
     finally:
         if proc.poll() is None:
-            _kill_everything(proc, output)
+            kill_everything(proc, output)
     print(f"{ranks} ranks, rank {victim} stopped: exit {proc.returncode} after {elapsed:.1f} s")  # pytest -s
     assert proc.returncode == 4, out[-3000:]
     assert elapsed < 30, f"took {elapsed:.1f} s"
@@ -88,7 +79,7 @@ def test_stopped_rank_is_named_and_the_job_ends_within_its_timeout(tmp_path, ran
     assert len(lines) == 1, out[-3000:]
     assert f"rank(s) {victim} did not arrive" in lines[0] and "comm.timeout_s" in lines[0], lines[0]
     assert "Traceback" not in out
-    assert not _rank_pids(output), "a rank survived the abort"
+    assert not rank_pids(output), "a rank survived the abort"
 
 
 WAIT_COST = '''
@@ -121,20 +112,20 @@ def test_ranks_of_a_killed_mpirun_stop_before_the_next_commit(tmp_path, referenc
     output = tmp_path / "orphans"
     proc = _launch(2, output, LANCZOS)
     try:
-        assert _wait_for(proc, lambda: _latest(output / "checkpoints") >= "step-00000003")
+        assert wait_for(proc, lambda: latest(output / "checkpoints") >= "step-00000003")
         proc.kill()  # mpirun alone, as a node's OOM killer or a lost allocation would
         proc.wait(timeout=10)
         killed = time.monotonic()
         deadline = killed + 20
-        while _rank_pids(output):
+        while rank_pids(output):
             assert time.monotonic() < deadline, "ranks outlived their launcher by 20 s"
             time.sleep(0.05)
         print(f"orphaned ranks stopped {time.monotonic() - killed:.2f} s after mpirun was killed")  # pytest -s
-        last = _latest(output / "checkpoints")
+        last = latest(output / "checkpoints")
         time.sleep(1.0)
-        assert _latest(output / "checkpoints") == last
+        assert latest(output / "checkpoints") == last
     finally:
-        _kill_everything(proc, output)
+        kill_everything(proc, output)
     _resume_to_end(output, reference)
 
 
@@ -143,13 +134,13 @@ def _ctrl_c(output: Path, wrapper: list[str]) -> tuple[subprocess.Popen, str, fl
     5th commit, as a terminal's Ctrl-C does; returns (process, output text, seconds to exit)."""
     proc = _launch(2, output, LANCZOS, wrapper=wrapper or None)
     try:
-        assert _wait_for(proc, lambda: _latest(output / "checkpoints") >= "step-00000005")
+        assert wait_for(proc, lambda: latest(output / "checkpoints") >= "step-00000005")
         os.killpg(proc.pid, signal.SIGINT)
         sent = time.monotonic()
         out, _ = proc.communicate(timeout=30)
         elapsed = time.monotonic() - sent
     finally:
-        _kill_everything(proc, output)
+        kill_everything(proc, output)
     return proc, out, elapsed
 
 
@@ -159,7 +150,7 @@ def test_ctrl_c_to_the_mpirun_process_group_leaves_a_resumable_state(tmp_path, r
     proc, out, elapsed = _ctrl_c(output, [])
     print(f"Ctrl-C to bare mpirun: exit {proc.returncode} after {elapsed:.2f} s")  # pytest -s
     assert proc.returncode not in (0, 3) and elapsed < 5
-    assert not _rank_pids(output)
+    assert not rank_pids(output)
     _resume_to_end(output, reference)
 
 
@@ -169,6 +160,6 @@ def test_ctrl_c_under_interactive_sh_commits_exits_3_and_resumes(tmp_path, refer
     print(f"Ctrl-C under interactive.sh: exit {proc.returncode} after {elapsed:.2f} s")  # pytest -s
     assert proc.returncode == 3, out[-3000:]
     assert "stopped on SIGUSR1 after committing checkpoint" in out
-    stopped_at = _latest(output / "checkpoints")
+    stopped_at = latest(output / "checkpoints")
     assert (output / "checkpoints" / stopped_at / "manifest.json").is_file()
     _resume_to_end(output, reference)

@@ -14,21 +14,6 @@ How each ``tᵢ`` costs no extra product (derived here; the paper does the same 
 ``sᵢ = vᵢ/‖vᵢ‖``. With ``C = QᵀHQ``, ``xᵢ = Qᵀωᵢ``, ``cᵢ = sᵢᵀxᵢ`` and ``uᵢ = xᵢ − cᵢ sᵢ`` (so that
 ``(I−Q_(i)Q_(i)ᵀ)ωᵢ = ωᵢ − Q uᵢ``)::
 
-tᵢ = tr C − sᵢᵀ C sᵢ  +  ωᵢᵀHωᵢ − uᵢᵀ(QᵀHωᵢ + (HQ)ᵀωᵢ) + uᵢᵀ C uᵢ,
-
-where ``ωᵢᵀHωᵢ = diag(ΩᵀY)ᵢ``, ``QᵀHΩ = R`` and ``(HQ)ᵀΩ = ZᵀΩ`` with ``Z = HQ`` (equal for a
-symmetric H; using both keeps the form exact for a slightly asymmetric float32 operator). Only
-s×s matrices are formed after the two passes. With Gaussian probes the residual vector
-``(I−Q_(i)Q_(i)ᵀ)ωᵢ`` is Gaussian in an (n − s + 1)-dimensional space, so rescaling it to squared
-norm n − s + 1 (a uniform direction on that sphere, still E[vvᵀ] = I − Q_(i)Q_(i)ᵀ) keeps the
-estimate unbiased and lowers its variance; Rademacher probes are used as drawn.
-
-How each ``tᵢ`` costs no extra product (derived here; the paper does the same with other algebra):
-``range(Y_(−i)) = Q·range(R_(−i))`` and the vector of R^s orthogonal to the other columns of R is
-``vᵢ = R^{−T} eᵢ`` (row i of R^{−1}), so ``Q_(i)Q_(i)ᵀ = QQᵀ − qᵢqᵢᵀ`` with ``qᵢ = Q sᵢ``,
-``sᵢ = vᵢ/‖vᵢ‖``. With ``C = QᵀHQ``, ``xᵢ = Qᵀωᵢ``, ``cᵢ = sᵢᵀxᵢ`` and ``uᵢ = xᵢ − cᵢ sᵢ`` (so that
-``(I−Q_(i)Q_(i)ᵀ)ωᵢ = ωᵢ − Q uᵢ``)::
-
     tᵢ = tr C − sᵢᵀ C sᵢ  +  ωᵢᵀHωᵢ − uᵢᵀ(QᵀHωᵢ + (HQ)ᵀωᵢ) + uᵢᵀ C uᵢ,
 
 where ``ωᵢᵀHωᵢ = diag(ΩᵀY)ᵢ``, ``QᵀHΩ = R`` and ``(HQ)ᵀΩ = ZᵀΩ`` with ``Z = HQ`` (equal for a
