@@ -31,8 +31,8 @@ from launches import (
     kill_everything,
     latest,
     launch,
-    numbers,
     rank_pids,
+    read_numbers,
     wait_for,
 )
 
@@ -90,7 +90,7 @@ def references(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
                                 ("block", BLOCK, BLOCK_NUMBERS)):
         output = tmp_path_factory.mktemp(f"reference-{name}")
         _run_to_end(2, output, args)
-        found[name] = numbers(output, numbers)
+        found[name] = read_numbers(output, numbers)
     return found
 
 
@@ -103,7 +103,7 @@ def test_sigkill_twenty_times_then_resume_is_bitwise(tmp_path, references, name,
     print(f"{name}: {len(moments)} kills:", "; ".join(moments))  # shown with pytest -s
     assert sum("temporaries" in m for m in moments) >= KILLS // 4, moments  # some kills hit a write
     _run_to_end(2, output, args)
-    resumed = numbers(output, numbers)
+    resumed = read_numbers(output, numbers)
     for key, value in references[name].items():
         assert np.array_equal(resumed[key], value), f"{key} differs after {len(moments)} kills: {moments}"
 
@@ -117,7 +117,7 @@ def test_resume_on_another_rank_count_agrees_to_1e_10(tmp_path, references, rank
     finally:
         kill_everything(proc, output)
     _run_to_end(ranks, output, LANCZOS)
-    resumed, reference = numbers(output, LANCZOS_NUMBERS), references["lanczos"]
+    resumed, reference = read_numbers(output, LANCZOS_NUMBERS), references["lanczos"]
     with h5py.File(output / "results.h5") as f:
         assert f.attrs["world_size"] == ranks and "step-0000002" in f.attrs["resumed_from"]
     for key in ("eigen/values", "eigen/alpha", "eigen/beta"):
@@ -155,7 +155,7 @@ def test_stop_signal_checkpoints_exits_3_and_resumes(tmp_path, references, signu
     stopped_at = latest(output / "checkpoints")
     assert stopped_at and (output / "checkpoints" / stopped_at / "manifest.json").is_file()
     _run_to_end(2, output, LANCZOS)
-    resumed = numbers(output, LANCZOS_NUMBERS)
+    resumed = read_numbers(output, LANCZOS_NUMBERS)
     for key, value in references["lanczos"].items():
         assert np.array_equal(resumed[key], value), key
 

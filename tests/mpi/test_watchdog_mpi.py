@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import REPO, mpirun
-from launches import LANCZOS, LANCZOS_NUMBERS, kill_everything, latest, launch_env, numbers, rank_pids, wait_for
+from launches import LANCZOS, LANCZOS_NUMBERS, kill_everything, latest, launch_env, rank_pids, read_numbers, wait_for
 
 pytestmark = pytest.mark.mpi
 
@@ -45,14 +45,14 @@ def reference(tmp_path_factory) -> dict[str, np.ndarray]:
     proc = _launch(2, output, LANCZOS)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    return numbers(output, LANCZOS_NUMBERS)
+    return read_numbers(output, LANCZOS_NUMBERS)
 
 
 def _resume_to_end(output: Path, reference: dict[str, np.ndarray]) -> None:
     proc = _launch(2, output, LANCZOS)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    resumed = numbers(output, LANCZOS_NUMBERS)
+    resumed = read_numbers(output, LANCZOS_NUMBERS)
     for key, value in reference.items():
         assert np.array_equal(resumed[key], value), key
 

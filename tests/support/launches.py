@@ -96,7 +96,7 @@ def wait_for(proc: subprocess.Popen, condition, timeout: float = 60.0) -> bool:
     return False
 
 
-def numbers(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def read_numbers(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     with h5py.File(path / "results.h5") as f:
         return {name: f[name][...] for name in names}
 
