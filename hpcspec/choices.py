@@ -12,13 +12,16 @@ from __future__ import annotations
 # --- the model and the loss --------------------------------------------------------------------
 ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid", "softplus")
 LOSSES = ("cross_entropy", "mse")
+#: How a batch of a ``reduction="mean"`` criterion is weighted (``Loss.of(criterion, weight=…)``):
+#: by its samples, or by its target tokens other than the criterion's ``ignore_index``.
+LOSS_WEIGHTS = ("samples", "tokens")
 #: The compute precisions (``hessian.dtype``); names of torch dtypes.
 DTYPES = ("float64", "float32")
 
 # --- the Hessian operator ----------------------------------------------------------------------
 #: The Hessian-vector product implementations :class:`~hpcspec.hessian.operator.HessianOperator` has.
 HVP_METHODS = ("double_backward", "forward_over_reverse")
-#: What ``hessian.hvp`` accepts: ``auto`` times the methods and uses the faster.
+#: What ``hessian.hvp`` accepts: ``auto`` picks one by a fixed rule (:mod:`hpcspec.hessian.method`).
 HVP_CHOICES = ("auto", *HVP_METHODS)
 #: ``fast``: one float64 allreduce (bits depend on the rank count through the summation order);
 #: ``ordered``: an exact fixed-point sum whose bits do not (see ``HessianOperator._exact_sum``).

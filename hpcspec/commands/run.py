@@ -53,7 +53,7 @@ from ..files.lock import released_after
 from ..hessian.dense import MAX_DENSE_PARAMS, dense_hessian
 from ..hessian.fullbatch import train_full_batch
 from ..hessian.operator import HessianOperator
-from ..hessian.preflight import check_model_modes, check_operator
+from ..hessian.preflight import check_operator, check_operator_modes
 from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.vectors import Sharded
@@ -174,7 +174,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                           method=method, bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
                           shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
         agreed(comm, made.check_data)
-        agreed(comm, check_model_modes, made.model, cfg.hessian.bn_mode)
+        agreed(comm, check_operator_modes, made)
         return made
 
     if cfg.train.steps and loaded is None:

@@ -1,16 +1,17 @@
 """The Hessian of the mean data-set loss as a linear operator on flat float64 vectors.
 
 ``H = ∇²_θ (1/C) Σ_i ℓ(f(x_i; θ), y_i)`` where the sum runs over every sample of every rank and C
-is the loss's global count (samples, or elements for MSE). Each rank sums exact Hessian-vector
+is the loss's global count (samples, tokens, or elements for MSE). Each rank sums exact Hessian-vector
 products (Pearlmutter 1994) over its shard batch by batch, the partial sums (float64) are reduced
 across ranks in one message per application, and the result is divided once by C.
 """
 
 from __future__ import annotations
 
-import time
+import functools
+import logging
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -26,18 +27,26 @@ from ..choices import (
 from ..errors import InputError
 from ..parallel.comm import Communicator, SingleProcess
 from ..parallel.vectors import VectorSpace, make_space
-from ..problem.data import Shard
+from ..problem.batches import BatchSource, Inputs, call_model, inputs_as_args
 from ..problem.losses import Loss, get_loss
-from ..problem.pairing import check_pairing
+from ..problem.pairing import check_pairing, logits_of
 from ..problem.params import ParamLayout
 from .graphs import SavedBytes
+from .method import DEFAULT_HVP_METHOD, rule
 from .ordered import exact_sum
 
-#: Used by ``method="auto"`` when there is nothing to time (rank 0 holds no samples).
-#: benchmarks/hvp_cost.py found it faster on the digits MLP (float32 and float64) and on ResNet-20
-#: in float32, but forward-over-reverse faster on ResNet-20 in float64 — hence the timing in "auto".
-DEFAULT_HVP_METHOD = "double_backward"
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _in_modes(method: F) -> F:
+    """Run an operator method with the model in the operator's :meth:`~HessianOperator.modes`."""
+
+    @functools.wraps(method)
+    def wrapped(self: "HessianOperator", *args: Any, **kwargs: Any) -> Any:
+        with self.modes():
+            return method(self, *args, **kwargs)
+    return wrapped  # type: ignore[return-value]
 
 
 def check_bn_mode(bn_mode: str) -> None:
@@ -50,38 +59,43 @@ class HessianOperator:
     """Exact Hessian-vector products of the mean loss over a data set sharded across ranks.
 
     Args:
-        model: the network. Put in eval mode (dropout off, BatchNorm running statistics), so
-            H·v is a deterministic function of v. Its parameters' dtype is the compute dtype.
-            (:func:`hpcspec.hessian.preflight.check_model_modes` tells if a module stayed in training mode.)
-        loss: a :class:`~hpcspec.problem.losses.Loss` or its name (``cross_entropy``, ``mse``).
-        data: this rank's :class:`~hpcspec.problem.data.Shard`, or an ``(x, y)`` pair of this rank's samples.
+        model: the network. Inside every product and analysis (:meth:`modes`) it is in eval mode
+            (dropout off, BatchNorm running statistics: H·v is a deterministic function of v);
+            after each, its train/eval modes and ``requires_grad`` flags are back as they were (a
+            training script can call the operator between steps). Its parameters' dtype is the
+            compute dtype. (:func:`~hpcspec.hessian.preflight.check_operator_modes` tells if a module stays random.)
+        loss: a :class:`~hpcspec.problem.losses.Loss`, a named loss (``cross_entropy``, ``mse``),
+            or any criterion ``criterion(output, target)`` with reduction "mean" or "sum"
+            (:meth:`Loss.of <hpcspec.problem.losses.Loss.of>`: how a batch is weighted).
+        data: this rank's :class:`~hpcspec.problem.data.Shard`, an ``(x, y)`` pair of this rank's
+            samples, or a re-iterable of this rank's batches (a DataLoader, a list of ``(x, y)``
+            pairs or dict batches: :mod:`hpcspec.problem.batches`). Under MPI each rank passes
+            its own part: the parts must be disjoint and together cover the data set once.
         comm: the ranks holding the other shards; a single process when omitted.
-        batch_size: samples per forward pass (memory, not mathematics: H does not depend on it).
+        batch_size: samples per forward pass of tensor data (memory, not mathematics: H does not
+            depend on it); an iterable's batches are used as they come.
         method: ``double_backward`` (reverse-over-reverse) or ``forward_over_reverse``
-            (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` times both on rank 0's first
-            samples and uses the faster (set one explicitly for bitwise-reproducible reruns).
+            (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` picks one by a fixed rule
+            (:mod:`hpcspec.hessian.method`; :attr:`method_reason`, :attr:`trial_products`).
+        output_fn: what of the model's output the loss takes; default :func:`~hpcspec.problem.pairing.logits_of`.
+        target_key: the targets' key in dict batches (the other entries: the model's keyword arguments).
         bn_mode: ``eval`` (default): BatchNorm layers use their running statistics, and H is that
-            of a fixed function of each sample. ``train``: the model is put in eval mode, then its
+            of a fixed function of each sample. ``train``: inside, the model is put in eval mode, then its
             BatchNorm layers back in training mode, so each forward normalises with the statistics
             of its own batch, as during training. H is then the Hessian of the sum of per-batch
             losses and depends on ``batch_size`` and on how the data is sharded across ranks
-            (every batch, including a short last one, couples its samples). Ghorbani et al. (2019)
-            found that the outlier eigenvalues BatchNorm suppresses reappear when it normalises
-            with population statistics, so the two modes can give different top eigenvalues.
-            The operator's forwards never change the running statistics (nor
-            ``num_batches_tracked``): ``track_running_stats`` is switched off while they run.
+            (every batch, including a short last one, couples its samples); the two modes can give
+            different top eigenvalues (Ghorbani et al. 2019). The forwards never change the running
+            statistics (nor ``num_batches_tracked``): ``track_running_stats`` is off while they run.
         graph_budget_mb: memory (MiB, per rank) the first-order graphs of the whole shard may take
-            to be kept between products (``double_backward`` only). The data, the weights and so
-            the forward pass and the gradient's graph are the same for every product of a run;
-            kept, each product costs only the second backward. Measured on the first product
-            (the tensors autograd saves); over budget, every product recomputes its forward and
-            gradient batch by batch. 0 turns the cache off. The cache is rebuilt when a
-            parameter or buffer changes (e.g. after training). Same bits either way. Default
-            :data:`~hpcspec.choices.DEFAULT_GRAPH_BUDGET_MB`, as ``hessian.graph_budget_mb``.
-        shard_vectors: solvers keep only this rank's slice of every long vector (``space``, see
-            :mod:`hpcspec.parallel.vectors`) and products are reduce-scattered (:meth:`apply_sharded`);
-            off, or on one rank, vectors are replicated and products allreduced (:meth:`apply`).
-            Default on, as ``hessian.shard_vectors``.
+            to be kept between products (``double_backward`` only): kept, each product costs only
+            the second backward. Measured on the first product (the tensors autograd saves); over
+            budget, every product recomputes its forward and gradient batch by batch; 0: never
+            kept. Rebuilt when a parameter or buffer changes (e.g. after training). Same bits
+            either way. Default :data:`~hpcspec.choices.DEFAULT_GRAPH_BUDGET_MB`.
+        shard_vectors: solvers keep only this rank's slice of every long vector (``space``,
+            :mod:`hpcspec.parallel.vectors`), products reduce-scattered (:meth:`apply_sharded`);
+            off, or on one rank, vectors are replicated and products allreduced. Default on.
         reduction: ``fast`` (one float64 allreduce of the rank sums) or ``ordered``: every batch's
             product is reduced exactly on a fixed-point grid, so H·v has the same bits for any
             rank count and any order, provided each batch is the same on every rank count (shard
@@ -89,29 +103,28 @@ class HessianOperator:
             same thread count. Costs one int64 reduction instead of a float64 one, a gather of k
             scalars, and one (k, P) term per local batch in memory.
 
-    The constructor is collective (one reduction, and a broadcast for ``auto``): every rank builds
-    its operator at the same point. Parameters that do not require gradients are excluded from the
-    flat vector (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
+    The constructor is collective (a reduction, and a broadcast for ``auto``) and makes one pass
+    over the data (the count). Parameters that do not require gradients when it runs are excluded
+    (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
     """
 
-    def __init__(self, model: nn.Module, loss: Loss | str, data: Shard | tuple[torch.Tensor, torch.Tensor],
+    def __init__(self, model: nn.Module, loss: Loss | str | Callable, data: Any,
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
                  bn_mode: str = "eval", graph_budget_mb: float = DEFAULT_GRAPH_BUDGET_MB,
-                 shard_vectors: bool = DEFAULT_SHARD_VECTORS,
-                 reduction: str = "fast") -> None:
+                 shard_vectors: bool = DEFAULT_SHARD_VECTORS, reduction: str = "fast",
+                 output_fn: Callable[[Any], torch.Tensor] = logits_of, target_key: str = "labels") -> None:
         self.comm = comm or SingleProcess()
         if reduction not in REDUCTIONS:
             raise InputError(f"unknown reduction {reduction!r}: use {' or '.join(REDUCTIONS)}")
         self.reduction = reduction
         check_bn_mode(bn_mode)
         self.bn_mode = bn_mode
-        self.model = model.eval()
+        self.model = model
+        self.output_fn = output_fn
         #: BatchNorm layers normalising with batch statistics (bn_mode "train"); their running
         #: statistics are frozen during the operator's forwards by :meth:`_frozen_running_stats`.
         self._batch_stat_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)] if bn_mode == "train" else []
-        for module in self._batch_stat_norms:
-            module.train()
-        self.loss = get_loss(loss) if isinstance(loss, str) else loss
+        self.loss = get_loss(loss)
         if method != "auto" and method not in HVP_METHODS:
             raise InputError(f"unknown HVP method {method!r}: use auto or one of {', '.join(HVP_METHODS)}")
         if batch_size <= 0:
@@ -126,13 +139,17 @@ class HessianOperator:
         self._params = [named[name] for name in self.layout.names]
         self.device = self._params[0].device
         self.compute_dtype = self._params[0].dtype
-        inputs, targets = (data.inputs, data.targets) if isinstance(data, Shard) else data
-        if inputs.dtype.is_floating_point:
-            inputs = inputs.to(self.compute_dtype)
-        self._inputs = inputs.to(self.device)
-        self._targets = targets.to(self.device)
-        count = torch.tensor([float(self.loss.count(self._targets))], dtype=torch.float64)
+        self._source = BatchSource(data, batch_size, self.device, self.compute_dtype, target_key)
+        #: Batch sizes (samples: the targets' first dimension) of this rank's batches, in order.
+        self.batch_sizes: list[int] = []
+        count = torch.zeros(1, dtype=torch.float64)
+        for _, targets in self._source:  # one pass over the data
+            self.batch_sizes.append(len(targets) if targets.ndim else 1)
+            count += float(self.loss.count(targets))
+        self.num_samples = sum(self.batch_sizes)
         self.total_count = float(self.comm.allreduce_sum_(count).item())
+        if not self.total_count > 0:
+            raise InputError("the data of all ranks holds no samples (the loss's count is 0)")
         self.num_matvecs = 0
         if not graph_budget_mb >= 0:
             raise InputError(f"graph_budget_mb must be >= 0, got {graph_budget_mb}")
@@ -141,39 +158,47 @@ class HessianOperator:
         self.graph_bytes: int | None = None
         self._graphs: list[tuple[tuple[torch.Tensor | None, ...], list[int]]] | None = None
         self._graph_key: tuple | None = None
-        self.method = self._fastest_method() if method == "auto" else method
+        #: Why this method (``auto``: the rule and its trial), and the trial products it took.
+        self.method_reason, self.trial_products = "named", 0
+        self.method = method
+        if method == "auto":
+            self.method, self.method_reason, self.trial_products = self.comm.bcast_object(self._auto_method())
+            log.info("hvp auto: %s — %s; %d trial product(s)", self.method, self.method_reason, self.trial_products)
 
-    def _fastest_method(self) -> str:
-        """Time one product of each method on rank 0's first samples; every rank uses rank 0's pick.
+    @_in_modes
+    def _auto_method(self) -> tuple[str, str, int]:
+        """Rank 0's ``(method, reason, trial products)`` by :func:`hpcspec.hessian.method.rule`:
+        forward-over-reverse is tried on two samples, and double backward used if it fails."""
+        choice, reason = rule(self.model, self.compute_dtype)
+        first = self._source.first(2) if self.comm.rank == 0 and choice != DEFAULT_HVP_METHOD else None
+        if first is None:
+            return choice, reason, 0
+        tangent = [self.layout.split(torch.ones(self.size, dtype=torch.float64).to(self.device, self.compute_dtype))]
+        try:
+            self._hvp_forward_over_reverse(*first, tangent)
+        except Exception as exc:  # e.g. an operation without forward-mode support
+            return DEFAULT_HVP_METHOD, f"forward mode fails on this model ({type(exc).__name__})", 1
+        return choice, reason, 1
 
-        Which is faster depends on the model and the dtype (docs/performance.md, "The HVP methods"), so it is
-        measured rather than assumed; a method that fails on this model counts as infinitely slow.
-        When the shard's first-order graphs would fit ``graph_budget_mb`` (estimated from the
-        trial batch), double backward is timed as it will run: the second backward alone.
-        """
-        choice = DEFAULT_HVP_METHOD
-        if self.comm.rank == 0 and len(self._inputs):
-            trial = min(self.batch_size, 32)  # enough to rank the methods, cheap next to a run
-            inputs, targets = self._inputs[:trial], self._targets[:trial]
-            gen = torch.Generator().manual_seed(0)
-            tangent = [self.layout.split(torch.randn(self.size, generator=gen, dtype=torch.float64)
-                                         .to(self.device, self.compute_dtype))]
-            seconds = {}
-            for name in HVP_METHODS:
-                hvp = self._hvp_double_backward if name == "double_backward" else self._hvp_forward_over_reverse
-                try:
-                    if name == "double_backward" and self.graph_budget_bytes > 0:
-                        hvp = self._kept_graph_trial(inputs, targets) or hvp
-                    hvp(inputs, targets, tangent)  # warm-up
-                    started = time.perf_counter()
-                    hvp(inputs, targets, tangent)
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    seconds[name] = time.perf_counter() - started
-                except Exception:  # e.g. an operation without forward-mode support
-                    seconds[name] = float("inf")
-            choice = min(HVP_METHODS, key=lambda name: seconds[name])
-        return self.comm.bcast_object(choice)
+    @contextmanager
+    def modes(self) -> Iterator[None]:
+        """Inside: the model in eval mode (BatchNorm in training mode for bn_mode "train") and the
+        flat vector's parameters requiring gradients; afterwards every module's ``training`` flag
+        and every parameter's ``requires_grad`` are back as they were (re-entrant)."""
+        training = [(module, module.training) for module in self.model.modules()]
+        flags = [(param, param.requires_grad) for param in self._params]
+        self.model.eval()
+        for module in self._batch_stat_norms:
+            module.train()
+        for param in self._params:
+            param.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for module, mode in training:
+                module.training = mode
+            for param, flag in flags:
+                param.requires_grad_(flag)
 
     @contextmanager
     def recomputing(self) -> Iterator[None]:
@@ -184,17 +209,6 @@ class HessianOperator:
             yield
         finally:
             self.graph_budget_bytes = budget
-
-    def _kept_graph_trial(self, inputs: torch.Tensor, targets: torch.Tensor) -> Callable | None:
-        """A product on the trial batch as it runs with kept graphs (the second backward alone),
-        or None if the shard's graphs, extrapolated from this batch, would not fit the budget."""
-        saved = SavedBytes()
-        with saved:
-            grads, live = self._first_order(inputs, targets)
-        saved.add_gradients(grads)
-        if saved.total * len(self._inputs) / len(inputs) > self.graph_budget_bytes:
-            return None
-        return lambda _inputs, _targets, tangents: self._second_order(grads, live, tangents, keep=True)
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -218,25 +232,32 @@ class HessianOperator:
             for module, tracked in zip(self._batch_stat_norms, saved):
                 module.track_running_stats = tracked
 
+    @_in_modes
     def check_data(self) -> None:
         """Raise :class:`InputError` if the model cannot take this rank's inputs or the loss its targets.
 
         Local (no collective): call it where failures are agreed on.
         """
-        if not len(self._inputs):
+        first = self._source.first(2 if self._batch_stat_norms else 1)
+        if first is None:
             return
-        if self._batch_stat_norms and any(len(inputs) == 1 for inputs, _ in self._batches()):
+        if self._batch_stat_norms and 1 in self.batch_sizes:
             raise InputError(f"bn_mode = 'train' needs at least 2 samples in every batch, but this rank's "
-                             f"{len(self._inputs)} samples in batches of {self.batch_size} leave a batch of 1: "
+                             f"{self.num_samples} samples in batches of {self.batch_size} leave a batch of 1: "
                              "change data.batch_size")
+        targets = self._source.all_targets()
+        targets = first[1] if targets is None else targets  # tensor data: every label is checked
         with self._frozen_running_stats():
             # batch statistics need two samples (BatchNorm1d refuses one in training mode)
-            check_pairing(self.model, self.loss, self._inputs[:2 if self._batch_stat_norms else 1], self._targets)
+            check_pairing(self.model, self.loss, first[0], targets, self.output_fn)
 
-    def _batches(self) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self._inputs)
-        return [(self._inputs[i:i + self.batch_size], self._targets[i:i + self.batch_size])
-                for i in range(0, n, self.batch_size)]
+    def _batches(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        return iter(self._source)
+
+    def _batch_loss(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+        """The batch's summed loss (its mean times its weight), batch statistics frozen."""
+        with self._frozen_running_stats():
+            return self.loss.sum(self.output_fn(call_model(self.model, inputs)), targets)
 
     def _weights_key(self) -> tuple:
         """Changes whenever a parameter or buffer is modified or replaced (invalidates the graphs)."""
@@ -265,22 +286,24 @@ class HessianOperator:
         self._graphs = graphs
         return graphs
 
+    @_in_modes
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
         if self.reduction == "ordered":
             parts = self._local_products(vectors, per_batch=True)
-            total = exact_sum(self.comm, parts, self.size, bool(len(self._inputs)), None)
+            total = exact_sum(self.comm, parts, self.size, self.num_samples > 0, None)
         else:
             total = self.comm.allreduce_sum_(self._local_products(vectors)[0])
         total /= self.total_count
         return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
 
+    @_in_modes
     def apply_sharded(self, vectors: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
         """Rows ``bounds[rank]`` of ``H @ vectors`` (whole (P,) or (P, k) in, this rank's rows out):
         the partial products are reduce-scattered, so no rank receives the whole product."""
         if self.reduction == "ordered":
             parts = self._local_products(vectors, per_batch=True)
-            total = exact_sum(self.comm, parts, self.size, bool(len(self._inputs)), bounds)
+            total = exact_sum(self.comm, parts, self.size, self.num_samples > 0, bounds)
         else:
             total = self.comm.reduce_scatter_rows(self._local_products(vectors)[0].T.contiguous(), bounds)
         total /= self.total_count
@@ -313,10 +336,9 @@ class HessianOperator:
             if part is not None:
                 flat[begin:end] += part.reshape(-1)
 
-    def _first_order(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], list[int]]:
+    def _first_order(self, inputs: Inputs, targets: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], list[int]]:
         """The batch's gradient with its graph, and which of its parts depend on the parameters."""
-        with self._frozen_running_stats():
-            batch_loss = self.loss.sum(self.model(inputs), targets)
+        batch_loss = self._batch_loss(inputs, targets)
         grads = torch.autograd.grad(batch_loss, self._params, create_graph=True, allow_unused=True)
         return grads, [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
@@ -334,34 +356,35 @@ class HessianOperator:
             products.append(result)
         return products
 
-    def _hvp_double_backward(self, inputs: torch.Tensor, targets: torch.Tensor,
+    def _hvp_double_backward(self, inputs: Inputs, targets: torch.Tensor,
                              tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
         """One forward and first backward per batch, then one second backward per vector."""
         grads, live = self._first_order(inputs, targets)
         return self._second_order(grads, live, tangents, keep=False)
 
-    def _hvp_forward_over_reverse(self, inputs: torch.Tensor, targets: torch.Tensor,
+    def _hvp_forward_over_reverse(self, inputs: Inputs, targets: torch.Tensor,
                                   tangents: list[list[torch.Tensor]]) -> list[list[torch.Tensor | None]]:
         """``jvp(grad(loss))``: a forward-mode derivative of the reverse-mode gradient."""
         from torch.func import functional_call, grad, jvp
 
         names = self.layout.names
         primals = tuple(p.detach() for p in self._params)
+        args, kwargs = inputs_as_args(inputs)
 
         def batch_loss(*values: torch.Tensor) -> torch.Tensor:
             with self._frozen_running_stats():
-                outputs = functional_call(self.model, dict(zip(names, values)), (inputs,))
-            return self.loss.sum(outputs, targets)
+                outputs = functional_call(self.model, dict(zip(names, values)), args, kwargs)
+            return self.loss.sum(self.output_fn(outputs), targets)
 
         gradient = grad(batch_loss, argnums=tuple(range(len(primals))))
         return [list(jvp(gradient, primals, tuple(tangent))[1]) for tangent in tangents]
 
+    @_in_modes
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
         """The mean loss over the whole data set and its flat float64 gradient (one reduction)."""
         local = torch.zeros(self.size + 1, dtype=torch.float64, device=self.device)
         for inputs, targets in self._batches():
-            with self._frozen_running_stats():
-                batch_loss = self.loss.sum(self.model(inputs), targets)
+            batch_loss = self._batch_loss(inputs, targets)
             grads = torch.autograd.grad(batch_loss, self._params, allow_unused=True)
             self._accumulate(local[:-1], grads)
             local[-1] += batch_loss.detach().to(torch.float64)
@@ -369,6 +392,7 @@ class HessianOperator:
         local /= self.total_count
         return float(local[-1]), local[:-1]
 
+    @_in_modes
     def local_loss_sum(self) -> torch.Tensor:
         """This rank's summed (not averaged) loss at the current parameters: a float64 scalar on
         the CPU, with no gradient and no reduction (local).
@@ -379,9 +403,9 @@ class HessianOperator:
         parameters the reduced mean is its loss.
         """
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        with torch.no_grad(), self._frozen_running_stats():
+        with torch.no_grad():
             for inputs, targets in self._batches():
-                total += self.loss.sum(self.model(inputs), targets).to(torch.float64)
+                total += self._batch_loss(inputs, targets).to(torch.float64)
         return total.cpu()
 
     def mean_loss(self) -> float:

@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..parallel.agree import AgreedInputError
 from ..solvers.base import LinearOperator
 from ..solvers.probes import probe_block, probe_generator
-from .operator import check_bn_mode
+from .operator import HessianOperator, check_bn_mode
 
 #: Default symmetry tolerances by compute dtype (see :func:`symmetry_error` for the measure).
 #: Measured with this module's probes: the default job's trained digits MLP (3,466 parameters,
@@ -220,3 +220,10 @@ def check_model_modes(model: nn.Module, bn_mode: str) -> None:
         fixes.append('or set hessian.bn_mode = "train" to use batch statistics on purpose')
     listed = ", ".join(f"'{name}' ({why})" for name, why, _ in offenders)
     raise InputError(f"modules that make H·v random or dependent on the batching: {listed} — {' '.join(fixes)}")
+
+
+def check_operator_modes(op: HessianOperator) -> None:
+    """:func:`check_model_modes` on the operator's model in the modes its products use
+    (:meth:`HessianOperator.modes`; the model's own modes are restored afterwards). Local and free."""
+    with op.modes():
+        check_model_modes(op.model, op.bn_mode)

@@ -4,6 +4,13 @@ The Hessian hpcspec computes is that of ``criterion(model(X), Y)`` with ``reduct
 the whole data set at once. Summing per batch and dividing once by the global count makes that
 exact whatever the batch size, the uneven last batch, or the number of ranks (averaging per-batch
 means with equal weights is a bug several tools shipped; docs/accuracy.md).
+
+Any criterion ``criterion(output, target)`` becomes a :class:`Loss` through :meth:`Loss.of`: a
+``reduction="sum"`` criterion is the batch's sum as it is; a ``reduction="mean"`` one is multiplied
+by the batch's *weight* (what its mean divided by) to give the sum. The weight, and the count the
+total is divided by, are ``samples`` (targets' first dimension, the default), ``tokens`` (target
+elements other than the criterion's ``ignore_index``, -100 when it has none: a language model's
+mean over its unmasked tokens) or a function ``weight(targets) -> int``.
 """
 
 from __future__ import annotations
@@ -14,16 +21,60 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..choices import LOSS_WEIGHTS
 from ..errors import InputError
 
 
 @dataclass(frozen=True)
 class Loss:
-    """``sum(outputs, targets)`` is the summed loss; ``count(targets)`` what its mean divides by."""
+    """``sum(outputs, targets)`` is the summed loss; ``count(targets)`` what its mean divides by.
+
+    The named losses (``cross_entropy``, ``mse``: :func:`get_loss`) are shortcuts; any criterion
+    becomes one through :meth:`of`.
+    """
 
     name: str
     sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     count: Callable[[torch.Tensor], int]
+
+    @classmethod
+    def of(cls, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, reduction: str | None = None,
+           weight: str | Callable[[torch.Tensor], int] = "samples") -> "Loss":
+        """The loss of ``criterion(output, target)``: a ``torch.nn`` loss (``nn.CrossEntropyLoss(
+        label_smoothing=0.1)``, ``nn.MSELoss()``) or a function returning a scalar.
+
+        ``reduction``: ``"mean"`` or ``"sum"``, what the criterion does over a batch; by default its
+        ``reduction`` attribute, ``"mean"`` for a function without one (as PyHessian assumes).
+        ``weight``: see the module docstring; the Hessian is that of
+        ``Σ_batches weight_b · criterion_b / Σ_batches weight_b`` over all batches of all ranks
+        (``sum``: ``Σ criterion_b / Σ weight_b``), the criterion's mean over the whole data set when
+        the weight is what its mean divides by.
+        """
+        if isinstance(criterion, Loss):
+            return criterion
+        if not callable(criterion):
+            raise InputError(f"a criterion must be callable as criterion(output, target), got {type(criterion).__name__}")
+        reduction = reduction or getattr(criterion, "reduction", "mean")
+        if reduction not in ("mean", "sum"):
+            raise InputError(f"criterion reduction {reduction!r}: use a criterion with reduction 'mean' or 'sum' "
+                             "(a per-sample loss has no single Hessian)")
+        count = _weight_function(criterion, weight)
+        name = getattr(criterion, "__name__", None) or type(criterion).__name__
+        if reduction == "sum":
+            return cls(name, criterion, count)
+        return cls(name, lambda outputs, targets: criterion(outputs, targets) * count(targets), count)
+
+
+def _weight_function(criterion: Callable, weight: str | Callable[[torch.Tensor], int]) -> Callable[[torch.Tensor], int]:
+    """``weight`` as a function of a batch's targets (:data:`~hpcspec.choices.LOSS_WEIGHTS` or the user's function)."""
+    if callable(weight):
+        return weight
+    if weight == "samples":
+        return lambda targets: int(targets.shape[0]) if targets.ndim else 1
+    if weight == "tokens":
+        ignored = getattr(criterion, "ignore_index", -100)
+        return lambda targets: int((targets != ignored).sum())
+    raise InputError(f"unknown loss weight {weight!r}: use {' or '.join(LOSS_WEIGHTS)}, or a function of the targets")
 
 
 def _cross_entropy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -43,8 +94,11 @@ LOSSES = {
 }
 
 
-def get_loss(name: str) -> Loss:
-    """The loss called ``name``; :class:`InputError` listing the known ones otherwise."""
+def get_loss(name: "str | Loss | Callable") -> Loss:
+    """The loss called ``name`` (a :class:`Loss` or a criterion passes through :meth:`Loss.of`);
+    :class:`InputError` listing the known names otherwise."""
+    if not isinstance(name, str):
+        return Loss.of(name)
     try:
         return LOSSES[name]
     except KeyError:

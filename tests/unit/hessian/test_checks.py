@@ -5,13 +5,20 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import classification_data, dense_hessian, mlp
 from torch import nn
 
-from helpers import classification_data, dense_hessian, mlp
 from hpcspec import HessianOperator, InputError, MatrixOperator
-from hpcspec.hessian.preflight import (CHECK_MATVECS, SYMMETRY_TOL, check_model_modes, check_operator,
-                            nondeterministic_modules, symmetry_error)
 from hpcspec.hessian.operator import HVP_METHODS
+from hpcspec.hessian.preflight import (
+    CHECK_MATVECS,
+    SYMMETRY_TOL,
+    check_model_modes,
+    check_operator,
+    check_operator_modes,
+    nondeterministic_modules,
+    symmetry_error,
+)
 
 
 def _random_vectors(size: int, k: int, seed: int = 7) -> torch.Tensor:
@@ -157,10 +164,11 @@ class _OddModes(nn.Module):
 def test_dropout_left_in_training_mode_is_found_and_refused():
     x, y = classification_data()
     op = HessianOperator(_OddModes(), "cross_entropy", (x, y))
-    assert not op.model.training and op.model.drop.training  # eval() did not reach the dropout
-    assert nondeterministic_modules(op.model) == ["drop"]
+    with op.modes():
+        assert not op.model.training and op.model.drop.training  # eval() did not reach the dropout
+        assert nondeterministic_modules(op.model) == ["drop"]
     with pytest.raises(InputError, match=r"'drop' \(Dropout in training mode\)") as caught:
-        check_model_modes(op.model, "eval")
+        check_operator_modes(op)
     assert "eval()" in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(InputError, match="not repeatable"):  # and the products agree
         check_operator(op)
@@ -213,9 +221,11 @@ def test_bn_mode_train_uses_batch_statistics_and_never_updates_running_ones(meth
     before = _buffers(model)
     vectors = _random_vectors(80, 2)  # 80 parameters
     small = HessianOperator(model, "cross_entropy", (x, y), batch_size=8, method=method, bn_mode="train")
-    assert small.bn_mode == "train" and model[1].training and not model[0].training and not model.training
+    with small.modes():
+        assert small.bn_mode == "train" and model[1].training and not model[0].training and not model.training
+    assert model.training and model[0].training  # the model's own (training) modes, restored
     small.check_data()
-    check_model_modes(small.model, "train")
+    check_operator_modes(small)
     assert check_operator(small).symmetry_error <= 1e-13
     by_8 = small.apply(vectors)
     small.loss_and_gradient()
@@ -255,9 +265,11 @@ def test_bn_mode_eval_is_independent_of_batch_size():
     model = _batchnorm_model()
     vectors = _random_vectors(80, 2)  # 80 parameters
     small = HessianOperator(model, "cross_entropy", (x, y), batch_size=8)
-    assert small.bn_mode == "eval" and not model[1].training
+    with small.modes():
+        assert small.bn_mode == "eval" and not model[1].training
     whole = HessianOperator(model, "cross_entropy", (x, y), batch_size=1000)
-    expected = dense_hessian(model, "cross_entropy", x, y) @ vectors
+    assert model.training  # the operators leave the model's modes alone
+    expected = dense_hessian(model.eval(), "cross_entropy", x, y) @ vectors
     for op in (small, whole):
         assert torch.linalg.matrix_norm(op.apply(vectors) - expected) <= 1e-10 * torch.linalg.matrix_norm(expected)
     train_mode = HessianOperator(copy.deepcopy(model), "cross_entropy", (x, y), batch_size=1000, bn_mode="train")
