@@ -4,6 +4,7 @@ Library use, with or without MPI::
 
     from hpcspec import HessianOperator, lanczos, slq, trace
     op = HessianOperator(model, "cross_entropy", (x, y), comm=None, batch_size=256)
+    op = HessianOperator(model, nn.CrossEntropyLoss(label_smoothing=0.1), dataloader)  # any criterion, any batches
     result = lanczos(op, k=5)            # top-5 eigenpairs
     estimate = trace(op, matvecs=100)    # trace with a standard error
     quadrature = slq(op, probes=4)       # spectral density by stochastic Lanczos quadrature
@@ -13,6 +14,8 @@ from .errors import ConfigError, InputError
 from .hessian.operator import HessianOperator
 from .parallel.comm import Communicator, SingleProcess, world
 from .problem.data import Shard, load_shard, shard_range
+from .problem.losses import Loss
+from .problem.pairing import logits_of
 from .problem.params import ParamLayout
 from .solvers import (
     DensityResult,
@@ -29,5 +32,5 @@ from .solvers.matrix import MatrixOperator
 from .version import __version__
 
 __all__ = ["__version__", "Communicator", "ConfigError", "DensityResult", "HessianOperator", "InputError", "LanczosResult",
-           "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "lanczos",
-           "load_shard", "power_iteration", "shard_range", "slq", "trace", "world"]
+           "Loss", "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "lanczos",
+           "load_shard", "logits_of", "power_iteration", "shard_range", "slq", "trace", "world"]
