@@ -16,7 +16,7 @@ noise from other processes hits all of them alike. Once per model the two method
 same vector are compared (relative 2-norm difference).
 
 Why: a Lanczos run costs one H·v per iteration, so "H·v in gradients" is what a spectrum costs
-relative to an epoch of gradients, and the faster method is ``operator.DEFAULT_HVP_METHOD``.
+relative to an epoch of gradients, the figures behind ``hessian.method.rule`` (what ``hvp = "auto"`` picks).
 
 Models: the digits MLP (1797 x 64, 10 classes, hidden (32, 32), tanh, batch 256) and a CIFAR
 ResNet-20 (He et al. 2016, option-A shortcuts; the zoo's ``hpcspec.problem.models.resnet``) on seeded

@@ -118,7 +118,8 @@ class HessianConfig:
                         flags=(Flag("--dtype", (RUN,), "model compute precision: float64 or float32 (solver is "
                                                        "float64)"),
                                Flag("--dtype", (TRAIN,), "training precision: float64 (default) or float32")))
-    hvp: str = option("auto", "the Hessian-vector product; auto times both and uses the faster", choices=HVP_CHOICES,
+    hvp: str = option("auto", "the Hessian-vector product; auto: double_backward, or forward_over_reverse for a float64 model "
+                      "with convolutions (a fixed rule, docs/performance.md)", choices=HVP_CHOICES,
                       example=SHOW, flags=(Flag("--hvp", help="auto, double_backward or forward_over_reverse"),))
     bn_mode: str = option("eval", '"train": BatchNorm uses batch statistics (H then depends on batch_size)',
                           choices=BN_MODES, example=SHOW,
