@@ -143,19 +143,6 @@ def substate(state: State | None, prefix: str) -> State | None:
     return found or None
 
 
-def _run(solver: IterativeSolver, boundary: Callable[[IterativeSolver], None] | None,
-         display: ProgressDisplay | None, label: str) -> object:
-    """``solver.run(boundary)``, its products shown by ``display``'s meter (closed however it ends)."""
-    if display is None:
-        return solver.run(boundary)
-    planned, bound = solver.planned_matvecs()
-    meter = display.task(label, planned, bound=bound, done=solver.num_matvecs)
-    try:
-        return solver.run(boundary, meter.update)
-    finally:
-        display.finished(meter)
-
-
 def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None, *,
               checkpoint: Checkpoint | None = None, resume: State | None = None,
               extra_state: Callable[[], State] | None = None, finished: Checkpoint | None = None,
@@ -198,7 +185,7 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
             solver.load_state_dict(saved)
         solvers[name] = solver
         started = time.perf_counter()
-        result = _run(solver, boundary, display, TASK_LABELS[name](cfg))
+        result = solver.run(boundary) if display is None else display.run(solver, TASK_LABELS[name](cfg), boundary)
         results.seconds[name] = time.perf_counter() - started
         if name == "eigen":
             results.eigen, results.eigen_method = result, cfg.eigen.method

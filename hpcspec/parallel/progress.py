@@ -22,10 +22,24 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, Protocol, TextIO
 
 Clock = Callable[[], float]
 Emit = Callable[[str], None]
+
+
+class Steps(Protocol):
+    """What :meth:`ProgressDisplay.run` needs of a solver (an :class:`~hpcspec.solvers.base.IterativeSolver`)."""
+
+    num_matvecs: int
+
+    def planned_matvecs(self) -> tuple[int, bool]:
+        """The products the run will take, and whether that is only an upper bound."""
+
+    def run(self, boundary: Any = None, progress: Callable[[int], None] | None = None) -> Any:
+        """Step until done, calling ``progress(num_matvecs)`` after every step."""
+
+
 #: Seconds between redraws of a terminal bar (tqdm's default ``mininterval``).
 BAR_INTERVAL = 0.1
 
@@ -210,6 +224,16 @@ class ProgressDisplay:
             meter = BarMeter(label, planned, stream=terminal, **args)  # type: ignore[arg-type]
         self.current = meter
         return meter
+
+    def run(self, solver: Steps, label: str, boundary: Any = None) -> Any:
+        """``solver.run(boundary)`` with its products shown under ``label``; the meter is closed
+        however the run ends (finished, stopped for a checkpoint, or failed)."""
+        planned, bound = solver.planned_matvecs()
+        meter = self.task(label, planned, bound=bound, done=solver.num_matvecs)
+        try:
+            return solver.run(boundary, meter.update)
+        finally:
+            self.finished(meter)
 
     def around(self, emit: Emit) -> Emit:
         """``emit`` made safe to call while a bar is drawn (the bar steps aside for the line)."""
