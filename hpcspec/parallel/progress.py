@@ -170,8 +170,9 @@ class TqdmMeter(Meter):
             self.bar.update(step)
 
     def write(self, message: str, emit: Emit) -> None:
-        with self.bar.external_write_mode():
-            emit(message)
+        self.bar.clear()
+        emit(message)
+        self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()
