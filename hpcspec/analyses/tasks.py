@@ -3,7 +3,8 @@
 One data load, one model and one operator serve every task of a run (``tasks`` in the config,
 ``--top-k/--trace/--density`` on the command line). This module knows the config and the solvers,
 but nothing of files, printing or the command line: the driver (:mod:`hpcspec.commands.run`) reports and
-checkpoints, through the hook :func:`run_tasks` calls between iterations.
+checkpoints, through the hook :func:`run_tasks` calls between iterations, and shows each task's
+progress through the :class:`~hpcspec.parallel.progress.ProgressDisplay` it passes in.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..choices import POWER_MAXITER, POWER_TOL, default_tol
 from ..config import Config
+from ..parallel.progress import ProgressDisplay
 from ..solvers import (
     DensityResult,
     LanczosResult,
@@ -38,6 +40,10 @@ Progress = Callable[[str], None]
 #: A checkpoint hook: given a function that returns the job state, commit it and/or stop.
 Checkpoint = Callable[[Callable[[], State]], None]
 TASK_ORDER = ("eigen", "trace", "density")
+#: How each task is named in log lines and progress displays.
+TASK_LABELS: dict[str, Callable[[Config], str]] = {"eigen": lambda cfg: f"eigen ({cfg.eigen.method})",
+                                                   "trace": lambda cfg: f"trace ({cfg.trace.method})",
+                                                   "density": lambda cfg: "density (SLQ)"}
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,8 @@ def substate(state: State | None, prefix: str) -> State | None:
 
 def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None, *,
               checkpoint: Checkpoint | None = None, resume: State | None = None,
-              extra_state: Callable[[], State] | None = None, finished: Checkpoint | None = None) -> TaskResults:
+              extra_state: Callable[[], State] | None = None, finished: Checkpoint | None = None,
+              display: ProgressDisplay | None = None) -> TaskResults:
     """Every task in ``cfg.tasks``, in the order eigen, trace, density (collective); then, when the
     eigen task ran on a Hessian of a loss, the analyses of its eigenvectors (the gradient's share
     of their span, and the ``landscape`` task: :mod:`hpcspec.analyses.eigen`).
@@ -152,7 +159,11 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
             product, the task in progress continues where it stopped.
         finished: called once after the last task with the same state function, e.g. to commit
             every task's final state before the driver writes any result.
+        display: shows each task's products done / planned, rate and ETA (rank 0); ``progress``
+            lines then pass through it, so a terminal bar steps aside for them.
     """
+    if display is not None and progress is not None:
+        progress = display.around(progress)
     results = TaskResults()
     solvers: dict[str, IterativeSolver] = {}
     builders = {"eigen": lambda: eigen_solver(op, cfg, progress), "trace": lambda: trace_solver(op, cfg),
@@ -174,16 +185,16 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
             solver.load_state_dict(saved)
         solvers[name] = solver
         started = time.perf_counter()
-        result = solver.run(boundary)
+        result = solver.run(boundary) if display is None else display.run(solver, TASK_LABELS[name](cfg), boundary)
         results.seconds[name] = time.perf_counter() - started
         if name == "eigen":
             results.eigen, results.eigen_method = result, cfg.eigen.method
             results.eigen_which, results.eigen_tol = eigen_settings(cfg)[:2]
-            label = f"eigen ({cfg.eigen.method})"
         elif name == "trace":
-            results.trace, label = result, f"trace ({cfg.trace.method})"
+            results.trace = result
         else:
-            results.density, label = broaden(result, cfg.density.sigma, cfg.density.grid), "density (SLQ)"
+            results.density = broaden(result, cfg.density.sigma, cfg.density.grid)
+        label = TASK_LABELS[name](cfg)
         if progress is not None:
             resumed = " (resumed)" if saved is not None else ""
             progress(f"{label} finished in {results.seconds[name]:.2f} s{resumed}")

@@ -56,6 +56,7 @@ from ..hessian.operator import HessianOperator
 from ..hessian.preflight import check_operator, check_operator_modes
 from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
+from ..parallel.progress import ProgressDisplay
 from ..parallel.vectors import Sharded
 from ..problem.data import Shard
 from ..problem.params import select_parameters
@@ -225,7 +226,8 @@ def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskRe
     results = run_tasks(problem.op, problem.cfg, progress=log.info,
                         checkpoint=checkpointer.boundary if checkpointer is not None else None,
                         resume=problem.loaded.state if problem.loaded is not None else None,
-                        extra_state=extra_state, finished=final if checkpointer is not None else None)
+                        extra_state=extra_state, finished=final if checkpointer is not None else None,
+                        display=progress_display(problem))
     if results.eigen is not None and getattr(results.eigen, "rows", None) is not None:
         results.eigen = _whole_on_root(problem.comm, problem.op.space, results.eigen)
     if results.eigen is not None and not results.eigen.converged:
@@ -235,6 +237,11 @@ def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskRe
         log.warning("trace: trace.rtol = %g not reached within trace.matvecs = %d (standard error %.3g)",
                     problem.cfg.trace.rtol, problem.cfg.trace.matvecs, results.trace.stderr)
     return results
+
+
+def progress_display(problem: Problem) -> ProgressDisplay:
+    """Rank 0's progress display for the run's tasks (``progress.every_seconds``), through the log."""
+    return ProgressDisplay(problem.comm.rank, problem.cfg.progress.every_seconds, log.info)
 
 
 def _whole_on_root(comm: Communicator, space: Sharded, result: LanczosResult) -> LanczosResult:
@@ -295,7 +302,12 @@ def _validate(cfg: Config, comm: Communicator, max_params: int) -> Validation | 
     results = _solve(problem)
     log.info("building the dense Hessian: %s products", f"{problem.op.size:,}")
     started = time.perf_counter()
-    matrix = dense_hessian(problem.op, max_params=max_params)
+    display = progress_display(problem)
+    meter = display.task("dense Hessian", problem.op.size, bound=False)
+    try:
+        matrix = dense_hessian(problem.op, max_params=max_params, progress=meter.update)
+    finally:
+        display.finished(meter)
     log.info("dense Hessian built in %.2f s", time.perf_counter() - started)
     # every rank holds the same reduced matrix; only rank 0 reports, so only it decomposes it
     validation = validate_results(matrix, results, sigma_fraction=cfg.density.sigma) if comm.rank == 0 else None

@@ -33,13 +33,14 @@ from .schema import (
     HessianConfig,
     LandscapeConfig,
     ModelConfig,
+    ProgressConfig,
     TraceConfig,
     TrainConfig,
 )
 
 __all__ = [
     "BlocksConfig", "CheckpointConfig", "CommConfig", "Config", "ConfigError", "DataConfig", "DensityConfig",
-    "EigenConfig", "HessianConfig", "LandscapeConfig", "ModelConfig", "TraceConfig", "TrainConfig",
+    "EigenConfig", "HessianConfig", "LandscapeConfig", "ModelConfig", "ProgressConfig", "TraceConfig", "TrainConfig",
     "command_flags", "flag_overrides", "layered_config", "load_config", "may_change_keys", "named_tasks",
     "options", "parse_override", "to_toml", "tomllib", "training_identity_keys", "valid_keys", "validate",
 ]

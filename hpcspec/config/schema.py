@@ -310,6 +310,17 @@ class CommConfig:
 
 
 @dataclass(frozen=True)
+class ProgressConfig:
+    """Progress of every iterative task on rank 0 (products done / planned, products per second, ETA;
+    "at most" where the method may stop early): a bar when stderr is a terminal (tqdm's when it is
+    installed), else one log line every ``every_seconds`` per task. 0: no progress display."""
+
+    every_seconds: float = non_negative(30.0, "batch jobs: a progress line every this many seconds; 0: none",
+                                        flags=(Flag("--progress-every", help="seconds between progress lines "
+                                                    "when stderr is not a terminal (0: no progress display)"),))
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; see docs/configuration.md for each key."""
 
@@ -351,3 +362,4 @@ class Config:
     landscape: LandscapeConfig = section(LandscapeConfig, 'The loss along the top eigenvectors: add "landscape" '
                                          'to tasks (needs "eigen").')
     comm: CommConfig = section(CommConfig, "The watchdog on every MPI collective.", may_change=True)
+    progress: ProgressConfig = section(ProgressConfig, "Progress display on rank 0.", may_change=True)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from ..solvers.base import LinearOperator
+from ..solvers.base import LinearOperator, ProgressHook
 
 #: Largest P for which ``dense_hessian`` is allowed by default (P² float64 = 800 MB at 10,000).
 MAX_DENSE_PARAMS = 10_000
 
 
-def dense_hessian(op: LinearOperator, block_size: int = 128, max_params: int = MAX_DENSE_PARAMS) -> torch.Tensor:
-    """The symmetrised (P, P) float64 matrix of ``op`` (collective: every rank calls it).
+def dense_hessian(op: LinearOperator, block_size: int = 128, max_params: int = MAX_DENSE_PARAMS,
+                  progress: ProgressHook | None = None) -> torch.Tensor:
+    """The symmetrised (P, P) float64 matrix of ``op`` (collective: every rank calls it);
+    ``progress`` is called with the columns done after every block (P products in all).
 
     Symmetrised as (H + Hᵀ)/2: the products are exact up to rounding, so this removes only
     rounding asymmetry and gives ``numpy.linalg.eigh`` a symmetric input.
@@ -31,4 +33,6 @@ def dense_hessian(op: LinearOperator, block_size: int = 128, max_params: int = M
         identity = torch.zeros(n, end - begin, dtype=torch.float64)
         identity[torch.arange(begin, end), torch.arange(end - begin)] = 1.0
         matrix[:, begin:end] = op.apply(identity)
+        if progress is not None:
+            progress(end)
     return (matrix + matrix.T) / 2

@@ -6,6 +6,9 @@ returns everything needed to carry on, and a fresh solver given that state by
 :meth:`~IterativeSolver.load_state_dict` continues with bitwise the same numbers as the solver it
 was taken from. Between steps, :meth:`~IterativeSolver.run` calls a *boundary* hook: that is where
 a checkpoint is written or a stop requested, and only there, so a state is never half-updated.
+A *progress* hook is called there too, with the products done so far; with
+:meth:`~IterativeSolver.planned_matvecs` (the budget, and whether it is only an upper bound) a driver
+turns it into display (:mod:`hpcspec.parallel.progress`). Solvers never print.
 
 A state is a flat ``dict`` whose values are of three kinds, which the checkpoint store saves
 generically without knowing any solver:
@@ -37,6 +40,8 @@ R = TypeVar("R")
 State = Dict[str, Any]
 #: Called after every step with the solver; may save ``solver.state_dict()`` or raise to stop.
 Boundary = Callable[["IterativeSolver"], None]
+#: Called after every step with the products done so far (``num_matvecs``); reads, never changes.
+ProgressHook = Callable[[int], None]
 SCALARS = (bool, int, float, str, type(None))
 
 
@@ -56,6 +61,8 @@ class IterativeSolver(ABC, Generic[R]):
     #: Name of the solver kind, checked when a state is loaded.
     kind: str = ""
     done: bool = False
+    #: Operator products so far (a block of k columns counts k), loaded back on resume.
+    num_matvecs: int = 0
 
     @abstractmethod
     def step(self) -> None:
@@ -73,10 +80,18 @@ class IterativeSolver(ABC, Generic[R]):
     def result(self) -> R:
         """The result; valid once ``done``."""
 
-    def run(self, boundary: Boundary | None = None) -> R:
-        """Step until done, calling ``boundary(self)`` after every step."""
+    def planned_matvecs(self) -> tuple[int, bool]:
+        """``(products, bound)``: the products the whole run will take, and whether that is only an
+        upper bound (an adaptive stop, or a budget the method may not use up)."""
+        return self.num_matvecs, True
+
+    def run(self, boundary: Boundary | None = None, progress: ProgressHook | None = None) -> R:
+        """Step until done, calling ``progress(self.num_matvecs)`` and then ``boundary(self)``
+        after every step."""
         while not self.done:
             self.step()
+            if progress is not None:
+                progress(self.num_matvecs)
             if boundary is not None:
                 boundary(self)
         return self.result()

@@ -300,6 +300,10 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.T = np.zeros((0, 0))
 
     # ------------------------------------------------------------------------------ checkpoints
+    def planned_matvecs(self) -> tuple[int, bool]:
+        """At most ``maxiter`` products and the rest of the pass that reaches it; usually far fewer."""
+        return self.maxiter + self.block_size - 1, True
+
     def state_dict(self) -> State:
         space = self.space
         state: State = {

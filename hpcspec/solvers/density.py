@@ -150,6 +150,10 @@ class SLQ(IterativeSolver[DensityResult]):
         self.active = active[going]
         self.done = not len(self.active)
 
+    def planned_matvecs(self) -> tuple[int, bool]:
+        """``probes × steps`` products, fewer for a probe whose recurrence breaks down."""
+        return self.probes * self.m, True
+
     def state_dict(self) -> State:
         filled = 0 if self.done else self.step_index + 1  # a finished run needs only α, β
         return {"kind": self.kind, "basis": self.space.export(self.basis[:, :filled].clone()),

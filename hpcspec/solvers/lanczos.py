@@ -202,6 +202,10 @@ class Lanczos(IterativeSolver[LanczosResult]):
             self.q = space.gather(w / b)
             self.beta.append(b)
 
+    def planned_matvecs(self) -> tuple[int, bool]:
+        """At most ``maxiter`` products (one per step), fewer once the pairs converge."""
+        return self.maxiter, True
+
     def state_dict(self) -> State:
         space = self.space
         if self.done:  # a finished run carries its k Ritz vectors, not its whole basis

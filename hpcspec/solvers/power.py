@@ -127,6 +127,10 @@ class PowerIteration(IterativeSolver[PowerResult]):
         self.v = w / norm
         self.pair_step = step + 1
 
+    def planned_matvecs(self) -> tuple[int, bool]:
+        """At most ``maxiter`` products per pair, fewer for each pair that meets the tolerance."""
+        return self.k * self.maxiter, True
+
     def state_dict(self) -> State:
         return {"kind": self.kind, "pair": self.pair, "pair_step": self.pair_step, "v": self.v.clone(),
                 "theta_prev": self.theta_prev, "found": self.found.T.contiguous().clone(),

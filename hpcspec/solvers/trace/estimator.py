@@ -239,6 +239,10 @@ class TraceEstimator(IterativeSolver[TraceResult]):
                                                        seed=self.seed, s=self.s, distribution=self.distribution)
         self._finish(True)
 
+    def planned_matvecs(self) -> tuple[int, bool]:
+        """The budget ``matvecs`` (xtrace: its two passes of s), an upper bound with ``rtol``."""
+        return (2 * self.s, False) if self.method == "xtrace" else (self.matvecs, self.rtol > 0)
+
     # --- state -------------------------------------------------------------------------------
 
     def state_dict(self) -> State:
