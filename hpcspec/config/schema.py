@@ -182,7 +182,8 @@ class TraceConfig:
                           message="trace.matvecs = {value} is too small: every trace method needs at least "
                                   f"{MIN_TRACE_MATVECS} products for an estimate with a standard error",
                           flags=(Flag("--trace-matvecs", help="products the trace may spend (default 100)"),))
-    rtol: float = non_negative(0.0, "stop early once the standard error is this share of the estimate (0: never)",
+    rtol: float = non_negative(0.0, "stop early once the standard error is this share of the estimate (0: never); "
+                               "matvecs is then the ceiling, the deflation basis ≤ 10 vectors",
                                example=0.005)
     distribution: str = option("rademacher", "probe vector entries", choices=DISTRIBUTIONS)
 
