@@ -1,4 +1,5 @@
-"""blocks.png: bars on a logarithmic axis start below the smallest value, not at a cut-off floor."""
+"""Run and sweep figures: blocks.png bars on a log axis start below the smallest value; the
+density legend names which eigenvalues are marked."""
 
 import numpy as np
 import pytest
@@ -36,3 +37,19 @@ def test_blocks_png_bars_reach_from_the_floor_to_each_value(tmp_path, monkeypatc
         assert axes.get_ylim()[0] == pytest.approx(floor)
         assert [bar.get_y() for bar in bars] == pytest.approx([floor] * 3)
         assert [bar.get_y() + bar.get_height() for bar in bars] == pytest.approx(list(values))
+
+
+def test_density_legend_names_the_end_the_marks_come_from(tmp_path, monkeypatch):
+    import hpcspec.results.plots as plots
+    from hpcspec.config import to_toml
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, out: drawn.append(figure))
+    grid = np.linspace(-1.0, 2.0, 50)
+    for which, label in (("both_ends", "eigenvalues at both ends (2)"), ("largest", "top eigenvalues (2)"),
+                         ("smallest", "bottom eigenvalues (2)")):
+        config = to_toml(load_config(overrides={"eigen.which": which}))
+        plots.plot_density(tmp_path / "d.png", grid, np.exp(-grid ** 2), eigenvalues=[-0.9, 1.9],
+                           which=plots.stored_which(config))
+        texts = [text.get_text() for text in drawn[-1].axes[0].get_legend().get_texts()]
+        assert texts[-1] == label
