@@ -35,13 +35,14 @@ def regenerate(path: Path, output: Path | None = None) -> str:
     folder = output if output is not None else path.parent
     folder.mkdir(parents=True, exist_ok=True)
     write_summary(folder / "summary.json", summary(stored.results, stored.layout, stored.info, stored.validation))
-    plot = None
+    # the line names what this report read and what it wrote (results.h5 is read, never rewritten)
+    files = [("read", path), ("summary", folder / "summary.json")]
     if stored.results.density is not None:
-        plot = folder / "density.png"
-        write_density_plot(plot, stored.results, stored.info)
+        write_density_plot(folder / "density.png", stored.results, stored.info)
+        files.append(("plot", folder / "density.png"))
     if stored.results.landscape is not None:
-        write_landscape_plots(path, folder)
-    text = console_summary(stored.results, stored.layout, stored.info, folder, plot)
+        files += [("plot", written) for written in write_landscape_plots(path, folder)]
+    text = console_summary(stored.results, stored.layout, stored.info, files)
     if stored.validation is not None:
         text += "\n" + validation_table(stored.validation, stored.results)
     return text

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -89,9 +89,10 @@ def write_summary(path: Path, record: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
-def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo, output: Path,
-                    plot: Path | None = None) -> str:
-    """The one-screen summary rank 0 prints: each task with its error estimate."""
+def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
+                    files: Sequence[tuple[str, Path]] = ()) -> str:
+    """The one-screen summary rank 0 prints: each task with its error estimate, then one line naming
+    ``files`` as ``role: path`` pairs (:func:`files_line`): only files that were written or read."""
     lines = [f"hpcspec: {info.model} on {info.data}: {info.num_samples} samples, {layout.size:,} parameters, "
              f"{info.world_size} rank{'s' if info.world_size > 1 else ''}, loss {info.loss_value:.6g}, "
              f"{info.dtype}, {info.hvp_method}"]
@@ -127,11 +128,19 @@ def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo, ou
         lines.append(f"landscape (α ∈ [{land.alphas[0]:g}, {land.alphas[-1]:g}], {len(land.alphas)} points): "
                      f"{along}{grid}")
     lines.append(f"total {info.seconds:.2f} s ({', '.join(f'{k} {v:.2f} s' for k, v in results.seconds.items())})")
-    files = [f"results: {output / 'results.h5'}", f"summary: {output / 'summary.json'}"]
-    if plot is not None:
-        files.append(f"plot: {plot}")
-    lines.append("  ".join(files))
+    if files:
+        lines.append(files_line(files))
     return "\n".join(lines)
+
+
+def files_line(files: Sequence[tuple[str, Path]]) -> str:
+    """``results: A  summary: B  plots: C, D``: roles in order, the paths of a repeated role joined
+    (``plot`` becomes ``plots`` when there are several)."""
+    grouped: dict[str, list[str]] = {}
+    for role, path in files:
+        grouped.setdefault(role, []).append(str(path))
+    return "  ".join(f"{role}{'s' if len(paths) > 1 and role == 'plot' else ''}: {', '.join(paths)}"
+                     for role, paths in grouped.items())
 
 
 def _eigen_lines(results: TaskResults) -> list[str]:

@@ -10,11 +10,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import REPO
 
 from hpcspec.cli import main
 from hpcspec.commands.report import comparison_table
 from hpcspec.results.hdf5 import load_run
-from helpers import REPO
 
 RUN = ["run", "--data", "synthetic", "--set", "data.samples=60", "--set", "data.features=4", "--set",
        "model.hidden=[5]", "--top-k", "2", "--trace", "--density", "--trace-matvecs", "8", "--probes", "2",
@@ -40,6 +40,19 @@ def test_report_rewrites_the_runs_summary_and_plot(finished_run: Path, tmp_path:
     assert "gradient" in original and "landscape" in original
     assert f"{original['eigen']['values'][0]:.15e}" in printed
     assert f"{original['trace']['estimate']:.10g}" in printed
+    # the files line names the results.h5 it read and what it wrote, never a results.h5 in --output
+    plots = ", ".join(str(tmp_path / plot) for plot in ("density.png", "landscape_1d.png", "landscape_2d.png"))
+    assert printed.strip().splitlines()[-1] == (f"read: {finished_run / 'results.h5'}  summary: "
+                                                f"{tmp_path / 'summary.json'}  plots: {plots}")
+    assert not (tmp_path / "results.h5").exists()
+
+
+def test_the_runs_files_line_lists_the_landscape_plots(tmp_path: Path, capsys) -> None:
+    output = tmp_path / "run"
+    assert main([*RUN, "--output", str(output)]) == 0
+    plots = ", ".join(str(output / plot) for plot in ("density.png", "landscape_1d.png", "landscape_2d.png"))
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (f"results: {output / 'results.h5'}  summary: "
+                                                                f"{output / 'summary.json'}  plots: {plots}")
 
 
 def test_stored_density_is_rebuilt_exactly(finished_run: Path) -> None:
