@@ -71,6 +71,8 @@ class TaskResults:
     eigen_which: str = "largest"
     eigen_tol: float = 0.0
     trace: TraceResult | None = None
+    #: ``trace.rtol`` of the run (0: a fixed budget, no stop test, so ``trace.converged`` means nothing).
+    trace_rtol: float = 0.0
     density: Density | None = None
     #: The gradient's overlap with the eigenvectors (whenever eigen ran on a Hessian of a loss).
     gradient: GradientOverlap | None = None
@@ -181,7 +183,7 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
             results.eigen_which, results.eigen_tol = eigen_settings(cfg)[:2]
             label = f"eigen ({cfg.eigen.method})"
         elif name == "trace":
-            results.trace, label = result, f"trace ({cfg.trace.method})"
+            results.trace, results.trace_rtol, label = result, cfg.trace.rtol, f"trace ({cfg.trace.method})"
         else:
             results.density, label = broaden(result, cfg.density.sigma, cfg.density.grid), "density (SLQ)"
         if progress is not None:

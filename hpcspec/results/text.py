@@ -59,7 +59,9 @@ def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
     if results.trace is not None:
         t = results.trace
         record["trace"] = {"method": t.method, "estimate": t.estimate, "stderr": t.stderr,
-                           "num_matvecs": t.num_matvecs, "converged": t.converged}
+                           "num_matvecs": t.num_matvecs, "rtol": results.trace_rtol}
+        if results.trace_rtol > 0:  # with no rtol there was no stop test (docs/results.md)
+            record["trace"]["converged"] = t.converged
     if results.density is not None:
         d = results.density
         record["density"] = {"probes": int(d.result.nodes.shape[0]), "steps": int(d.result.nodes.shape[1]),

@@ -103,3 +103,21 @@ def test_report_redraws_a_sweep_file(tmp_path: Path, capsys) -> None:
     with h5py.File(output / "blocks.h5", "r") as f:
         for block, top in zip(f["block"].asstr()[()], f["eigenvalues"][()][:, 0]):
             assert any(block in line and f"{top:.8g}" in line for line in printed.splitlines())
+
+
+@pytest.mark.parametrize("rtol", [0.0, 0.5])
+def test_trace_converged_is_written_only_when_rtol_was_asked(tmp_path: Path, rtol: float) -> None:
+    output = tmp_path / "run"
+    assert main(["run", "--data", "synthetic", "--set", "data.samples=60", "--set", "data.features=4", "--set",
+                 "model.hidden=[5]", "--trace", "--trace-matvecs", "40", "--trace-method", "hutchinson",
+                 "--set", f"trace.rtol={rtol}", "--output", str(output)]) == 0
+    with h5py.File(output / "results.h5", "r") as f:
+        attrs = dict(f["trace"].attrs)
+    record = json.loads((output / "summary.json").read_text())["trace"]
+    assert attrs["rtol"] == record["rtol"] == rtol
+    if rtol == 0:  # a fixed budget: no stop test was made, so no claim of convergence either way
+        assert "converged" not in attrs and "converged" not in record
+    else:
+        assert bool(attrs["converged"]) is record["converged"] is True
+    stored = load_run(output / "results.h5")
+    assert stored.results.trace_rtol == rtol and stored.results.trace.converged
