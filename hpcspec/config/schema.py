@@ -327,8 +327,10 @@ class Config:
                              flags=(Flag("--seed", (RUN,), "seed for probe and start vectors and zoo model "
                                                            "initialisation"),
                                     Flag("--seed", (TRAIN,), "seed of the initial weights and the minibatch order")))
-    threads: int = non_negative(0, "0: usable cores divided by the ranks on each node", may_change=True, example=SHOW,
-                                flags=(Flag("--threads", BOTH, "torch threads per rank (0: cores / ranks per node)"),))
+    threads: int = non_negative(0, "0: OMP_NUM_THREADS if set, else usable cores divided by the ranks on each node",
+                                may_change=True, example=SHOW,
+                                flags=(Flag("--threads", BOTH, "torch threads per rank (0: OMP_NUM_THREADS if set, "
+                                                               "else cores / ranks per node)"),))
     tasks: tuple[str, ...] = option(("eigen",), "what to compute: eigen, trace, density, landscape",
                                     example=["eigen", "trace", "density"],
                                     flags=(Flag("--trace", help="the trace, with a standard error", task="trace"),
