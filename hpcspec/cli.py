@@ -41,11 +41,35 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so errors go through the agreed-exit path."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{message} (see python -m hpcspec {self.prog.split()[-1]} --help)")
+        raise InputError(f"{message} (see {help_command(self.prog)})")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but a flag no parser knows names the help of the command it followed."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command and self.prog == "hpcspec" else self.prog
+            raise InputError(f"unrecognized arguments: {' '.join(extras)} (see {help_command(prog)})")
+        return parsed
+
+
+def help_command(prog: str) -> str:
+    """The help line for the parser named ``prog``: ``python -m hpcspec --help`` for the top level
+    (prog ``hpcspec``), ``python -m hpcspec run --help`` for a command (prog ``hpcspec run``)."""
+    return " ".join(["python -m hpcspec", *prog.split()[1:], "--help"])
+
+
+def demo_text() -> str:
+    """What ``python -m hpcspec`` with no command does, from :data:`DEMO_OVERRIDES` (for ``--help``)."""
+    return (f"With no command, python -m hpcspec runs the default job: run --train-steps "
+            f"{DEMO_OVERRIDES['train.steps']} --{' --'.join(t for t in DEMO_OVERRIDES['tasks'] if t != 'eigen')} "
+            f"--output {DEMO_OVERRIDES['output']} (train the default MLP on digits briefly, then its top-5 "
+            f"eigenvalues, trace and density). Every command's flags: python -m hpcspec COMMAND --help.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hpcspec", description="Hessian spectra of neural networks, distributed over MPI ranks.")
+    parser = _Parser(prog="hpcspec", description="Hessian spectra of neural networks, distributed over MPI ranks.",
+                     epilog=demo_text())
     parser.add_argument("--backend", default=os.environ.get("HPCSPEC_BACKEND", "auto"),
                         choices=BACKENDS, help="communication backend: mpi (mpi4py), torch (torch.distributed: "
                                                "gloo on CPU, NCCL on GPU), horovod (Horovod under mpirun; "
@@ -111,6 +135,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser, command: str, set_exa
                 groups[TASKS_GROUP] = parser.add_argument_group(TASKS_GROUP)
             target = groups[TASKS_GROUP]
         text = (flag.help or option.meta.help).format(models=", ".join(BUILTIN_MODELS), data=", ".join(BUILTIN_DATA))
+        if option.kind in (int, float, str) and option.default != "" and "default" not in text:
+            text += f" (default {option.default})"
         if option.kind in (int, float):
             target.add_argument(flag.name, type=option.kind, help=text)
         elif option.kind is str:

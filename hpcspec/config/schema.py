@@ -60,8 +60,8 @@ class ModelConfig:
     embed: int = positive(64, "transformer: embedding dimension (divisible by heads)")
     layers: int = positive(2, "transformer: blocks")
     heads: int = positive(4, "transformer: attention heads")
-    params: str = option("", 'only these parameters enter the Hessian: comma-separated fnmatch globs, e.g. "2.*" '
-                             '("": all)', example=SHOW,
+    params: str = option("", 'only these parameters enter the Hessian: comma-separated fnmatch globs, e.g. '
+                             '"layers.4.*" (the default MLP\'s last layer; "": all)', example=SHOW,
                          flags=(Flag("--params", help="only these parameters enter the Hessian: comma-separated "
                                                       "globs over parameter names, e.g. 'layer3.*,linear.*' (the "
                                                       "others are frozen)"),))
