@@ -1,4 +1,4 @@
-"""Figures of one run (needs matplotlib: ``pip install 'hpcspec[plots]'``): its spectral density
+"""Figures of one run (needs matplotlib: ``pip install matplotlib``): its spectral density
 (``density.png``) and its loss landscape (``landscape_1d.png``, ``landscape_2d.png``, redrawn from
 ``results.h5`` alone, read through :mod:`hpcspec.results.hdf5`).
 
