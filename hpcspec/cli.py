@@ -188,7 +188,7 @@ def _report(args: argparse.Namespace, comm: Communicator) -> None:
         folder = output / f"{i}-{path.parent.name}" if output is not None and len(paths) > 1 else output
         print(regenerate(path, folder), flush=True)
     if args.table or len(paths) > 1:
-        table = comparison_table(paths)
+        table = comparison_table(paths, Path(args.table).parent if args.table else None)
         print(table, flush=True)
         if args.table:
             try:

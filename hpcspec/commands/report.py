@@ -48,10 +48,11 @@ def regenerate(path: Path, output: Path | None = None) -> str:
     return text
 
 
-def comparison_table(paths: list[Path]) -> str:
+def comparison_table(paths: list[Path], base: Path | None = None) -> str:
     """The Markdown table comparing the runs stored in ``paths``, each labelled by its folder
-    relative to the folder all of them share (see :func:`hpcspec.results.text.runs_table`)."""
-    return runs_table([(label, path, load_run(path)) for label, path in zip(_labels(paths), paths)])
+    relative to the folder all of them share, its links relative to ``base`` (the table file's
+    folder; default the working directory; see :func:`hpcspec.results.text.runs_table`)."""
+    return runs_table([(label, path, load_run(path)) for label, path in zip(_labels(paths), paths)], base)
 
 
 def _labels(paths: list[Path]) -> list[str]:

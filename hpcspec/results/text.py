@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,7 @@ from ..analyses.tasks import TaskResults
 from ..analyses.validation import Validation
 from ..config import tomllib
 from ..files.atomic import write_text_atomic
+from ..problem.models import RESNET_DEPTHS
 from ..problem.params import ParamLayout
 from ..solvers import LanczosResult
 from .records import RunInfo, RunNumbers, StoredRun, data_passes, eigen_iterations
@@ -219,10 +221,14 @@ def _num(value: float, fmt: str = ".8g") -> str:
     return "—" if math.isnan(value) else format(value, fmt)
 
 
-def runs_table(runs: list[tuple[str, Path, StoredRun]]) -> str:
+def runs_table(runs: list[tuple[str, Path, StoredRun]], base: Path | None = None) -> str:
     """A Markdown table comparing runs, one row per ``(label, results.h5 path, stored run)``: top
     eigenvalue ± its residual (a bound on its error: for a symmetric matrix some eigenvalue lies
-    within ‖Hy − θy‖ of θ) and trace ± its standard error."""
+    within ‖Hy − θy‖ of θ) and trace ± its standard error. The BatchNorm and residual switches are
+    shown for the ResNets, the only models they change ("—" for the others); each density.png is a
+    link relative to ``base`` (the table file's folder; default the working directory), whatever
+    form the results paths were given in."""
+    base = Path.cwd() if base is None else base
     lines = ["| run | model | batchnorm | residual | parameters | samples | loss | top eigenvalue | trace | density |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for label, path, stored in runs:
@@ -234,8 +240,14 @@ def runs_table(runs: list[tuple[str, Path, StoredRun]]) -> str:
         trace = "—"
         if results.trace is not None:
             trace = f"{results.trace.estimate:.6g} ± {results.trace.stderr:.2g}"
-        density = str(path.parent / "density.png") if results.density is not None else "—"
-        lines.append(f"| {label} | {stored.info.model} | {_switch(model, 'batchnorm')} | {_switch(model, 'residual')} | "
+        plot = path.parent / "density.png"
+        density = "—"
+        if results.density is not None and plot.is_file():
+            density = f"[density.png]({Path(os.path.relpath(plot.resolve(), base.resolve())).as_posix()})"
+        switches = stored.info.model in RESNET_DEPTHS
+        batchnorm = _switch(model, "batchnorm") if switches else "—"
+        residual = _switch(model, "residual") if switches else "—"
+        lines.append(f"| {label} | {stored.info.model} | {batchnorm} | {residual} | "
                      f"{stored.layout.size:,} | {stored.info.num_samples:,} | {stored.info.loss_value:.4g} | {top} | "
                      f"{trace} | {density} |")
     return "\n".join(lines)

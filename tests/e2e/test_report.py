@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,17 @@ def test_trace_converged_is_written_only_when_rtol_was_asked(tmp_path: Path, rto
         assert bool(attrs["converged"]) is record["converged"] is True
     stored = load_run(output / "results.h5")
     assert stored.results.trace_rtol == rtol and stored.results.trace.converged
+
+
+def test_table_switches_and_density_links(finished_run: Path, tmp_path: Path, monkeypatch) -> None:
+    # the same run given once by an absolute and once by a relative path: one link form, relative
+    # to the table file's folder, and no BatchNorm/residual claim for an MLP
+    monkeypatch.chdir(finished_run.parent)
+    table_file = tmp_path / "tables" / "runs.md"
+    assert main(["report", str(finished_run / "results.h5"), f"{finished_run.name}/results.h5",
+                 "--table", str(table_file), "--output", str(tmp_path / "out")]) == 0
+    rows = [row.split(" | ") for row in table_file.read_text().strip().splitlines()[2:]]
+    link = f"[density.png]({Path(os.path.relpath(finished_run / 'density.png', table_file.parent)).as_posix()})"
+    for cells in rows:
+        assert cells[1] == "mlp" and cells[2] == "—" and cells[3] == "—"
+        assert cells[-1] == f"{link} |"
