@@ -52,3 +52,20 @@ def test_the_params_example_glob_matches_the_default_mlp():
     glob = re.search(r'e\.g\. "([^"]+)"', help_text).group(1)
     model = build_model("mlp", input_shape=(1, 8, 8), output_dim=10, cfg_model=ModelConfig(), seed=0)
     assert any(fnmatch.fnmatchcase(name, glob) for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["validate"], {"output": "hpcspec-validate", "tasks": ["eigen", "trace", "density"], "train.steps": 100}),
+    (["validate", "--model", "mlp", "--trace"], {"output": "hpcspec-validate"}),
+    (["validate", "--train-steps", "0"], {"output": "hpcspec-validate", "tasks": ["eigen", "trace", "density"]}),
+    (["validate", "--config", "job.toml"], {}),
+])
+def test_bare_validate_trains_like_the_default_job_into_its_own_folder(argv, expected):
+    from hpcspec.cli import config_from_args, validate_base
+
+    args = build_parser().parse_args(argv)
+    assert validate_base(args) == expected
+    if "--config" not in argv:
+        cfg = config_from_args(args, validate_base(args))
+        assert cfg.output == "hpcspec-validate" != DEMO_OVERRIDES["output"]
+        assert cfg.train.steps == expected.get("train.steps", 0)
