@@ -77,6 +77,8 @@ class TaskResults:
     eigen_which: str = "largest"
     eigen_tol: float = 0.0
     trace: TraceResult | None = None
+    #: ``trace.rtol`` of the run (0: a fixed budget, no stop test, so ``trace.converged`` means nothing).
+    trace_rtol: float = 0.0
     density: Density | None = None
     #: The gradient's overlap with the eigenvectors (whenever eigen ran on a Hessian of a loss).
     gradient: GradientOverlap | None = None
@@ -191,7 +193,7 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
             results.eigen, results.eigen_method = result, cfg.eigen.method
             results.eigen_which, results.eigen_tol = eigen_settings(cfg)[:2]
         elif name == "trace":
-            results.trace = result
+            results.trace, results.trace_rtol = result, cfg.trace.rtol
         else:
             results.density = broaden(result, cfg.density.sigma, cfg.density.grid)
         label = TASK_LABELS[name](cfg)

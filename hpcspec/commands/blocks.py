@@ -3,19 +3,29 @@ block, :mod:`hpcspec.commands.sweep`), then ``blocks.h5`` and ``blocks.png``.
 
 A block is the first ``blocks.depth`` components of a parameter's module path; each sub-run's
 ``model.params`` selects exactly that block's parameters (within the run's own selection).
+
+``--train-steps`` trains once, before the sweep, every parameter as ``run`` does; the weights go
+to ``OUTPUT/trained.pt`` and every sub-run analyses them (``model.weights``, no training of its
+own), so each block's Hessian is a diagonal block of the one trained network's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import StopFlag
 from ..config import Config
 from ..errors import InputError
+from ..files.atomic import write_atomic
 from ..files.lock import released_after
 from ..files.outputs import remove_run
+from ..hessian.fullbatch import train_full_batch
+from ..hessian.operator import HessianOperator
 from ..parallel.agree import agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.device import select_device
@@ -27,6 +37,9 @@ from .setup import build_workload, checkpoint_dir, claim_output
 from .sweep import SubRun, draw_plots, run_sweep, sub_config, sub_results
 
 log = logging.getLogger(__name__)
+
+#: The weights ``--per-block --train-steps`` trains once and every block's sub-run analyses.
+TRAINED = "trained.pt"
 
 
 def block_of(name: str, depth: int) -> str:
@@ -95,11 +108,32 @@ def _blocks(cfg: Config, comm: Communicator, flag: StopFlag | None, overwrite: b
     agreed(comm, _check_blocks, blocks, cfg)
     log.info("--per-block: %d blocks at depth %d: %s", len(blocks), cfg.blocks.depth,
              ", ".join(block for block, _, _ in blocks))
-    subs = block_runs(cfg, blocks)
+    subs = block_runs(trained_once(cfg, comm), blocks)
     ran = run_sweep(subs, comm, flag)
     path = output / "blocks.h5"
     agreed(comm, _finish_blocks, path, cfg, subs, ran, comm.rank)
     return path
+
+
+def trained_once(cfg: Config, comm: Communicator) -> Config:
+    """With ``train.steps``: train every parameter once, as ``run`` does (full-batch Adam over all
+    ranks, collective), save the weights to ``OUTPUT/trained.pt`` (rank 0, atomically) and return
+    ``cfg`` loading them with no training, for the sub-runs; without training, ``cfg`` itself."""
+    if not cfg.train.steps:
+        return cfg
+    work = collective(comm, build_workload, cfg, comm, select_device(comm))
+    trainer = collective(comm, HessianOperator, work.model, work.loss, work.shard, comm,
+                         batch_size=cfg.data.batch_size, method=cfg.hessian.hvp, bn_mode=cfg.hessian.bn_mode,
+                         graph_budget_mb=cfg.hessian.graph_budget_mb, shard_vectors=cfg.hessian.shard_vectors,
+                         reduction=cfg.hessian.reduction)
+    history = train_full_batch(trainer, cfg.train.steps, cfg.train.lr)
+    log.info("--per-block: trained %d full-batch Adam steps once for every block: loss %.4g -> %.4g",
+             cfg.train.steps, history[0], history[-1])
+    path = Path(cfg.output) / TRAINED
+    state = {name: tensor.detach().cpu().clone() for name, tensor in work.model.state_dict().items()}
+    agreed(comm, lambda: write_atomic(path, lambda tmp: torch.save(state, tmp)) if comm.rank == 0 else None)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=0),
+                               model=dataclasses.replace(cfg.model, weights=str(path)))
 
 
 def _finish_blocks(path: Path, cfg: Config, subs: list[SubRun], ran: list[bool], rank: int) -> None:

@@ -37,23 +37,22 @@ def write_outputs(comm: Communicator, cfg: Config, output: Path, layout: ParamLa
 
 def _write_files(cfg: Config, output: Path, layout: ParamLayout, results: TaskResults, info: RunInfo,
                  validation: Validation | None) -> None:
-    plot = None
+    files = [("results", output / "results.h5"), ("summary", output / "summary.json")]
+    write_results(files[0][1], results, layout, info, validation)
+    write_summary(files[1][1], summary(results, layout, info, validation))
     try:
-        write_results(output / "results.h5", results, layout, info, validation)
-        write_summary(output / "summary.json", summary(results, layout, info, validation))
         if results.density is not None and cfg.density.plot:
-            plot = output / "density.png"
-            write_density_plot(plot, results, info)
+            write_density_plot(output / "density.png", results, info)
+            files.append(("plot", output / "density.png"))
     except ImportError as exc:  # the numbers are written; a missing plotting library must not lose them
         log.warning("density.png not written: %s", exc)
-        plot = None
     if results.landscape is not None:
         try:
-            write_landscape_plots(output / "results.h5", output)
+            files += [("plot", path) for path in write_landscape_plots(output / "results.h5", output)]
         except OSError as exc:  # reading results.h5 back
             raise WriteFailed(f"cannot write the landscape plots to {str(output)!r} ({exc})") from None
         except ImportError as exc:
             log.warning("landscape plots not written: %s", exc)
-    print(console_summary(results, layout, info, output, plot), flush=True)
+    print(console_summary(results, layout, info, files), flush=True)
     if validation is not None:
         print(validation_table(validation, results), flush=True)

@@ -35,22 +35,24 @@ def regenerate(path: Path, output: Path | None = None) -> str:
     folder = output if output is not None else path.parent
     folder.mkdir(parents=True, exist_ok=True)
     write_summary(folder / "summary.json", summary(stored.results, stored.layout, stored.info, stored.validation))
-    plot = None
+    # the line names what this report read and what it wrote (results.h5 is read, never rewritten)
+    files = [("read", path), ("summary", folder / "summary.json")]
     if stored.results.density is not None:
-        plot = folder / "density.png"
-        write_density_plot(plot, stored.results, stored.info)
+        write_density_plot(folder / "density.png", stored.results, stored.info)
+        files.append(("plot", folder / "density.png"))
     if stored.results.landscape is not None:
-        write_landscape_plots(path, folder)
-    text = console_summary(stored.results, stored.layout, stored.info, folder, plot)
+        files += [("plot", written) for written in write_landscape_plots(path, folder)]
+    text = console_summary(stored.results, stored.layout, stored.info, files)
     if stored.validation is not None:
         text += "\n" + validation_table(stored.validation, stored.results)
     return text
 
 
-def comparison_table(paths: list[Path]) -> str:
+def comparison_table(paths: list[Path], base: Path | None = None) -> str:
     """The Markdown table comparing the runs stored in ``paths``, each labelled by its folder
-    relative to the folder all of them share (see :func:`hpcspec.results.text.runs_table`)."""
-    return runs_table([(label, path, load_run(path)) for label, path in zip(_labels(paths), paths)])
+    relative to the folder all of them share, its links relative to ``base`` (the table file's
+    folder; default the working directory; see :func:`hpcspec.results.text.runs_table`)."""
+    return runs_table([(label, path, load_run(path)) for label, path in zip(_labels(paths), paths)], base)
 
 
 def _labels(paths: list[Path]) -> list[str]:

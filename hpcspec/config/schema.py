@@ -60,8 +60,8 @@ class ModelConfig:
     embed: int = positive(64, "transformer: embedding dimension (divisible by heads)")
     layers: int = positive(2, "transformer: blocks")
     heads: int = positive(4, "transformer: attention heads")
-    params: str = option("", 'only these parameters enter the Hessian: comma-separated fnmatch globs, e.g. "2.*" '
-                             '("": all)', example=SHOW,
+    params: str = option("", 'only these parameters enter the Hessian: comma-separated fnmatch globs, e.g. '
+                             '"layers.4.*" (the default MLP\'s last layer; "": all)', example=SHOW,
                          flags=(Flag("--params", help="only these parameters enter the Hessian: comma-separated "
                                                       "globs over parameter names, e.g. 'layer3.*,linear.*' (the "
                                                       "others are frozen)"),))
@@ -183,7 +183,8 @@ class TraceConfig:
                           message="trace.matvecs = {value} is too small: every trace method needs at least "
                                   f"{MIN_TRACE_MATVECS} products for an estimate with a standard error",
                           flags=(Flag("--trace-matvecs", help="products the trace may spend (default 100)"),))
-    rtol: float = non_negative(0.0, "stop early once the standard error is this share of the estimate (0: never)",
+    rtol: float = non_negative(0.0, "stop early once the standard error is this share of the estimate (0: never); "
+                               "matvecs is then the ceiling, the deflation basis ≤ 10 vectors",
                                example=0.005)
     distribution: str = option("rademacher", "probe vector entries", choices=DISTRIBUTIONS)
 
@@ -338,8 +339,10 @@ class Config:
                              flags=(Flag("--seed", (RUN,), "seed for probe and start vectors and zoo model "
                                                            "initialisation"),
                                     Flag("--seed", (TRAIN,), "seed of the initial weights and the minibatch order")))
-    threads: int = non_negative(0, "0: usable cores divided by the ranks on each node", may_change=True, example=SHOW,
-                                flags=(Flag("--threads", BOTH, "torch threads per rank (0: cores / ranks per node)"),))
+    threads: int = non_negative(0, "0: OMP_NUM_THREADS if set, else usable cores divided by the ranks on each node",
+                                may_change=True, example=SHOW,
+                                flags=(Flag("--threads", BOTH, "torch threads per rank (0: OMP_NUM_THREADS if set, "
+                                                               "else cores / ranks per node)"),))
     tasks: tuple[str, ...] = option(("eigen",), "what to compute: eigen, trace, density, landscape",
                                     example=["eigen", "trace", "density"],
                                     flags=(Flag("--trace", help="the trace, with a standard error", task="trace"),

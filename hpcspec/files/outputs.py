@@ -39,7 +39,7 @@ LEGACY_CHECKPOINT_TEMPORARIES = ("LATEST.tmp", "COMPLETE.tmp")
 #: What ``run`` (and ``--per-block``, ``track``) writes in its output folder: ``--overwrite`` removes
 #: these (the folders only through :func:`remove_run`'s ownership rules).
 RUN_FILES = ("results.h5", "summary.json", "density.png", "landscape_1d.png", "landscape_2d.png",
-             "track.h5", "blocks.h5", "blocks.png", "track_*.png")
+             "track.h5", "blocks.h5", "blocks.png", "track_*.png", "trained.pt")
 #: Sub-folders of a run: the checkpoints and the sweeps' sub-runs.
 RUN_FOLDERS = ("checkpoints", "steps", "blocks")
 #: What ``train`` writes in its output folder (it counts as hpcspec's, but ``--overwrite`` keeps it).

@@ -19,8 +19,14 @@ def select_device(comm: Communicator) -> torch.device:
 
 
 def set_threads(comm: Communicator, requested: int = 0) -> int:
-    """Set torch's intra-op threads: ``requested``, or the usable cores shared among the node's ranks."""
+    """Set torch's intra-op threads: ``requested``; with 0, ``OMP_NUM_THREADS`` when it is set to a
+    positive integer (a batch system or the user chose it: not ours to override), else the usable
+    cores shared among the node's ranks."""
     if requested <= 0:
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if omp.isdigit() and int(omp) > 0:
+            torch.set_num_threads(int(omp))
+            return int(omp)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         requested = max(1, cores // max(1, comm.local_size))
     torch.set_num_threads(requested)

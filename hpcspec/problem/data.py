@@ -114,7 +114,7 @@ def _digits(normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise InputError("data 'digits' needs scikit-learn: pip install 'hpcspec[demo]'") from None
+        raise InputError("data 'digits' needs scikit-learn: pip install scikit-learn") from None
     bunch = load_digits()
     x = bunch.data.astype(np.float64)
     if normalize == "auto":

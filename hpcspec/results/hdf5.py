@@ -92,8 +92,10 @@ def _write_trace(f: h5py.File, results: TaskResults) -> None:
     group = f.create_group("trace")
     group.create_dataset("samples", data=np.asarray(result.samples, dtype=np.float64))
     group.attrs.update({"estimate": result.estimate, "stderr": result.stderr, "method": result.method,
-                        "num_matvecs": result.num_matvecs, "deflated": result.deflated,
-                        "converged": result.converged, "seconds": results.seconds.get("trace", 0.0)})
+                        "num_matvecs": result.num_matvecs, "deflated": result.deflated, "rtol": results.trace_rtol,
+                        "seconds": results.seconds.get("trace", 0.0)})
+    if results.trace_rtol > 0:  # with no rtol there was no stop test: nothing converged or failed to
+        group.attrs["converged"] = result.converged
 
 
 def _write_density(f: h5py.File, density: Density, seconds: float) -> None:
@@ -251,7 +253,8 @@ def _results(f: h5py.File) -> TaskResults:
         results.trace = TraceResult(estimate=float(attrs["estimate"]), stderr=float(attrs["stderr"]),
                                     method=str(attrs["method"]), num_matvecs=int(attrs["num_matvecs"]),
                                     samples=group["samples"][()], deflated=float(attrs["deflated"]),
-                                    converged=bool(attrs["converged"]))
+                                    converged=bool(attrs.get("converged", True)))
+        results.trace_rtol = float(attrs.get("rtol", 0.0))
         results.seconds["trace"] = float(attrs["seconds"])
     if "density" in f:
         group, lanczos = f["density"], f["lanczos"]

@@ -18,7 +18,8 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError("plotting needs matplotlib: pip install 'hpcspec[plots]'") from exc
+        raise ImportError("plotting needs matplotlib: pip install matplotlib (or, from hpcspec's source folder, "
+                          "pip install '.[plots]')") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,4 @@
-"""Figures of one run (needs matplotlib: ``pip install 'hpcspec[plots]'``): its spectral density
+"""Figures of one run (needs matplotlib: ``pip install matplotlib``): its spectral density
 (``density.png``) and its loss landscape (``landscape_1d.png``, ``landscape_2d.png``, redrawn from
 ``results.h5`` alone, read through :mod:`hpcspec.results.hdf5`).
 
@@ -14,15 +14,34 @@ from pathlib import Path
 import numpy as np
 
 from ..analyses.tasks import TaskResults
+from ..config import load_config
+from ..errors import ConfigError
 from .hdf5 import read_landscape_arrays
 from .mpl import pyplot, save_figure
 from .records import RunInfo
 
 #: Density values below this fraction of the peak are drawn at the floor (log axes cannot show 0).
 FLOOR_FRACTION = 1e-8
+#: The legend of the marked eigenvalues, by ``eigen.which``.
+MARKS_LABELS = {"largest": "top eigenvalues", "smallest": "bottom eigenvalues",
+                "largest_magnitude": "largest-|λ| eigenvalues", "both_ends": "eigenvalues at both ends"}
 
 
-def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma: float | None = None) -> None:
+def marks_label(which: str, count: int) -> str:
+    """The density legend's entry for ``count`` marked eigenvalues found with ``eigen.which = which``."""
+    return f"{MARKS_LABELS.get(which, 'eigenvalues')} ({count})"
+
+
+def stored_which(config_toml: str) -> str:
+    """``eigen.which`` of a run's stored config (``largest``, the default, when it says none)."""
+    try:
+        return load_config(text=config_toml).eigen.which
+    except ConfigError:  # a file written with keys this version no longer knows
+        return "largest"
+
+
+def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma: float | None = None,
+                 which: str = "largest") -> None:
     """Draw a smoothed spectral density on a log scale and write it to ``path`` (format from suffix).
 
     Args:
@@ -34,6 +53,7 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
         title: figure title.
         eigenvalues: optional eigenvalues to mark (e.g. the top ones from Lanczos), drawn as
             dashed vertical lines.
+        which: the ``eigen.which`` they were found with, for the legend (:func:`marks_label`).
         sigma: the Gaussian broadening width, shown in the legend when given.
     """
     grid = np.asarray(grid, dtype=float)
@@ -55,7 +75,7 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
             marks = np.atleast_1d(np.asarray(eigenvalues, dtype=float))
             for i, value in enumerate(marks):
                 axes.axvline(value, color="tab:red", linestyle="--", linewidth=0.8, alpha=0.7,
-                             label=f"top eigenvalues ({len(marks)})" if i == 0 else None)
+                             label=marks_label(which, len(marks)) if i == 0 else None)
         axes.set_xlabel("eigenvalue λ")
         axes.set_ylabel("density (log scale)")
         if title:
@@ -68,13 +88,14 @@ def plot_density(path, grid, values, *, title: str = "", eigenvalues=None, sigma
 
 
 def write_density_plot(path: Path, results: TaskResults, info: RunInfo) -> None:
-    """``density.png``: the broadened SLQ density on a log scale, top eigenvalues marked if known."""
+    """``density.png``: the broadened SLQ density on a log scale, the eigenvalues found marked if any."""
     density = results.density
     assert density is not None
     marks = results.eigen.eigenvalues if results.eigen is not None else None
     title = (f"{info.model} on {info.data}: SLQ, {density.result.nodes.shape[0]} probes × "
              f"{density.result.nodes.shape[1]} steps, σ = {density.sigma_fraction:g} × range")
-    plot_density(path, density.grid, density.values, title=title, eigenvalues=marks, sigma=density.sigma)
+    plot_density(path, density.grid, density.values, title=title, eigenvalues=marks, sigma=density.sigma,
+                 which=stored_which(info.config_toml))
 
 
 def plot_landscape_1d(results_path, path) -> None:

@@ -3,8 +3,8 @@
 ``track``: the top eigenvalues and the trace (±2 standard errors) against the training step, the
 spectral density over training as a heat map (step × eigenvalue, logarithmic colour scale, as
 Ghorbani, Krishnan & Xiao 2019 follow the outliers leaving the bulk), and the share of the
-gradient in the top eigenspace. ``--per-block``: top eigenvalue and trace per block as bars on a
-logarithmic axis. Every function takes the HDF5 path and writes beside it, so ``report`` can
+gradient in the top eigenspace. ``--per-block``: top eigenvalue and trace per block as bars (on a
+logarithmic axis from the decade below the smallest value when they span more than ``LOG_SPAN``). Every function takes the HDF5 path and writes beside it, so ``report`` can
 redraw them offline; :func:`sweep_plots` picks by the file's ``kind`` attribute.
 """
 
@@ -116,6 +116,33 @@ def _density_map(sweep: SweepFile, out: Path) -> None:
     save_figure(figure, out)
 
 
+#: Positive values spanning more than this ratio get a logarithmic axis in blocks.png.
+LOG_SPAN = 10.0
+
+
+def bar_floor(values: np.ndarray) -> float | None:
+    """Where the bars of ``values`` start on a logarithmic axis: the decade below the smallest
+    value, so every bar has a visible length (a bar from 0 cannot be drawn on a log axis, and
+    matplotlib cut it at an arbitrary floor). None: draw from 0 on a linear axis (a value ≤ 0, or
+    positive values within ``LOG_SPAN`` of each other, which a linear axis shows better)."""
+    finite = values[np.isfinite(values)]
+    if not finite.size or np.any(finite <= 0) or finite.max() <= LOG_SPAN * finite.min():
+        return None
+    return float(10.0 ** np.floor(np.log10(finite.min())))
+
+
+def _bars(axes, at: np.ndarray, values: np.ndarray, errors: np.ndarray | None, color: str) -> None:
+    """Bars of ``values`` (± ``errors``): from :func:`bar_floor` on a log axis, else from 0."""
+    floor = bar_floor(values)
+    if floor is None:
+        axes.bar(at, values, yerr=errors, color=color, capsize=3)
+        axes.axhline(0.0, color="black", linewidth=0.6)
+        return
+    axes.bar(at, values - floor, bottom=floor, yerr=errors, color=color, capsize=3)
+    axes.set_yscale("log")
+    axes.set_ylim(bottom=floor)
+
+
 def blocks_plots(path: Path | str) -> list[Path]:
     """``blocks.png`` beside ``blocks.h5`` at ``path``: top eigenvalue and trace (±2σ) per block."""
     path = Path(path)
@@ -134,8 +161,7 @@ def blocks_plots(path: Path | str) -> list[Path]:
                                 layout="constrained", squeeze=False, sharex=True)
     at = np.arange(len(blocks))
     for axes, (label, values, errors) in zip(grid[:, 0], panels):
-        axes.bar(at, values, yerr=errors, color="tab:blue" if errors is None else "tab:orange", capsize=3)
-        _scale(axes, values)
+        _bars(axes, at, values, errors, "tab:blue" if errors is None else "tab:orange")
         axes.set_ylabel(label)
         axes.grid(True, axis="y", alpha=0.3)
     grid[-1, 0].set_xticks(at, blocks, rotation=45, ha="right")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from ..analyses.tasks import TaskResults
 from ..analyses.validation import Validation
 from ..config import tomllib
 from ..files.atomic import write_text_atomic
+from ..problem.models import RESNET_DEPTHS
 from ..problem.params import ParamLayout
 from ..solvers import LanczosResult
 from .records import RunInfo, RunNumbers, StoredRun, data_passes, eigen_iterations
@@ -59,7 +61,9 @@ def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
     if results.trace is not None:
         t = results.trace
         record["trace"] = {"method": t.method, "estimate": t.estimate, "stderr": t.stderr,
-                           "num_matvecs": t.num_matvecs, "converged": t.converged}
+                           "num_matvecs": t.num_matvecs, "rtol": results.trace_rtol}
+        if results.trace_rtol > 0:  # with no rtol there was no stop test (docs/results.md)
+            record["trace"]["converged"] = t.converged
     if results.density is not None:
         d = results.density
         record["density"] = {"probes": int(d.result.nodes.shape[0]), "steps": int(d.result.nodes.shape[1]),
@@ -89,9 +93,10 @@ def write_summary(path: Path, record: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
-def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo, output: Path,
-                    plot: Path | None = None) -> str:
-    """The one-screen summary rank 0 prints: each task with its error estimate."""
+def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
+                    files: Sequence[tuple[str, Path]] = ()) -> str:
+    """The one-screen summary rank 0 prints: each task with its error estimate, then one line naming
+    ``files`` as ``role: path`` pairs (:func:`files_line`): only files that were written or read."""
     lines = [f"hpcspec: {info.model} on {info.data}: {info.num_samples} samples, {layout.size:,} parameters, "
              f"{info.world_size} rank{'s' if info.world_size > 1 else ''}, loss {info.loss_value:.6g}, "
              f"{info.dtype}, {info.hvp_method}"]
@@ -127,11 +132,19 @@ def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo, ou
         lines.append(f"landscape (α ∈ [{land.alphas[0]:g}, {land.alphas[-1]:g}], {len(land.alphas)} points): "
                      f"{along}{grid}")
     lines.append(f"total {info.seconds:.2f} s ({', '.join(f'{k} {v:.2f} s' for k, v in results.seconds.items())})")
-    files = [f"results: {output / 'results.h5'}", f"summary: {output / 'summary.json'}"]
-    if plot is not None:
-        files.append(f"plot: {plot}")
-    lines.append("  ".join(files))
+    if files:
+        lines.append(files_line(files))
     return "\n".join(lines)
+
+
+def files_line(files: Sequence[tuple[str, Path]]) -> str:
+    """``results: A  summary: B  plots: C, D``: roles in order, the paths of a repeated role joined
+    (``plot`` becomes ``plots`` when there are several)."""
+    grouped: dict[str, list[str]] = {}
+    for role, path in files:
+        grouped.setdefault(role, []).append(str(path))
+    return "  ".join(f"{role}{'s' if len(paths) > 1 and role == 'plot' else ''}: {', '.join(paths)}"
+                     for role, paths in grouped.items())
 
 
 def _eigen_lines(results: TaskResults) -> list[str]:
@@ -208,10 +221,14 @@ def _num(value: float, fmt: str = ".8g") -> str:
     return "—" if math.isnan(value) else format(value, fmt)
 
 
-def runs_table(runs: list[tuple[str, Path, StoredRun]]) -> str:
+def runs_table(runs: list[tuple[str, Path, StoredRun]], base: Path | None = None) -> str:
     """A Markdown table comparing runs, one row per ``(label, results.h5 path, stored run)``: top
     eigenvalue ± its residual (a bound on its error: for a symmetric matrix some eigenvalue lies
-    within ‖Hy − θy‖ of θ) and trace ± its standard error."""
+    within ‖Hy − θy‖ of θ) and trace ± its standard error. The BatchNorm and residual switches are
+    shown for the ResNets, the only models they change ("—" for the others); each density.png is a
+    link relative to ``base`` (the table file's folder; default the working directory), whatever
+    form the results paths were given in."""
+    base = Path.cwd() if base is None else base
     lines = ["| run | model | batchnorm | residual | parameters | samples | loss | top eigenvalue | trace | density |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for label, path, stored in runs:
@@ -223,8 +240,14 @@ def runs_table(runs: list[tuple[str, Path, StoredRun]]) -> str:
         trace = "—"
         if results.trace is not None:
             trace = f"{results.trace.estimate:.6g} ± {results.trace.stderr:.2g}"
-        density = str(path.parent / "density.png") if results.density is not None else "—"
-        lines.append(f"| {label} | {stored.info.model} | {_switch(model, 'batchnorm')} | {_switch(model, 'residual')} | "
+        plot = path.parent / "density.png"
+        density = "—"
+        if results.density is not None and plot.is_file():
+            density = f"[density.png]({Path(os.path.relpath(plot.resolve(), base.resolve())).as_posix()})"
+        switches = stored.info.model in RESNET_DEPTHS
+        batchnorm = _switch(model, "batchnorm") if switches else "—"
+        residual = _switch(model, "residual") if switches else "—"
+        lines.append(f"| {label} | {stored.info.model} | {batchnorm} | {residual} | "
                      f"{stored.layout.size:,} | {stored.info.num_samples:,} | {stored.info.loss_value:.4g} | {top} | "
                      f"{trace} | {density} |")
     return "\n".join(lines)

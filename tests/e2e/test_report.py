@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import REPO
 
 from hpcspec.cli import main
 from hpcspec.commands.report import comparison_table
 from hpcspec.results.hdf5 import load_run
-from helpers import REPO
 
 RUN = ["run", "--data", "synthetic", "--set", "data.samples=60", "--set", "data.features=4", "--set",
        "model.hidden=[5]", "--top-k", "2", "--trace", "--density", "--trace-matvecs", "8", "--probes", "2",
@@ -40,6 +41,19 @@ def test_report_rewrites_the_runs_summary_and_plot(finished_run: Path, tmp_path:
     assert "gradient" in original and "landscape" in original
     assert f"{original['eigen']['values'][0]:.15e}" in printed
     assert f"{original['trace']['estimate']:.10g}" in printed
+    # the files line names the results.h5 it read and what it wrote, never a results.h5 in --output
+    plots = ", ".join(str(tmp_path / plot) for plot in ("density.png", "landscape_1d.png", "landscape_2d.png"))
+    assert printed.strip().splitlines()[-1] == (f"read: {finished_run / 'results.h5'}  summary: "
+                                                f"{tmp_path / 'summary.json'}  plots: {plots}")
+    assert not (tmp_path / "results.h5").exists()
+
+
+def test_the_runs_files_line_lists_the_landscape_plots(tmp_path: Path, capsys) -> None:
+    output = tmp_path / "run"
+    assert main([*RUN, "--output", str(output)]) == 0
+    plots = ", ".join(str(output / plot) for plot in ("density.png", "landscape_1d.png", "landscape_2d.png"))
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (f"results: {output / 'results.h5'}  summary: "
+                                                                f"{output / 'summary.json'}  plots: {plots}")
 
 
 def test_stored_density_is_rebuilt_exactly(finished_run: Path) -> None:
@@ -90,3 +104,35 @@ def test_report_redraws_a_sweep_file(tmp_path: Path, capsys) -> None:
     with h5py.File(output / "blocks.h5", "r") as f:
         for block, top in zip(f["block"].asstr()[()], f["eigenvalues"][()][:, 0]):
             assert any(block in line and f"{top:.8g}" in line for line in printed.splitlines())
+
+
+@pytest.mark.parametrize("rtol", [0.0, 0.5])
+def test_trace_converged_is_written_only_when_rtol_was_asked(tmp_path: Path, rtol: float) -> None:
+    output = tmp_path / "run"
+    assert main(["run", "--data", "synthetic", "--set", "data.samples=60", "--set", "data.features=4", "--set",
+                 "model.hidden=[5]", "--trace", "--trace-matvecs", "40", "--trace-method", "hutchinson",
+                 "--set", f"trace.rtol={rtol}", "--output", str(output)]) == 0
+    with h5py.File(output / "results.h5", "r") as f:
+        attrs = dict(f["trace"].attrs)
+    record = json.loads((output / "summary.json").read_text())["trace"]
+    assert attrs["rtol"] == record["rtol"] == rtol
+    if rtol == 0:  # a fixed budget: no stop test was made, so no claim of convergence either way
+        assert "converged" not in attrs and "converged" not in record
+    else:
+        assert bool(attrs["converged"]) is record["converged"] is True
+    stored = load_run(output / "results.h5")
+    assert stored.results.trace_rtol == rtol and stored.results.trace.converged
+
+
+def test_table_switches_and_density_links(finished_run: Path, tmp_path: Path, monkeypatch) -> None:
+    # the same run given once by an absolute and once by a relative path: one link form, relative
+    # to the table file's folder, and no BatchNorm/residual claim for an MLP
+    monkeypatch.chdir(finished_run.parent)
+    table_file = tmp_path / "tables" / "runs.md"
+    assert main(["report", str(finished_run / "results.h5"), f"{finished_run.name}/results.h5",
+                 "--table", str(table_file), "--output", str(tmp_path / "out")]) == 0
+    rows = [row.split(" | ") for row in table_file.read_text().strip().splitlines()[2:]]
+    link = f"[density.png]({Path(os.path.relpath(finished_run / 'density.png', table_file.parent)).as_posix()})"
+    for cells in rows:
+        assert cells[1] == "mlp" and cells[2] == "—" and cells[3] == "—"
+        assert cells[-1] == f"{link} |"

@@ -26,6 +26,7 @@ import torch
 from helpers import REPO, dense_hessian, mpirun_available
 
 from hpcspec.cli import main
+from hpcspec.config import load_config
 from hpcspec.problem.params import ParamLayout
 
 NET = """
@@ -202,6 +203,31 @@ def test_per_block_after_training_analyses_the_same_weights_for_every_block(prob
         losses, top = f["loss"][...], f["eigenvalues"][:, 0]
     np.testing.assert_array_equal(losses, whole_loss)  # trained per block, each loss would differ
     assert np.all(np.isfinite(top)) and top[0] != top[1]
+
+
+def test_per_block_trains_once_not_once_per_block(problem, tmp_path, monkeypatch):
+    import hpcspec.commands.blocks as blocks
+    import hpcspec.commands.run as run
+    from hpcspec.hessian.fullbatch import train_full_batch
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1])
+        return train_full_batch(*args, **kwargs)
+
+    monkeypatch.setattr(blocks, "train_full_batch", counted)
+    monkeypatch.setattr(run, "train_full_batch", counted)
+    output = tmp_path / "blocks"
+    assert main(["--backend", "single", "run", "--model", "sweepnet:make", "--data", str(problem["root"] / "data.h5"),
+                 "--train-steps", "5", "--top-k", "1", "--threads", "1", "--set", "hessian.check=false",
+                 "--per-block", "--output", str(output)]) == 0
+    assert calls == [5]  # once for the network, not once per block (two blocks here)
+    assert (output / "trained.pt").is_file()
+    for block in ("layers.0", "layers.2"):
+        with h5py.File(output / "blocks" / block / "results.h5") as f:
+            stored = load_config(text=f.attrs["config"])
+        assert stored.train.steps == 0 and stored.model.weights == str(output / "trained.pt")
 
 
 def _rank_pids(marker: Path) -> list[int]:

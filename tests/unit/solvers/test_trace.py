@@ -9,8 +9,16 @@ import torch
 from hpcspec.parallel.comm import SingleProcess
 from hpcspec.solvers.matrix import MatrixOperator
 from hpcspec.solvers.probes import probe_block
-from hpcspec.solvers.trace import (ADAPTIVE_METHODS, DEFAULT_TRACE_METHOD, MIN_ADAPTIVE_SAMPLES, PROBE_STREAM,
-                                   SKETCH_STREAM, TRACE_METHODS, trace)
+from hpcspec.solvers.trace import (
+    ADAPTIVE_METHODS,
+    DEFAULT_TRACE_METHOD,
+    MIN_ADAPTIVE_SAMPLES,
+    PROBE_STREAM,
+    SKETCH_STREAM,
+    TRACE_METHODS,
+    trace,
+)
+from hpcspec.solvers.trace.estimator import ADAPTIVE_SKETCH
 
 ALL = list(TRACE_METHODS)
 
@@ -218,6 +226,20 @@ def test_rtol_out_of_budget_is_not_converged(method):
     assert not result.converged
     assert result.num_matvecs == 30
     assert result.stderr > 1e-6 * abs(result.estimate)
+
+
+@pytest.mark.parametrize("method", ["krylov", "hutchpp"])
+def test_rtol_sizes_the_sketch_apart_from_a_large_budget(method):
+    # the budget is a ceiling: the default sketch is ADAPTIVE_SKETCH, not matvecs/2 (krylov) or
+    # matvecs/3 (hutchpp), so the run stops near the asked error instead of far below it
+    op = rotated(SPECTRUM)
+    result = trace(op, method=method, matvecs=2000, rtol=0.05, seed=0)
+    sketch_cost = ADAPTIVE_SKETCH * (2 if method == "hutchpp" else 1)
+    assert result.converged
+    assert result.num_matvecs == sketch_cost + len(result.samples) <= sketch_cost + 4 * MIN_ADAPTIVE_SAMPLES
+    assert 0.02 < result.stderr / abs(result.estimate) <= 0.05
+    # fixed mode keeps sizing the sketch from the budget
+    assert trace(op, method=method, matvecs=40, seed=0).num_matvecs == 40
 
 
 def test_rtol_never_stops_before_the_minimum_sample_count():
