@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from hpcspec.problem.losses import get_loss
-from hpcspec.hessian.operator import HessianOperator
+from hpcspec.curvature.operator import HessianOperator
 
 from hvp_cost import SEED, build  # same models, data and batch sizes as the single-vector benchmark
 

@@ -35,7 +35,7 @@ from hpcspec.config import ModelConfig
 from hpcspec.problem.data import load_shard
 from hpcspec.commands.demo import digits_mlp_operator
 from hpcspec.problem.models import build_model
-from hpcspec.hessian.operator import HessianOperator
+from hpcspec.curvature.operator import HessianOperator
 from hpcspec.solvers.block_lanczos import BlockLanczos
 from hpcspec.solvers.lanczos import Lanczos
 from hpcspec.choices import DEFAULT_TOL

@@ -3,7 +3,7 @@
 What is measured: for each seed, ``hpcspec.solvers.density.slq`` (``--probes`` Rademacher probes ×
 ``--steps`` Lanczos steps) runs on the real ``HessianOperator`` of ``hpcspec.commands.demo.digits_mlp_operator()``,
 and its quadrature measure is compared with the exact spectral measure (1/P on each eigenvalue of the
-dense Hessian from ``hpcspec.hessian.dense.dense_hessian``, by ``numpy.linalg.eigh``):
+dense Hessian from ``hpcspec.curvature.dense.dense_hessian``, by ``numpy.linalg.eigh``):
 
 * ``l1`` -- ∫|φ_SLQ − φ_exact| where both are broadened by the same Gaussian, σ = 1% of the exact
   spectral range, on the same 1,000-point grid (the range padded by 5σ); the issue's target is
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hpcspec.commands.demo import digits_mlp_operator
-from hpcspec.hessian.dense import dense_hessian
+from hpcspec.curvature.dense import dense_hessian
 from hpcspec.solvers.density import l1_distance, slq, smoothed_density, spectral_grid, wasserstein1
 from hpcspec.solvers.probes import probe_block
 

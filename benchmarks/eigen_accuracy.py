@@ -11,7 +11,7 @@ What is measured (issue 3's eigen figures):
 * PyHessian-parity power iteration (tol 1e-3, 100 iterations per pair): top-5 relative errors,
   products and residuals — what published PyHessian numbers carry.
 
-The dense Hessian is built from the operator's own products (``hpcspec.hessian.dense.dense_hessian``, 3,466
+The dense Hessian is built from the operator's own products (``hpcspec.curvature.dense.dense_hessian``, 3,466
 products, about half a minute).
 
 Run: ``PYTHONPATH=. python benchmarks/eigen_accuracy.py [--json PATH]``.
@@ -28,7 +28,7 @@ import torch
 
 from hpcspec import MatrixOperator, lanczos
 from hpcspec.commands.demo import digits_mlp_operator
-from hpcspec.hessian.dense import dense_hessian
+from hpcspec.curvature.dense import dense_hessian
 from hpcspec.solvers import power_iteration
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "eigen_accuracy.json"

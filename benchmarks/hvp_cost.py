@@ -43,7 +43,7 @@ from hpcspec.problem.data import load_shard
 from hpcspec.problem.losses import get_loss
 from hpcspec.problem.models.mlp import MLP
 from hpcspec.problem.models.resnet import ResNet
-from hpcspec.hessian.operator import HVP_METHODS, HessianOperator
+from hpcspec.curvature.operator import HVP_METHODS, HessianOperator
 
 MODELS = ("mlp", "resnet20")
 BASELINES = ("loss_and_gradient", "autograd.grad")

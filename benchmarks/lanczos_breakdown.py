@@ -42,7 +42,7 @@ from hvp_cost import build  # noqa: E402  (the benchmark models)
 from hpcspec.checkpoint import Checkpointer, CheckpointStore, StopFlag  # noqa: E402
 from hpcspec.parallel.comm import world  # noqa: E402
 from hpcspec.problem.losses import get_loss  # noqa: E402
-from hpcspec.hessian.operator import HessianOperator  # noqa: E402
+from hpcspec.curvature.operator import HessianOperator  # noqa: E402
 from hpcspec.solvers.lanczos import KrylovBasis  # noqa: E402
 from hpcspec.solvers.lanczos import Lanczos  # noqa: E402
 

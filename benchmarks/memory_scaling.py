@@ -33,7 +33,7 @@ def worker(steps: int, sharded: bool, out: Path) -> None:
     from hpcspec.problem.data import load_shard
     from hpcspec.problem.losses import get_loss
     from hpcspec.problem.models.mlp import MLP
-    from hpcspec.hessian.operator import HessianOperator
+    from hpcspec.curvature.operator import HessianOperator
     from hpcspec.solvers.lanczos import Lanczos
 
     torch.set_num_threads(1)

@@ -2,7 +2,7 @@
 
 What is measured: the Hessian of the default job's network (``hpcspec.commands.demo.digits_mlp_operator``:
 digits, MLP (32, 32) tanh, 3,466 parameters, 100 Adam steps) is built densely from the operator's
-own products (``hpcspec.hessian.dense.dense_hessian``), so ``tr H`` is exact. Then, for every method of
+own products (``hpcspec.curvature.dense.dense_hessian``), so ``tr H`` is exact. Then, for every method of
 ``hpcspec.solvers.trace.TRACE_METHODS`` and every seed, ``trace(op, method=…, matvecs=…, seed=…)``
 runs on ``MatrixOperator(H)`` (the same matrix; fast) or, with ``--operator hessian``, on the
 Hessian operator itself (the test suite checks the two give the same estimate to ~1e-12). Per
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hpcspec.commands.demo import digits_mlp_operator
-from hpcspec.hessian.dense import dense_hessian
+from hpcspec.curvature.dense import dense_hessian
 from hpcspec.solvers.matrix import MatrixOperator
 from hpcspec.solvers.probes import DISTRIBUTIONS
 from hpcspec.solvers.trace import COVERAGE_MULTIPLE, DEFAULT_TRACE_METHOD, TRACE_METHODS, trace

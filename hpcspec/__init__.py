@@ -11,7 +11,7 @@ Library use, with or without MPI::
 """
 
 from .errors import ConfigError, InputError
-from .hessian.operator import HessianOperator
+from .curvature.operator import HessianOperator
 from .parallel.comm import Communicator, SingleProcess, world
 from .problem.data import Shard, load_shard, shard_range
 from .problem.losses import Loss

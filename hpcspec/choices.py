@@ -19,9 +19,9 @@ LOSS_WEIGHTS = ("samples", "tokens")
 DTYPES = ("float64", "float32")
 
 # --- the Hessian operator ----------------------------------------------------------------------
-#: The Hessian-vector product implementations :class:`~hpcspec.hessian.operator.HessianOperator` has.
+#: The Hessian-vector product implementations :class:`~hpcspec.curvature.operator.HessianOperator` has.
 HVP_METHODS = ("double_backward", "forward_over_reverse")
-#: What ``hessian.hvp`` accepts: ``auto`` picks one by a fixed rule (:mod:`hpcspec.hessian.method`).
+#: What ``hessian.hvp`` accepts: ``auto`` picks one by a fixed rule (:mod:`hpcspec.curvature.method`).
 HVP_CHOICES = ("auto", *HVP_METHODS)
 #: ``fast``: one float64 allreduce (bits depend on the rank count through the summation order);
 #: ``ordered``: an exact fixed-point sum whose bits do not (see ``HessianOperator._exact_sum``).

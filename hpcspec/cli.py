@@ -28,7 +28,7 @@ from .config.fields import RUN as RUN_FLAGS
 from .config.fields import TASKS_GROUP
 from .config.fields import TRAIN as TRAIN_FLAGS
 from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
-from .hessian.dense import MAX_DENSE_PARAMS
+from .curvature.dense import MAX_DENSE_PARAMS
 from .parallel.agree import AgreedInputError, agreed
 from .parallel.comm import Communicator, SingleProcess, world
 from .parallel.logs import setup_logging

@@ -46,7 +46,7 @@ def digits_problem():
     import numpy as np
 
     from hpcspec.commands.demo import digits_mlp_operator
-    from hpcspec.hessian.dense import dense_hessian
+    from hpcspec.curvature.dense import dense_hessian
 
     torch.set_num_threads(1)
     op = digits_mlp_operator()

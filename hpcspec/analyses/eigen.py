@@ -28,7 +28,7 @@ def eigen_analyses(op: Any, cfg: Config, eigen: Any,
     """The gradient overlap with ``eigen``'s vectors and, if asked for, the landscape along them.
 
     Args:
-        op: the run's :class:`~hpcspec.hessian.operator.HessianOperator`.
+        op: the run's :class:`~hpcspec.curvature.operator.HessianOperator`.
         cfg: the run's config (``tasks``, ``landscape``, ``seed``).
         eigen: the eigen task's result (whole vectors, or this rank's rows when ``rows`` is set).
         progress: called with one line per finished analysis.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..hessian.operator import HessianOperator
+from ..curvature.operator import HessianOperator
 
 #: Offset of the random direction's seed from the run seed (so it differs from the solvers' probes).
 RANDOM_STREAM = 0x1A4D5C

@@ -1,7 +1,7 @@
 """Each estimator's error against the exact answer from a dense float64 Hessian.
 
 ``python -m hpcspec validate`` builds the dense Hessian of a small model from the same distributed
-operator a run uses (:func:`hpcspec.hessian.dense.dense_hessian`), eigendecomposes it, and compares what
+operator a run uses (:func:`hpcspec.curvature.dense.dense_hessian`), eigendecomposes it, and compares what
 every task returned with the exact quantity — so a user can trust the tool on their own model
 before a 64-rank job. Pure numerics: no files, no printing.
 """

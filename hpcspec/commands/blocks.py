@@ -24,8 +24,8 @@ from ..errors import InputError
 from ..files.atomic import write_atomic
 from ..files.lock import released_after
 from ..files.outputs import remove_run
-from ..hessian.fullbatch import train_full_batch
-from ..hessian.operator import HessianOperator
+from ..curvature.fullbatch import train_full_batch
+from ..curvature.operator import HessianOperator
 from ..parallel.agree import agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.device import select_device

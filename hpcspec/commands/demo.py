@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..hessian.fullbatch import train_full_batch
-from ..hessian.operator import HessianOperator
+from ..curvature.fullbatch import train_full_batch
+from ..curvature.operator import HessianOperator
 from ..parallel.comm import Communicator, SingleProcess
 from ..problem.data import load_shard
 from ..problem.models import build_model

@@ -50,10 +50,10 @@ from ..checkpoint import (
 from ..config import Config, to_toml
 from ..errors import InputError
 from ..files.lock import released_after
-from ..hessian.dense import MAX_DENSE_PARAMS, dense_hessian
-from ..hessian.fullbatch import train_full_batch
-from ..hessian.operator import HessianOperator
-from ..hessian.preflight import check_operator, check_operator_modes
+from ..curvature.dense import MAX_DENSE_PARAMS, dense_hessian
+from ..curvature.fullbatch import train_full_batch
+from ..curvature.operator import HessianOperator
+from ..curvature.preflight import check_operator, check_operator_modes
 from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.progress import ProgressDisplay

@@ -55,7 +55,7 @@ class LocalSlice:
 
 
 class Operator(Protocol):
-    """The part of :class:`~hpcspec.hessian.operator.LinearOperator` a space needs."""
+    """The part of :class:`~hpcspec.curvature.operator.LinearOperator` a space needs."""
 
     size: int
     comm: Communicator

@@ -1,6 +1,6 @@
 """This rank's data as a re-iterable of ``(inputs, targets)`` batches, whatever form it came in.
 
-:class:`~hpcspec.hessian.operator.HessianOperator` takes its data as
+:class:`~hpcspec.curvature.operator.HessianOperator` takes its data as
 
 - an ``(x, y)`` pair of tensors or a :class:`~hpcspec.problem.data.Shard`: cut into batches of
   ``batch_size`` samples in stored order (the last one may be short);

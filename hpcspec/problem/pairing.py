@@ -1,6 +1,6 @@
 """Whether a model, a loss and a data set go together: one forward on a sample or two, the output
 checked against the loss's targets. Local (no collective), so a failure can be agreed on; shared by
-the Hessian operator (:meth:`hpcspec.hessian.operator.HessianOperator.check_data`) and ``train``.
+the Hessian operator (:meth:`hpcspec.curvature.operator.HessianOperator.check_data`) and ``train``.
 
 Also what of a model's output the loss sees (:func:`logits_of`): a tensor as it is, the ``logits``
 of a Hugging Face ``ModelOutput`` or of a dict, the first element of a tuple.

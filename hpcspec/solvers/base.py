@@ -118,6 +118,6 @@ def check_state(state: State, size: int) -> None:
 
 def resolve_tol(tol: float | None, op: Any) -> float:
     """``tol``, or when it is None the Lanczos default for the operator's compute dtype (its
-    ``compute_dtype``, as a :class:`~hpcspec.hessian.operator.HessianOperator` has; float64's
+    ``compute_dtype``, as a :class:`~hpcspec.curvature.operator.HessianOperator` has; float64's
     when it has none): the library and ``eigen.tol = 0`` on the command line agree."""
     return default_tol(getattr(op, "compute_dtype", None)) if tol is None else float(tol)

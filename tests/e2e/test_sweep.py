@@ -208,7 +208,7 @@ def test_per_block_after_training_analyses_the_same_weights_for_every_block(prob
 def test_per_block_trains_once_not_once_per_block(problem, tmp_path, monkeypatch):
     import hpcspec.commands.blocks as blocks
     import hpcspec.commands.run as run
-    from hpcspec.hessian.fullbatch import train_full_batch
+    from hpcspec.curvature.fullbatch import train_full_batch
 
     calls = []
 

@@ -17,7 +17,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from helpers import dense_hessian, regression_data  # noqa: E402
 
-from hpcspec.hessian.operator import HessianOperator  # noqa: E402
+from hpcspec.curvature.operator import HessianOperator  # noqa: E402
 from hpcspec.parallel.comm import world  # noqa: E402
 from hpcspec.problem.data import shard_range  # noqa: E402
 from hpcspec.solvers.block_lanczos import BlockLanczos  # noqa: E402

@@ -97,8 +97,8 @@ def test_ordered_sum_is_exact_and_order_free():
     the result is within 2^-50 of the float64 sum relative to the largest term."""
     from helpers import classification_data, mlp
 
-    from hpcspec.hessian.operator import HessianOperator
-    from hpcspec.hessian.ordered import exact_sum
+    from hpcspec.curvature.operator import HessianOperator
+    from hpcspec.curvature.ordered import exact_sum
 
     x, y = classification_data(n=40)
     op = HessianOperator(mlp(), "cross_entropy", (x, y), batch_size=7, method="double_backward",
@@ -120,7 +120,7 @@ def test_unknown_reduction_is_refused():
     from helpers import classification_data, mlp
 
     from hpcspec.errors import InputError
-    from hpcspec.hessian.operator import HessianOperator
+    from hpcspec.curvature.operator import HessianOperator
 
     with pytest.raises(InputError, match="unknown reduction 'exact'"):
         HessianOperator(mlp(), "cross_entropy", classification_data(), reduction="exact")

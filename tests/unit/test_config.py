@@ -70,7 +70,7 @@ def test_config_and_kernels_share_one_choice_list_each():
 
     from hpcspec import choices
     from hpcspec.config import options
-    from hpcspec.hessian import operator
+    from hpcspec.curvature import operator
     from hpcspec.parallel import comm
 
     lanczos, probes, trace = (importlib.import_module(f"hpcspec.solvers.{name}") for name in ("lanczos", "probes", "trace"))

@@ -20,7 +20,7 @@ LAYERS = (
     ("parallel", "files"),
     ("problem",),
     ("solvers",),
-    ("hessian",),
+    ("curvature",),
     ("analyses",),
     ("checkpoint",),
     ("results",),

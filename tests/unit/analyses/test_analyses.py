@@ -19,7 +19,7 @@ from hpcspec.config import load_config
 from hpcspec.errors import ConfigError, InputError
 from hpcspec.analyses.gradient import gradient_overlap
 from hpcspec.analyses.landscape import RANDOM_STREAM, loss_landscape, random_direction
-from hpcspec.hessian.operator import HessianOperator
+from hpcspec.curvature.operator import HessianOperator
 from hpcspec.problem.params import ParamLayout, select_parameters
 from hpcspec.results.plots import write_landscape_plots
 from hpcspec.results.hdf5 import read_gradient, read_landscape
@@ -132,7 +132,7 @@ def test_landscape_near_zero_is_the_quadratic_model(problem):
 
 
 def test_selected_parameters_give_the_diagonal_block_of_the_full_hessian(problem):
-    from hpcspec.hessian.dense import dense_hessian as operator_dense
+    from hpcspec.curvature.dense import dense_hessian as operator_dense
 
     model, x, y = problem
     full = dense_hessian(model, "cross_entropy", x, y)

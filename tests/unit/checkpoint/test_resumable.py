@@ -19,7 +19,7 @@ import torch
 
 from helpers import classification_data, mlp
 from hpcspec.parallel.comm import SingleProcess
-from hpcspec.hessian.operator import HessianOperator
+from hpcspec.curvature.operator import HessianOperator
 from hpcspec.solvers.matrix import MatrixOperator
 from hpcspec.solvers import PowerIteration, TraceEstimator, power_iteration, trace
 from hpcspec.solvers.base import IterativeSolver, State, check_state

@@ -54,7 +54,7 @@ class _Products:
     """Counts Hessian products (to show a resume recomputed nothing)."""
 
     def __init__(self, monkeypatch) -> None:
-        from hpcspec.hessian.operator import HessianOperator
+        from hpcspec.curvature.operator import HessianOperator
 
         self.count = 0
         for name in ("apply", "apply_sharded"):

@@ -13,8 +13,8 @@ from helpers import classification_data, mlp
 
 from hpcspec.analyses.tasks import run_tasks
 from hpcspec.config import load_config
-from hpcspec.hessian.dense import dense_hessian
-from hpcspec.hessian.operator import HessianOperator
+from hpcspec.curvature.dense import dense_hessian
+from hpcspec.curvature.operator import HessianOperator
 from hpcspec.parallel.progress import BarMeter, LogMeter, ProgressDisplay, duration
 from hpcspec.solvers.block_lanczos import BlockLanczos
 from hpcspec.solvers.density import SLQ

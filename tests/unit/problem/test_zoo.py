@@ -20,7 +20,7 @@ from hpcspec.config import ModelConfig
 from hpcspec.problem.data import load_shard
 from hpcspec.commands.setup import data_shape
 from hpcspec.problem.models import BUILTIN_MODELS, build_model
-from hpcspec.hessian.operator import HVP_METHODS
+from hpcspec.curvature.operator import HVP_METHODS
 from hpcspec.problem.tokens import markov_tokens
 
 RESNET_SUBSET = ("conv1.weight", "bn1.weight", "layer2.0.conv1.weight", "layer2.0.bn1.weight",

@@ -1,6 +1,6 @@
 """What keeping a first-order graph costs: the bytes autograd saves for backward.
 
-:class:`~hpcspec.hessian.operator.HessianOperator` keeps the shard's first-order graphs between
+:class:`~hpcspec.curvature.operator.HessianOperator` keeps the shard's first-order graphs between
 products when they fit its ``graph_budget_mb`` (each product then costs only the second
 backward); :class:`SavedBytes` measures them.
 """

@@ -63,7 +63,7 @@ class HessianOperator:
             (dropout off, BatchNorm running statistics: H·v is a deterministic function of v);
             after each, its train/eval modes and ``requires_grad`` flags are back as they were (a
             training script can call the operator between steps). Its parameters' dtype is the
-            compute dtype. (:func:`~hpcspec.hessian.preflight.check_operator_modes` tells if a module stays random.)
+            compute dtype. (:func:`~hpcspec.curvature.preflight.check_operator_modes` tells if a module stays random.)
         loss: a :class:`~hpcspec.problem.losses.Loss`, a named loss (``cross_entropy``, ``mse``),
             or any criterion ``criterion(output, target)`` with reduction "mean" or "sum"
             (:meth:`Loss.of <hpcspec.problem.losses.Loss.of>`: how a batch is weighted).
@@ -76,7 +76,7 @@ class HessianOperator:
             depend on it); an iterable's batches are used as they come.
         method: ``double_backward`` (reverse-over-reverse) or ``forward_over_reverse``
             (``torch.func.jvp`` of ``torch.func.grad``); ``auto`` picks one by a fixed rule
-            (:mod:`hpcspec.hessian.method`; :attr:`method_reason`, :attr:`trial_products`).
+            (:mod:`hpcspec.curvature.method`; :attr:`method_reason`, :attr:`trial_products`).
         output_fn: what of the model's output the loss takes; default :func:`~hpcspec.problem.pairing.logits_of`.
         target_key: the targets' key in dict batches (the other entries: the model's keyword arguments).
         bn_mode: ``eval`` (default): BatchNorm layers use their running statistics, and H is that
@@ -167,7 +167,7 @@ class HessianOperator:
 
     @_in_modes
     def _auto_method(self) -> tuple[str, str, int]:
-        """Rank 0's ``(method, reason, trial products)`` by :func:`hpcspec.hessian.method.rule`:
+        """Rank 0's ``(method, reason, trial products)`` by :func:`hpcspec.curvature.method.rule`:
         forward-over-reverse is tried on two samples, and double backward used if it fails."""
         choice, reason = rule(self.model, self.compute_dtype)
         first = self._source.first(2) if self.comm.rank == 0 and choice != DEFAULT_HVP_METHOD else None

@@ -9,8 +9,8 @@ from helpers import classification_data, dense_hessian, mlp
 from torch import nn
 
 from hpcspec import HessianOperator, InputError, MatrixOperator
-from hpcspec.hessian.operator import HVP_METHODS
-from hpcspec.hessian.preflight import (
+from hpcspec.curvature.operator import HVP_METHODS
+from hpcspec.curvature.preflight import (
     CHECK_MATVECS,
     SYMMETRY_TOL,
     check_model_modes,

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import classification_data, mlp, regression_data
 from hpcspec import HessianOperator, InputError, Loss, block_lanczos, slq, trace
-from hpcspec.hessian.method import rule
+from hpcspec.curvature.method import rule
 from hpcspec.problem.params import ParamLayout
 
 SIZES = [5, 11, 3, 18]  # uneven batches of the 37 samples

@@ -6,7 +6,7 @@ from torch import nn
 
 from helpers import classification_data, dense_hessian, mlp, regression_data
 from hpcspec import HessianOperator, InputError
-from hpcspec.hessian.operator import HVP_METHODS
+from hpcspec.curvature.operator import HVP_METHODS
 
 
 def _problem(kind: str):
