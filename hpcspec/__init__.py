@@ -8,9 +8,17 @@ Library use, with or without MPI::
     result = lanczos(op, k=5)            # top-5 eigenpairs
     estimate = trace(op, matvecs=100)    # trace with a standard error
     quadrature = slq(op, probes=4)       # spectral density by stochastic Lanczos quadrature
+
+PyHessian's calls (:mod:`hpcspec.analyses.pyhessian`)::
+
+    h = hpcspec.hessian(model, criterion, dataloader=loader)   # or data=(x, y)
+    eigenvalues, eigenvectors = h.eigenvalues(top_n=5)
+    values = h.trace()                                         # mean(values) estimates tr(H)
+    eigen_list_full, weight_list_full = h.density()
 """
 
 from .errors import ConfigError, InputError
+from .analyses.pyhessian import Hessian, hessian
 from .curvature.operator import HessianOperator
 from .parallel.comm import Communicator, SingleProcess, world
 from .problem.data import Shard, load_shard, shard_range
@@ -31,6 +39,6 @@ from .solvers import (
 from .solvers.matrix import MatrixOperator
 from .version import __version__
 
-__all__ = ["__version__", "Communicator", "ConfigError", "DensityResult", "HessianOperator", "InputError", "LanczosResult",
-           "Loss", "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "lanczos",
+__all__ = ["__version__", "Communicator", "ConfigError", "DensityResult", "Hessian", "HessianOperator", "InputError", "LanczosResult",
+           "Loss", "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "hessian", "lanczos",
            "load_shard", "logits_of", "power_iteration", "shard_range", "slq", "trace", "world"]
