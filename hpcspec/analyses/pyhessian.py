@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..choices import default_tol
+from ..choices import WHICH, default_tol
 from ..curvature.operator import HessianOperator
 from ..errors import InputError
 from ..parallel.comm import Communicator, world
@@ -175,6 +175,9 @@ class Hessian:
         _check_count("top_n", top_n, op.size)
         _check_count("maxIter", maxIter)
         _check_tol(tol)
+        _check_count("block_size", block_size)
+        if which not in WHICH:
+            raise InputError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
         strict = min(float(tol), default_tol(op.compute_dtype))
         result = block_lanczos(op, top_n, which=which, tol=strict, block_size=min(block_size, top_n),
                                maxiter=maxIter * top_n, seed=self.seed)

@@ -210,6 +210,8 @@ def test_bad_calls_raise_a_one_line_input_error(case):
     (lambda h: h.eigenvalues(top_n=0), "top_n must be an integer ≥ 1"),
     (lambda h: h.eigenvalues(top_n=10_000), "at most the parameter count"),
     (lambda h: h.eigenvalues(tol=0), "tol must be a number > 0"),
+    (lambda h: h.eigenvalues(which="top"), "which must be one of"),
+    (lambda h: h.eigenvalues(block_size=0), "block_size must be"),
     (lambda h: h.trace(maxIter=0), "maxIter must be"),
     (lambda h: h.density(n_v=0), "n_v must be"),
     (lambda h: h.density(iter=2.5), "iter must be"),
