@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,9 +140,10 @@ class Hessian:
 
     @property
     def comm(self) -> Communicator:
+        """The operator's ranks (``h.comm.rank == 0``: where to print)."""
         return self.operator.comm
 
-    def eigenvalues(self, maxIter: int = 100, tol: float = 1e-3, top_n: int = 1, *,  # noqa: N803 (PyHessian's name)
+    def eigenvalues(self, maxIter: int = 100, tol: float = 1e-3, top_n: int = 1, *,
                     which: str = "largest_magnitude",
                     block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[list[float], list[list[torch.Tensor]]]:
         """The ``top_n`` eigenvalues of largest magnitude and their eigenvectors, as PyHessian returns them.
@@ -195,7 +196,7 @@ class Hessian:
         return [part.to(param.device, param.dtype).clone()
                 for part, param in zip(self.operator.layout.split(flat), self.operator.parameters)]
 
-    def trace(self, maxIter: int = 100, tol: float = 1e-3) -> list[float]:  # noqa: N803 (PyHessian's name)
+    def trace(self, maxIter: int = 100, tol: float = 1e-3) -> list[float]:
         """PyHessian's Hutchinson trace: the terms ``vᵢᵀ H vᵢ``; their mean estimates ``tr(H)``.
 
         Probe i is hpcspec's i-th Rademacher trace probe for :attr:`seed` (the same on every rank
@@ -225,7 +226,7 @@ class Hessian:
         self.trace_result = make_result("hutchinson", 0.0, values, len(values), True)
         return values
 
-    def density(self, iter: int = 100, n_v: int = 1) -> tuple[list[list[float]], list[list[float]]]:  # noqa: A002
+    def density(self, iter: int = 100, n_v: int = 1) -> tuple[list[list[float]], list[list[float]]]:
         """PyHessian's spectral density: ``n_v`` Gauss quadratures of ``iter`` nodes (SLQ).
 
         :func:`~hpcspec.solvers.density.slq` with ``probes = n_v`` Rademacher start vectors
