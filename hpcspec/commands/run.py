@@ -165,23 +165,23 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                            device=device, started=started, store=store, identity=identity, complete=True)
         if resume:
             loaded = resume_from(store, comm, identity)
-    method, decided = cfg.hessian.hvp, None
+    method, reason, trials = cfg.hessian.hvp, "", 0
     if loaded is not None:
         agreed(comm, restore_parameters, model, loaded.state["params"])
         method = loaded.meta.get("hvp_method", method)  # the recorded choice, not decided again
-        decided = (loaded.meta.get("hvp_reason", "recorded in the checkpoint"), int(loaded.meta.get("hvp_trial_products", 0)))
-    trials = 0  # trial products of auto over every operator this run builds (the trainer's too)
+        reason = loaded.meta.get("hvp_reason", "recorded in the checkpoint")
+        trials = int(loaded.meta.get("hvp_trial_products", 0))
 
     def operator() -> HessianOperator:
-        nonlocal method, trials
+        nonlocal method, reason, trials
         made = collective(comm, HessianOperator, model, loss, shard, comm, batch_size=cfg.data.batch_size,
                           method=method, bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
                           shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
         agreed(comm, made.check_data)
         agreed(comm, check_operator_modes, made)
-        trials += made.trial_products
-        method = made.method  # the training operator's choice is the analysis's: decided once
-        record_method(made, decided or (made.method_reason, trials))
+        # decided once: the training operator's choice is the analysis operator's (then named)
+        method, reason, trials = made.method, reason or made.method_reason, trials + made.trial_products
+        record_method(made, reason, trials)
         return made
 
     if cfg.train.steps and loaded is None:
@@ -202,11 +202,11 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                    started=started, store=store, identity=identity, loaded=loaded)
 
 
-def record_method(op: HessianOperator, decided: tuple[str, int]) -> None:
+def record_method(op: HessianOperator, reason: str, trials: int) -> None:
     """Keep on ``op`` why its HVP method was chosen and the trial products that took: on a resume
     those recorded in the checkpoint (the method is reused, not decided again), otherwise this
     run's (``auto``'s rule, or "named"; the trials of every operator it built, the trainer's too)."""
-    op.method_reason, op.trial_products = decided
+    op.method_reason, op.trial_products = reason, trials
 
 
 def _check_sizes(cfg: Config, size: int) -> None:

@@ -195,7 +195,7 @@ def agree_batches(shard: AnyShard, comm: Communicator, spec: str) -> AnyShard:
     if not isinstance(shard, BatchShard):
         return shard
     if not shard.sharded:
-        if len(set(found)) > 1:
+        if len({(entry[0], entry[1], entry[3]) for entry in found}) > 1:  # the samples held differ, of course
             counts = ", ".join(f"rank {r}: {entry[0]}" for r, entry in enumerate(found))
             raise AgreedInputError(f"data {spec!r} gave different batches on different ranks (batches {counts}): a "
                                    "shuffling DataLoader needs a seeded generator (generator=torch.Generator()."
