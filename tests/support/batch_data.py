@@ -57,8 +57,8 @@ def loader():  # uneven batches: 7 × 7 and a last one of 5
     return DataLoader(TensorDataset(*tensors()), batch_size=7)
 
 
-def loader5():  # the same samples in other batches
-    return DataLoader(TensorDataset(*tensors()), batch_size=5)
+def loader_env():  # the same samples in batches of $BATCHMOD_BATCH (7)
+    return DataLoader(TensorDataset(*tensors()), batch_size=int(os.environ.get("BATCHMOD_BATCH", "7")))
 
 
 CUTS = [0, 3, 20, 21, 33, 40, 54]
