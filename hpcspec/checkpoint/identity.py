@@ -60,9 +60,9 @@ def data_fingerprint(shard: AnyShard, comm: Communicator) -> str:
     """
     if isinstance(shard, BatchShard):
         local = sum((index + 1) * crc for index, crc in enumerate(shard.crcs)) % _MODULUS
-        parts = comm.allgather_object(local)
-        if not shard.sharded:
+        if not shard.sharded:  # every rank holds every batch's CRC: no collective needed (every rank skips it)
             return f"{shard.total}:{shard.num_batches}b:{local:016x}"
+        parts = comm.allgather_object(local)
         combined = sum((rank + 1) * part for rank, part in enumerate(parts)) % _MODULUS
         return f"{shard.total}:{shard.num_batches}b/{comm.size}r:{combined:016x}"
     total = 0

@@ -128,8 +128,8 @@ def _check_loader(made: Any, spec: str, rank: int, size: int, sharded: bool) -> 
         if sampler.total_size != samples:
             what = (f"drops {samples - sampler.total_size} sample(s)" if sampler.drop_last
                     else f"repeats {sampler.total_size - samples} sample(s), counted twice in the mean")
-            raise InputError(f"data {spec!r}: the DistributedSampler {what} to share {samples} samples among "
-                             f"{size} ranks: use a data set whose size {size} divides")
+            raise InputError(f"data {spec!r}: to share {samples} samples among {size} ranks the DistributedSampler "
+                             f"{what}: use a data set whose size {size} divides")
     try:
         left = len(sampler) % made.batch_size if made.drop_last and made.batch_size else 0  # type: ignore[arg-type]
     except TypeError:  # an IterableDataset: no length to check

@@ -94,3 +94,15 @@ def test_per_rank_loaders_need_data_sharded_and_the_runs_world(mod, monkeypatch)
         load_shard("batchmod:tensors", 0, 1, sharded=True)
     with pytest.raises(InputError, match="data.normalize = 'channel' needs the whole data set"):
         load_shard("batchmod:loader", 0, 1, normalize="channel")
+
+
+def test_data_shape_of_dict_batches_and_a_zoo_model_refused(mod):
+    from hpcspec.commands.setup import DataShape, data_shape, job_model
+    from hpcspec.config import load_config
+
+    shape = data_shape(SingleProcess(), load_shard("batchmod:dicts", 0, 1), "cross_entropy")
+    assert shape == DataShape(0, 3, ())  # no single input tensor; 3 classes from the labels
+    assert data_shape(SingleProcess(), load_shard("batchmod:loader", 0, 1), "cross_entropy") == DataShape(4, 3, (4,))
+    cfg = load_config(overrides={"model.spec": "mlp", "data.spec": "batchmod:dicts"})
+    with pytest.raises(InputError, match="model 'mlp' takes one input tensor, but data 'batchmod:dicts' gives dict"):
+        job_model(cfg, shape, torch.device("cpu"))
