@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import Config, may_change_keys, valid_keys
 from ..parallel.comm import Communicator
-from ..problem.data import Shard
+from ..problem.shards import AnyShard, BatchShard
 
 #: Config keys a resumed run may change: where and how fast it runs, not what it computes (each
 #: key declares it: ``may_change`` in :mod:`hpcspec.config.schema`).
@@ -50,8 +50,21 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(shard: Shard, comm: Communicator) -> str:
-    """A hash of the whole data set, the same whatever the number of ranks (collective)."""
+def data_fingerprint(shard: AnyShard, comm: Communicator) -> str:
+    """A hash of the whole data set, the same whatever the number of ranks (collective).
+
+    Batch data (:class:`~hpcspec.problem.shards.BatchShard`): each batch's CRC weighted by its index
+    over all batches, so the batching counts too; every rank already holds every batch's CRC when
+    the ranks share one loader. Per-rank loaders (``sharded``) hash each rank's batches in rank order:
+    their batches depend on the rank count, so a resume must use the same one.
+    """
+    if isinstance(shard, BatchShard):
+        local = sum((index + 1) * crc for index, crc in enumerate(shard.crcs)) % _MODULUS
+        if not shard.sharded:  # every rank holds every batch's CRC: no collective needed (every rank skips it)
+            return f"{shard.total}:{shard.num_batches}b:{local:016x}"
+        parts = comm.allgather_object(local)
+        combined = sum((rank + 1) * part for rank, part in enumerate(parts)) % _MODULUS
+        return f"{shard.total}:{shard.num_batches}b/{comm.size}r:{combined:016x}"
     total = 0
     for offset in range(len(shard)):
         sample = (shard.inputs[offset].contiguous().numpy().tobytes()

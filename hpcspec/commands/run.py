@@ -58,7 +58,7 @@ from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.progress import ProgressDisplay
 from ..parallel.vectors import Sharded
-from ..problem.data import Shard
+from ..problem.shards import AnyShard
 from ..problem.params import select_parameters
 from ..results.provenance import provenance, versions
 from ..results.records import RunInfo
@@ -110,7 +110,7 @@ class Problem:
     cfg: Config
     comm: Communicator
     output: Path
-    shard: Shard
+    shard: AnyShard
     op: HessianOperator
     loss_value: float
     device: torch.device
@@ -165,17 +165,23 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                            device=device, started=started, store=store, identity=identity, complete=True)
         if resume:
             loaded = resume_from(store, comm, identity)
-    method = cfg.hessian.hvp
+    method, reason, trials = cfg.hessian.hvp, "", 0
     if loaded is not None:
         agreed(comm, restore_parameters, model, loaded.state["params"])
-        method = loaded.meta.get("hvp_method", method)
+        method = loaded.meta.get("hvp_method", method)  # the recorded choice, not decided again
+        reason = loaded.meta.get("hvp_reason", "recorded in the checkpoint")
+        trials = int(loaded.meta.get("hvp_trial_products", 0))
 
     def operator() -> HessianOperator:
+        nonlocal method, reason, trials
         made = collective(comm, HessianOperator, model, loss, shard, comm, batch_size=cfg.data.batch_size,
                           method=method, bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
                           shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
         agreed(comm, made.check_data)
         agreed(comm, check_operator_modes, made)
+        # decided once: the training operator's choice is the analysis operator's (then named)
+        method, reason, trials = made.method, reason or made.method_reason, trials + made.trial_products
+        record_method(made, reason, trials)
         return made
 
     if cfg.train.steps and loaded is None:
@@ -196,6 +202,13 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                    started=started, store=store, identity=identity, loaded=loaded)
 
 
+def record_method(op: HessianOperator, reason: str, trials: int) -> None:
+    """Keep on ``op`` why its HVP method was chosen and the trial products that took: on a resume
+    those recorded in the checkpoint (the method is reused, not decided again), otherwise this
+    run's (``auto``'s rule, or "named"; the trials of every operator it built, the trainer's too)."""
+    op.method_reason, op.trial_products = reason, trials
+
+
 def _check_sizes(cfg: Config, size: int) -> None:
     if "eigen" in cfg.tasks and cfg.eigen.top_k > size:
         raise InputError(f"eigen.top_k = {cfg.eigen.top_k} exceeds the number of parameters in the Hessian ({size})")
@@ -203,7 +216,8 @@ def _check_sizes(cfg: Config, size: int) -> None:
 
 def _checkpointer(problem: Problem, flag: StopFlag) -> Checkpointer:
     cfg, op = problem.cfg, problem.op
-    meta = {"identity": problem.identity, "hvp_method": op.method, "config_toml": to_toml(cfg),
+    meta = {"identity": problem.identity, "hvp_method": op.method, "hvp_reason": op.method_reason,
+            "hvp_trial_products": op.trial_products, "config_toml": to_toml(cfg),
             "versions": {k: v for k, v in versions(problem.comm).items() if k != "communicator"}}
     return Checkpointer(problem.store, problem.comm, op.size, every_iters=cfg.checkpoint.every_iters,  # type: ignore[arg-type]
                         every_seconds=cfg.checkpoint.every_seconds, max_overhead=cfg.checkpoint.max_overhead,
@@ -259,6 +273,7 @@ def _run_info(problem: Problem, results: TaskResults, checkpointer: Checkpointer
                    "resumed_from": str(problem.loaded.path) if problem.loaded is not None else ""}
     return RunInfo(model=cfg.model.spec, data=cfg.data.spec, loss=cfg.hessian.loss, num_samples=problem.shard.total,
                    world_size=comm.size, dtype=cfg.hessian.dtype, hvp_method=problem.op.method,
+                   hvp_reason=problem.op.method_reason, hvp_trial_products=problem.op.trial_products,
                    bn_mode=cfg.hessian.bn_mode, loss_value=problem.loss_value,
                    seconds=time.perf_counter() - problem.started, config_toml=to_toml(cfg),
                    provenance={**provenance(comm, problem.device), **checkpoints} if comm.rank == 0 else {})

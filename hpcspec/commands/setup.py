@@ -20,7 +20,10 @@ from ..files.outputs import claim
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
 from ..parallel.device import select_device, set_threads
-from ..problem.data import Shard, load_shard, memory_budget
+from ..problem.data import load_shard, memory_budget
+from ..problem.loaders import agree_batches
+from ..problem.models import BUILTIN_MODELS
+from ..problem.shards import AnyShard, BatchShard, Shard
 from ..problem.losses import Loss, check_labels, get_loss
 from ..problem.models import build_model, load_weights
 
@@ -40,19 +43,27 @@ class DataShape:
     input_shape: tuple[int, ...] = ()
 
 
-def data_shape(comm: Communicator, shard: Shard, loss_name: str) -> DataShape:
+def data_shape(comm: Communicator, shard: AnyShard, loss_name: str) -> DataShape:
     """Input shape and output width over ranks: for cross-entropy the classes (the vocabulary for
     integer token sequences: highest token in x or y, + 1), at least what the source declares
-    (``shard.classes``); for MSE the target width."""
+    (``shard.classes``); for MSE the target width. Batch data (:class:`BatchShard`) is measured on
+    all its batches; inputs that are not one tensor (a dict or a tuple) give ``input_dim = 0``
+    (only a ``module:callable`` model takes them)."""
     local = None
-    if len(shard):
-        classes = int(shard.targets.max()) + 1 if not shard.targets.dtype.is_floating_point else 0
-        if classes and shard.targets.ndim == 2 and not shard.inputs.dtype.is_floating_point:
-            classes = max(classes, int(shard.inputs.max()) + 1)
-        local = (tuple(shard.inputs.shape[1:]), classes, shard.targets[0].numel())
+    pairs = list(shard.batches) if isinstance(shard, BatchShard) else [(shard.inputs, shard.targets)] if len(shard) else []
+    if pairs:
+        inputs, targets = pairs[0]
+        shape = tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else None
+        classes = 0
+        if not targets.dtype.is_floating_point:
+            classes = max([0] + [int(t.max()) + 1 for _, t in pairs if t.numel()])
+            if targets.ndim == 2:
+                classes = max([classes] + [int(x.max()) + 1 for x, _ in pairs if isinstance(x, torch.Tensor)
+                                           and not x.dtype.is_floating_point and x.numel()])
+        local = (shape, classes, targets[0].numel() if targets.ndim else 1)
     found = [entry for entry in comm.allgather_object(local) if entry is not None]
-    input_shape = tuple(found[0][0])
-    input_dim = math.prod(input_shape)
+    input_shape = tuple(found[0][0]) if found[0][0] is not None else ()
+    input_dim = math.prod(input_shape) if found[0][0] is not None else 0
     if loss_name == "cross_entropy":
         return DataShape(input_dim, max(max(entry[1] for entry in found), shard.classes, 1), input_shape)
     return DataShape(input_dim, found[0][2], input_shape)
@@ -65,7 +76,7 @@ class Workload:
     ``model.params`` itself)."""
 
     loss: Loss
-    shard: Shard
+    shard: AnyShard
     shape: DataShape
     model: nn.Module
 
@@ -81,8 +92,12 @@ def build_workload(cfg: Config, comm: Communicator, device: torch.device, thread
     is agreed over ranks; every local failure is agreed, so every rank raises it together). With
     ``threads``, rank 0 logs the data line ``run`` and ``train`` print."""
     loss = agreed(comm, get_loss, cfg.hessian.loss)
-    shard = agreed(comm, load_data, cfg, comm)
-    if threads is not None:
+    shard = agree_batches(agreed(comm, load_data, cfg, comm), comm, cfg.data.spec)
+    if threads is not None and isinstance(shard, BatchShard):
+        log.info("data %s: %d samples in %d batches, this rank holds %s (%d samples); %d thread(s) per rank on %s",
+                 cfg.data.spec, shard.total, shard.num_batches, f"its own {len(shard.batches)} batches"
+                 if shard.sharded else f"batches [{shard.start}, {shard.stop})", shard.samples, threads, device)
+    elif threads is not None:
         log.info("data %s: %d samples, this rank holds [%d, %d); %d thread(s) per rank on %s",
                  cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
     shape = data_shape(comm, shard, loss.name)
@@ -104,6 +119,9 @@ def claim_output(cfg: Config, comm: Communicator) -> Path:
 def job_model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
     """The configured model sized for ``shape`` (the given weights loaded), on ``device`` in the
     analysis dtype (local); refused when no parameter requires gradients."""
+    if cfg.model.spec in BUILTIN_MODELS and not shape.input_dim:
+        raise InputError(f"model {cfg.model.spec!r} takes one input tensor, but data {cfg.data.spec!r} gives dict or "
+                         "tuple inputs: use a module:callable model that takes them")
     model = build_model(cfg.model.spec, input_shape=shape.input_shape or (shape.input_dim,),
                         output_dim=shape.output_dim, cfg_model=cfg.model, seed=cfg.seed)
     if cfg.model.weights:
@@ -118,14 +136,27 @@ def checkpoint_dir(cfg: Config) -> Path:
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output) / "checkpoints"
 
 
-def load_data(cfg: Config, comm: Communicator) -> Shard:
+def load_data(cfg: Config, comm: Communicator) -> AnyShard:
     """This rank's shard of ``cfg.data`` (local, no collective): what ``run`` and ``train`` analyse and train on.
-    Labels are checked here, before a zoo model is sized from them."""
+    Labels are checked here, before a zoo model is sized from them (every batch of batch data)."""
     shard = load_shard(cfg.data.spec, comm.rank, comm.size, samples=cfg.data.samples, features=cfg.data.features,
                        classes=cfg.data.classes, outputs=cfg.data.outputs, seed=cfg.seed, granule=_granule(cfg),
                        split=cfg.data.split, normalize=cfg.data.normalize, context=cfg.data.context,
-                       vocab=cfg.data.vocab, max_bytes=memory_budget(cfg.data.max_gb, comm.local_size))
-    check_labels(get_loss(cfg.hessian.loss), shard.targets, cfg.data.spec, shard.inputs)
+                       vocab=cfg.data.vocab, max_bytes=memory_budget(cfg.data.max_gb, comm.local_size),
+                       sharded=cfg.data.sharded, target_key=cfg.data.target_key)
+    loss = get_loss(cfg.hessian.loss)
+    for inputs, targets in shard.batches if isinstance(shard, BatchShard) else [(shard.inputs, shard.targets)]:
+        check_labels(loss, targets, cfg.data.spec, inputs if isinstance(inputs, torch.Tensor) else None)
+    return shard
+
+
+def sample_data(shard: AnyShard, command: str) -> Shard:
+    """``shard`` if it holds samples as tensors; :class:`InputError` for batch data, which ``command``
+    (drawing minibatches of samples) cannot use (local)."""
+    if isinstance(shard, BatchShard):
+        raise InputError(f"{command} draws minibatches of samples and needs a data callable returning an (x, y) pair "
+                         "of tensors or a Dataset, not batches (a DataLoader or a list): return those, or analyse "
+                         "with run --train-steps")
     return shard
 
 

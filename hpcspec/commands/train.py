@@ -61,7 +61,7 @@ from ..parallel.comm import Communicator
 from ..problem.data import Shard
 from ..problem.losses import Loss
 from ..problem.pairing import check_pairing
-from .setup import build_workload, claim_output, start_rank
+from .setup import build_workload, claim_output, sample_data, start_rank
 from .training import (
     DataParallelStep,
     History,
@@ -284,7 +284,8 @@ def prepare_training(cfg: Config, comm: Communicator, *, resume: bool = False) -
     threads, device = start_rank(cfg, comm)
     output = agreed(comm, claim_output, cfg, comm)
     work = collective(comm, build_workload, cfg, comm, device, threads)  # as run loads it
-    loss, shard, model = work.loss, work.shard, work.model  # every parameter: model.params narrows only H
+    loss, model = work.loss, work.model  # every parameter: model.params narrows only H
+    shard = agreed(comm, sample_data, work.shard, "train")
     agreed(comm, _check_optimizable, model)
     agreed(comm, _check_data, model, loss, shard)
     identity = training_identity(cfg, model, shard, comm)

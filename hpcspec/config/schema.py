@@ -76,7 +76,10 @@ class DataConfig:
     CIFAR, per feature for digits, none otherwise), ``channel`` (per-channel mean/std over the
     whole data set) or ``none``; ``tokens`` draws ``samples`` sequences of ``context`` tokens
     over ``vocab`` symbols. ``max_gb`` caps the GiB one rank may read an HDF5 file's share into
-    (0: the rank's share of the node's available memory), checked before reading.
+    (0: the rank's share of the node's available memory), checked before reading. A
+    ``module:callable`` may return batches (a DataLoader, a list of ``(x, y)`` pairs or of dict
+    batches with the targets under ``target_key``): the ranks share out its whole batches, or with
+    ``sharded`` each rank's call returns its own part (docs/cli.md, "Data").
     """
 
     spec: str = option("digits", 'digits, synthetic, tokens, "cifar10:/scratch/me/cifar-10-batches-py", '
@@ -94,6 +97,10 @@ class DataConfig:
     context: int = positive(32, "tokens: sequence length")
     vocab: int = positive(64, "tokens: symbols")
     max_gb: float = non_negative(0.0, "most GiB one rank reads of an HDF5 file (0: its share of the node's memory)")
+    target_key: str = option("labels", "module:callable returning dict batches: the key of the targets (the other "
+                                       "keys are the model's keyword arguments)")
+    sharded: bool = option(False, "module:callable returning batches: it returns this rank's own loader (e.g. with a "
+                                  "DistributedSampler); off, one loader whose whole batches the ranks share out")
 
 
 @dataclass(frozen=True)

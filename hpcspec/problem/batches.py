@@ -3,7 +3,8 @@
 :class:`~hpcspec.curvature.operator.HessianOperator` takes its data as
 
 - an ``(x, y)`` pair of tensors or a :class:`~hpcspec.problem.data.Shard`: cut into batches of
-  ``batch_size`` samples in stored order (the last one may be short);
+  ``batch_size`` samples in stored order (the last one may be short); a
+  :class:`~hpcspec.problem.shards.BatchShard` (a data callable's batches, :mod:`hpcspec.problem.loaders`): its batches;
 - any *re-iterable* of batches — a ``torch.utils.data.DataLoader``, a list — where a batch is an
   ``(inputs, targets)`` pair or a dict. In a dict batch the entry ``target_key`` (default
   ``"labels"``) is the target and every other entry is passed to the model as a keyword argument
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .data import Shard
+from .shards import BatchShard, Shard
 
 #: A batch's model inputs: a tensor, positional tensors, or keyword tensors.
 Inputs = Union[torch.Tensor, tuple, dict]
@@ -102,6 +103,8 @@ class BatchSource:
         self._iterable: Iterable | None = None
         if isinstance(data, Shard):
             data = (data.inputs, data.targets)
+        elif isinstance(data, BatchShard):
+            data = list(data.batches)  # already (inputs, targets) pairs
         if (isinstance(data, tuple) and len(data) == 2 and all(isinstance(part, torch.Tensor) for part in data)):
             inputs, targets = data
             if len(inputs) != len(targets):

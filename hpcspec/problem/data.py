@@ -11,7 +11,6 @@ whole set for them), so the shards of R ranks are exactly the slices of the one-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +21,13 @@ from ..errors import InputError
 from .callables import call_user, is_callable_spec, resolve_callable
 from .cifar import LAYOUTS as CIFAR_LAYOUTS
 from .cifar import load_cifar
+from .loaders import batch_shard, is_batch_data
+from .shards import BatchShard, Shard
 from .tokens import markov_tokens
 
 BUILTIN_DATA = ("digits", "synthetic", "tokens", "cifar10:DIR", "cifar100:DIR")
 #: Bytes of float64 samples per read when computing statistics of an HDF5 data set in pieces.
 STATS_CHUNK_BYTES = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This rank's contiguous slice ``[start, stop)`` of a data set of ``total`` samples;
-    ``classes`` is the number of classes (vocabulary for tokens) the source declares, 0 when the
-    labels alone tell (a shard or a small data set may lack the highest ones)."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    start: int
-    stop: int
-    total: int
-    classes: int = 0
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 def shard_range(total: int, rank: int, size: int, granule: int = 1) -> tuple[int, int]:
@@ -61,7 +45,7 @@ def shard_range(total: int, rank: int, size: int, granule: int = 1) -> tuple[int
 def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features: int = 16,
                classes: int = 4, outputs: int = 1, seed: int = 0, granule: int = 1, split: str = "train",
                normalize: str = "auto", context: int = 32, vocab: int = 64,
-               max_bytes: float = float("inf")) -> Shard:
+               max_bytes: float = float("inf"), sharded: bool = False, target_key: str = "labels") -> Shard | BatchShard:
     """Load this rank's shard of the data set named by ``spec``.
 
     ``spec`` is ``digits`` (scikit-learn's bundled handwritten digits, ``(1797, 1, 8, 8)``,
@@ -70,7 +54,10 @@ def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features:
     ``context`` tokens over ``vocab``, :mod:`hpcspec.problem.tokens`), ``cifar10:DIR`` / ``cifar100:DIR``
     (the python-version batch files, ``split`` ``train`` or ``test``, :mod:`hpcspec.problem.cifar`), a path
     to an HDF5 file with datasets ``x`` and ``y``, or ``module:callable`` returning a
-    ``torch.utils.data.Dataset`` or an ``(x, y)`` pair of tensors. ``normalize``: ``auto``
+    ``torch.utils.data.Dataset`` or an ``(x, y)`` pair of tensors — or batches: a DataLoader, a list
+    of ``(x, y)`` pairs or of dict batches (targets under ``target_key``), each rank taking a block
+    of whole batches, or all of its own loader's with ``sharded`` (a :class:`BatchShard`,
+    :mod:`hpcspec.problem.loaders`). ``normalize``: ``auto``
     (CIFAR per channel, digits per pixel, others as stored), ``channel`` (axis 1 standardised with
     the whole set's mean and standard deviation) or ``none``. Shards are made of whole
     ``granule``-sample pieces (:func:`shard_range`). An HDF5 share larger than ``max_bytes`` is
@@ -100,7 +87,7 @@ def load_shard(spec: str, rank: int, size: int, *, samples: int = 512, features:
     elif spec.endswith((".h5", ".hdf5")) or "/" in spec or Path(spec).is_file():
         return _hdf5_shard(Path(spec), rank, size, granule, normalize, max_bytes)
     elif is_callable_spec(spec):
-        return _callable_shard(spec, rank, size, granule, normalize)
+        return _callable_shard(spec, rank, size, granule, normalize, sharded, target_key)
     else:
         raise InputError(f"unknown data {spec!r}: use one of {', '.join(BUILTIN_DATA)}, "
                          "a path to an HDF5 file, or module:callable")
@@ -257,8 +244,14 @@ def _hdf5_shard(path: Path, rank: int, size: int, granule: int, normalize: str =
     return _checked_shard(x, y, start, stop, total, str(path))
 
 
-def _callable_shard(spec: str, rank: int, size: int, granule: int, normalize: str = "auto") -> Shard:
+def _callable_shard(spec: str, rank: int, size: int, granule: int, normalize: str = "auto", sharded: bool = False,
+                    target_key: str = "labels") -> Shard | BatchShard:
     made = call_user(spec, resolve_callable(spec, "data"))
+    if is_batch_data(made):
+        return batch_shard(made, spec, rank, size, sharded=sharded, target_key=target_key, normalize=normalize)
+    if sharded:
+        raise InputError(f"data.sharded = true needs a data callable returning this rank's batches (a DataLoader "
+                         f"or a list); data {spec!r} returned {type(made).__name__}")
     if isinstance(made, (tuple, list)) and len(made) == 2:
         x, y = (_as_samples(part, made, spec) for part in made)
         if x.shape[0] != y.shape[0]:
@@ -280,8 +273,8 @@ def _callable_shard(spec: str, rank: int, size: int, granule: int, normalize: st
             return _checked_shard(x[:0], y[:0], start, stop, total, spec)
         x, y = _stack_items(items, spec)
         return _checked_shard(x, y, start, stop, total, spec)
-    raise InputError(f"data {spec!r} must return a sized torch Dataset or an (x, y) pair of "
-                     f"tensors, got {type(made).__name__}")
+    raise InputError(f"data {spec!r} must return a sized torch Dataset, an (x, y) pair of tensors, or batches "
+                     f"(a DataLoader, a list of (x, y) pairs or dict batches), got {type(made).__name__}")
 
 
 def _as_samples(part: Any, made: Any, spec: str) -> torch.Tensor:

@@ -31,7 +31,7 @@ from .records import RunInfo, RunNumbers, StoredRun, data_passes, eigen_iteratio
 
 #: results.h5 attributes that are the run's own fields, not provenance.
 _INFO_ATTRS = ("num_params", "num_samples", "dtype", "config", "model", "data", "loss", "bn_mode", "loss_value",
-              "world_size", "hvp_method", "seconds")
+              "world_size", "hvp_method", "hvp_reason", "hvp_trial_products", "seconds")
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -46,6 +46,7 @@ def write_results(path: Path, results: TaskResults, layout: ParamLayout, info: R
                         "num_samples": info.num_samples, "dtype": info.dtype, "config": info.config_toml,
                         "model": info.model, "data": info.data, "loss": info.loss, "bn_mode": info.bn_mode,
                         "loss_value": info.loss_value, "world_size": info.world_size, "hvp_method": info.hvp_method,
+                        "hvp_reason": info.hvp_reason, "hvp_trial_products": info.hvp_trial_products,
                         "seconds": info.seconds})
         if results.eigen is not None:
             _write_eigen(f, results, layout, info)
@@ -217,7 +218,9 @@ def _info(f: h5py.File) -> RunInfo:
                    num_samples=int(attrs["num_samples"]), world_size=int(attrs["world_size"]),
                    dtype=str(attrs["dtype"]), hvp_method=str(attrs["hvp_method"]), bn_mode=str(attrs["bn_mode"]),
                    loss_value=float(attrs["loss_value"]), seconds=float(attrs["seconds"]),
-                   config_toml=str(attrs["config"]), provenance=provenance)
+                   config_toml=str(attrs["config"]), provenance=provenance,
+                   hvp_reason=str(attrs.get("hvp_reason", "")),  # absent from older files
+                   hvp_trial_products=int(attrs.get("hvp_trial_products", 0)))
 
 
 def _layout(group: h5py.Group) -> ParamLayout:

@@ -37,6 +37,10 @@ class RunInfo:
     seconds: float
     config_toml: str
     provenance: dict[str, Any]
+    #: Why ``hvp_method`` (``auto``'s rule, or "named"), and the trial products that choice took:
+    #: partial products on two samples, reported here and not counted in any task's ``num_matvecs``.
+    hvp_reason: str = ""
+    hvp_trial_products: int = 0
 
 
 @dataclass

@@ -44,7 +44,8 @@ def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
     record: dict[str, Any] = {
         "model": info.model, "data": info.data, "loss": info.loss, "num_samples": info.num_samples,
         "num_params": layout.size, "world_size": info.world_size, "dtype": info.dtype,
-        "hvp_method": info.hvp_method, "bn_mode": info.bn_mode, "loss_value": info.loss_value,
+        "hvp_method": info.hvp_method, "hvp_reason": info.hvp_reason, "hvp_trial_products": info.hvp_trial_products,
+        "bn_mode": info.bn_mode, "loss_value": info.loss_value,
         "seconds": round(info.seconds, 3), "hpcspec_version": info.provenance["hpcspec"],
         "excluded_params": list(layout.excluded),
     }
@@ -93,13 +94,21 @@ def write_summary(path: Path, record: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
+def method_note(info: RunInfo) -> str:
+    """`` (auto: REASON; N trial products)`` after the HVP method when ``auto`` chose it ("" when named)."""
+    if info.hvp_reason in ("", "named"):
+        return ""
+    trials = f"; {info.hvp_trial_products} trial product{'s' if info.hvp_trial_products != 1 else ''}"
+    return f" (auto: {info.hvp_reason}{trials})"
+
+
 def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
                     files: Sequence[tuple[str, Path]] = ()) -> str:
     """The one-screen summary rank 0 prints: each task with its error estimate, then one line naming
     ``files`` as ``role: path`` pairs (:func:`files_line`): only files that were written or read."""
     lines = [f"hpcspec: {info.model} on {info.data}: {info.num_samples} samples, {layout.size:,} parameters, "
              f"{info.world_size} rank{'s' if info.world_size > 1 else ''}, loss {info.loss_value:.6g}, "
-             f"{info.dtype}, {info.hvp_method}"]
+             f"{info.dtype}, {info.hvp_method}{method_note(info)}"]
     if results.eigen is not None:
         lines += _eigen_lines(results)
     if results.trace is not None:
