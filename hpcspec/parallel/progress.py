@@ -4,7 +4,7 @@ The solvers never print: their run loop calls a hook with the products done afte
 (:meth:`~hpcspec.solvers.base.IterativeSolver.run`), and a driver turns that into display through
 a :class:`ProgressDisplay`, one :class:`Meter` per task:
 
-- **a terminal** (``stream.isatty()``): a bar redrawn in place, ``tqdm``'s when it is installed
+- **a terminal** (``stream.isatty()``, with a width): a bar redrawn in place, ``tqdm``'s when it is installed
   (the optional ``progress`` extra), else a built-in one with the same fields;
 - **anything else** (a batch job's log file, a pipe under ``mpirun``): one plain line every
   ``every_seconds`` seconds per task, through the caller's ``emit`` (the run's logger), none at all
@@ -20,6 +20,7 @@ Display reads only counters and a clock; it never touches a vector, so the numbe
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Callable, Protocol, TextIO
@@ -205,9 +206,17 @@ class ProgressDisplay:
         self.current: Meter | None = None
 
     def _terminal(self) -> TextIO | None:
+        """The stream to draw a bar on, or None for log lines: not a terminal, or one that reports
+        zero columns (a pseudo-terminal nobody sized: a bar there would draw nothing at all)."""
         stream = self.stream if self.stream is not None else sys.stderr
         isatty = getattr(stream, "isatty", None)
-        return stream if isatty is not None and isatty() else None
+        if isatty is None or not isatty():
+            return None
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return stream  # a terminal-like object without a descriptor (a test's fake): trust isatty
+        return stream if columns > 0 else None
 
     def task(self, label: str, planned: int, *, bound: bool, done: int = 0) -> Meter:
         """The meter of a task about to run ``planned`` products (an upper bound when ``bound``),

@@ -218,3 +218,23 @@ def test_display_run_closes_the_bar_when_a_checkpoint_stops_the_run():
     last = terminal.getvalue().split("\r\x1b[K")[-1]  # the final frame stays, ended by a newline
     assert last.startswith("[##......................] eigen (lanczos): 5 of at most 60 products (8 %), ")
     assert last.endswith(" left\n") and terminal.getvalue().count("\n") == 1
+
+
+def test_a_terminal_of_zero_columns_gets_log_lines_and_a_sized_one_a_bar():
+    """A pseudo-terminal nobody sized reports 0 columns: tqdm draws nothing there, so log lines."""
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as stream:
+            display = ProgressDisplay(0, 10.0, [].append, stream=stream, bar="builtin")
+            assert os.get_terminal_size(slave).columns == 0
+            assert isinstance(display.task("trace", 10, bound=False), LogMeter)
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+            assert isinstance(display.task("trace", 10, bound=False), BarMeter)
+    finally:
+        os.close(master)
+        os.close(slave)
