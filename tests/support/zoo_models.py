@@ -22,7 +22,7 @@ VOCAB, CONTEXT = 48, 8
 #: The parameters the tests select (``model.params`` globs): small enough for a dense Hessian.
 GPT2_PARAMS = "transformer.h.1.mlp.c_proj.*,transformer.ln_f.*"
 LLAMA_PARAMS = "model.layers.1.mlp.down_proj.*,model.norm.*"
-RESNET_PARAMS = "fc.*,layer4.1.bn2.*"
+RESNET_PARAMS = "layer4.1.bn2.*,fc.bias"
 
 
 def import_or_skip(module: str, *names: str) -> list[Any]:
