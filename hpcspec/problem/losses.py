@@ -64,6 +64,56 @@ class Loss:
             return cls(name, criterion, count)
         return cls(name, lambda outputs, targets: criterion(outputs, targets) * count(targets), count)
 
+    @classmethod
+    def causal_lm(cls, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, *,
+                  ignore_index: int | None = None) -> "Loss":
+        """A causal language model's next-token loss, with Hugging Face's ``labels`` convention.
+
+        The targets are the ``labels`` of the batch — the input tokens themselves, ``(B, T)``, with
+        ``ignore_index`` (-100) at positions that are not predicted (padding) — and the output the
+        logits ``(B, T, V)``; position t predicts token t + 1, so the loss pairs ``logits[:, :-1]``
+        with ``labels[:, 1:]``: what ``GPT2LMHeadModel(input_ids=x, labels=x).loss`` is. The Hessian
+        is that of the mean over every predicted (not ignored) token of the whole data set, whatever
+        the batches and ranks: each batch is weighted by its predicted tokens.
+
+        ``criterion``: a cross-entropy style ``criterion(logits (N, V), tokens (N,))`` (e.g.
+        ``nn.CrossEntropyLoss(label_smoothing=0.1)``); default plain cross-entropy. ``ignore_index``:
+        default the criterion's, else -100. Data already shifted — inputs ``ids[:, :-1]``,
+        targets ``ids[:, 1:]`` — takes the plain ``cross_entropy`` loss instead (the same Hessian,
+        as a causal model's outputs before the last position do not see the last token).
+        """
+        ignored = ignore_index if ignore_index is not None else getattr(criterion, "ignore_index", -100)
+        if criterion is None:
+            def criterion(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(logits, tokens, ignore_index=ignored, reduction="sum")
+            reduction = "sum"
+        else:
+            reduction = getattr(criterion, "reduction", "mean")
+            if reduction not in ("mean", "sum"):
+                raise InputError(f"criterion reduction {reduction!r}: use a criterion with reduction 'mean' or 'sum'")
+
+        def count(labels: torch.Tensor) -> int:
+            _check_token_labels(labels)
+            return int((labels[:, 1:] != ignored).sum())
+
+        def total(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            _check_token_labels(labels)
+            predicted = logits[:, :-1].reshape(-1, logits.shape[-1])
+            value = criterion(predicted, labels[:, 1:].reshape(-1))
+            if reduction == "sum":
+                return value
+            tokens = count(labels)  # a mean criterion's divisor; a batch with none contributes 0 (not NaN)
+            return value * tokens if tokens else predicted.sum() * 0.0
+        return cls("causal_lm", total, count)
+
+
+def _check_token_labels(labels: torch.Tensor) -> None:
+    """Refuse labels that are not a ``(batch, length)`` integer tensor (what ``causal_lm`` shifts)."""
+    if labels.ndim != 2 or labels.dtype.is_floating_point:
+        raise InputError(f"loss causal_lm needs integer labels of shape (samples, length) — the input tokens, "
+                         f"-100 where not predicted — got {str(labels.dtype).replace('torch.', '')} labels of shape "
+                         f"{tuple(labels.shape)}")
+
 
 def _weight_function(criterion: Callable, weight: str | Callable[[torch.Tensor], int]) -> Callable[[torch.Tensor], int]:
     """``weight`` as a function of a batch's targets (:data:`~hpcspec.choices.LOSS_WEIGHTS` or the user's function)."""

@@ -53,7 +53,9 @@ def select_parameters(model: nn.Module, patterns: str) -> list[str]:
     ``model.named_parameters()`` names (e.g. ``"layer3.*"`` or ``"0.weight,2.*"``); empty selects
     every parameter and changes nothing. The Hessian over the selected parameters is then the
     diagonal block of the full Hessian for them (:class:`ParamLayout` leaves frozen parameters
-    out and records them as ``excluded``). Parameters frozen already stay frozen.
+    out and records them as ``excluded``). Parameters frozen already stay frozen. A tied parameter
+    (one tensor under several names, e.g. ``lm_head.weight`` and ``transformer.wte.weight``) is
+    selected when a glob matches any of its names, and enters the flat vector once, under its first.
 
     Raises:
         InputError: a pattern matches no parameter (the message lists some names to choose from).
@@ -66,14 +68,19 @@ def select_parameters(model: nn.Module, patterns: str) -> list[str]:
     named = list(model.named_parameters())
     if not globs:
         return [name for name, param in named if param.requires_grad]
+    # a tied parameter (a language model's lm_head.weight sharing the embedding's tensor) is listed
+    # once by named_parameters(), under its first name; a glob may name it by any of its names
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
     for glob in globs:
-        if not any(fnmatchcase(name, glob) for name, _ in named):
+        if not any(fnmatchcase(alias, glob) for alias_list in aliases.values() for alias in alias_list):
             shown = ", ".join(name for name, _ in named[:8]) + (", …" if len(named) > 8 else "")
             raise InputError(f"model.params pattern {glob!r} matches no parameter of the model "
                              f"({len(named)} parameters: {shown})")
     selected = []
     for name, param in named:
-        if any(fnmatchcase(name, glob) for glob in globs):
+        if any(fnmatchcase(alias, glob) for alias in aliases[id(param)] for glob in globs):
             if param.requires_grad:
                 selected.append(name)
         else:
