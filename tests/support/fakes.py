@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
+
+from hpcspec.checkpoint.signals import StopFlag
 
 
 def make_fake_cifar(folder: str | Path, *, classes: int = 10, samples_per_batch: int = 8, seed: int = 0,
@@ -45,3 +48,20 @@ def make_fake_cifar(folder: str | Path, *, classes: int = 10, samples_per_batch:
         with (folder / name).open("wb") as handle:
             pickle.dump(batch(count, name), handle, protocol=2)
     return folder
+
+
+class StopAfter(StopFlag):
+    """A stop flag that reads as SIGUSR1 from the n-th boundary on (a signal at a chosen moment)."""
+
+    def __init__(self, boundaries: int) -> None:
+        self.boundaries, self.reads = boundaries, 0
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def signal(self) -> int | None:
+        self.reads += 1
+        return signal.SIGUSR1 if self.reads >= self.boundaries else None
+
+    @signal.setter
+    def signal(self, value: int | None) -> None:
+        pass

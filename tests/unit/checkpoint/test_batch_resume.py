@@ -5,7 +5,6 @@ which a resume reuses instead of deciding again."""
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -13,9 +12,10 @@ import batch_data
 import h5py
 import numpy as np
 import pytest
+from fakes import StopAfter
 
 import hpcspec.curvature.operator as operator_module
-from hpcspec.checkpoint import StopFlag, StopRequested
+from hpcspec.checkpoint import StopRequested
 from hpcspec.commands.run import run_job
 from hpcspec.config import load_config
 from hpcspec.parallel.agree import AgreedInputError
@@ -26,23 +26,6 @@ from hpcspec.parallel.comm import SingleProcess
 SETTINGS = {"model.spec": "batchmod:conv_model", "data.spec": "batchmod:images", "tasks": ["eigen", "trace"],
             "eigen.top_k": 2, "eigen.tol": 1e-10, "eigen.block_size": 2, "eigen.max_basis": 12,
             "trace.matvecs": 12, "hessian.check": False, "train.steps": 3}
-
-
-class StopAfter(StopFlag):
-    """Reads as SIGUSR1 from the n-th iteration boundary on."""
-
-    def __init__(self, boundaries: int) -> None:
-        self.boundaries, self.reads = boundaries, 0
-        super().__init__()
-
-    @property  # type: ignore[override]
-    def signal(self) -> int | None:
-        self.reads += 1
-        return signal.SIGUSR1 if self.reads >= self.boundaries else None
-
-    @signal.setter
-    def signal(self, value: int | None) -> None:
-        pass
 
 
 @pytest.fixture(scope="module", autouse=True)

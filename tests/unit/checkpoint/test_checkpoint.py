@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from fakes import StopAfter
 
-from hpcspec.checkpoint import CheckpointStore, Checkpointer, StopFlag, StopRequested
+from hpcspec.checkpoint import Checkpointer, CheckpointStore, StopRequested
 from hpcspec.cli import main
-from hpcspec.parallel.comm import SingleProcess
-from hpcspec.parallel.agree import AgreedInputError
+from hpcspec.commands.run import run_job
 from hpcspec.config import load_config
 from hpcspec.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED
-from hpcspec.commands.run import run_job
+from hpcspec.parallel.agree import AgreedInputError
+from hpcspec.parallel.comm import SingleProcess
 
 #: A run of all three tasks, about 70 iterations in all, on a model small enough for a fast test.
 SETTINGS = {"model.hidden": [6], "data.spec": "synthetic", "data.samples": 120, "data.features": 5,
@@ -27,23 +27,6 @@ SETTINGS = {"model.hidden": [6], "data.spec": "synthetic", "data.samples": 120, 
             "eigen.block_size": 2, "eigen.max_basis": 10,
             "trace.matvecs": 24, "density.probes": 3, "density.steps": 15, "hessian.hvp": "double_backward",
             "hessian.check": False, "density.plot": False, "train.steps": 5}
-
-
-class StopAfter(StopFlag):
-    """A stop flag that reads as SIGUSR1 from the n-th boundary on (a signal at a chosen moment)."""
-
-    def __init__(self, boundaries: int) -> None:
-        self.boundaries, self.reads = boundaries, 0
-        super().__init__()
-
-    @property  # type: ignore[override]
-    def signal(self) -> int | None:
-        self.reads += 1
-        return signal.SIGUSR1 if self.reads >= self.boundaries else None
-
-    @signal.setter
-    def signal(self, value: int | None) -> None:
-        pass
 
 
 def _cfg(output: Path, **extra):

@@ -16,16 +16,16 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
-
 from helpers import classification_data, mlp
-from hpcspec.parallel.comm import SingleProcess
+
 from hpcspec.curvature.operator import HessianOperator
-from hpcspec.solvers.matrix import MatrixOperator
+from hpcspec.parallel.comm import SingleProcess
 from hpcspec.solvers import PowerIteration, TraceEstimator, power_iteration, trace
 from hpcspec.solvers.base import IterativeSolver, State, check_state
-from hpcspec.solvers.density import SLQ, slq
 from hpcspec.solvers.block_lanczos import BlockLanczos
+from hpcspec.solvers.density import SLQ, slq
 from hpcspec.solvers.lanczos import Lanczos, lanczos
+from hpcspec.solvers.matrix import MatrixOperator
 
 Operator = MatrixOperator | HessianOperator
 MakeSolver = Callable[[Operator], IterativeSolver]
