@@ -87,6 +87,7 @@ def test_stopped_batch_run_resumes_bitwise_with_the_recorded_method(tmp_path, re
     # a resume must not decide again: a rule that now says double backward is not consulted
     monkeypatch.setattr(operator_module, "rule", lambda model, dtype: ("double_backward", "changed rule"))
     caplog.set_level("INFO")
+    caplog.clear()  # the stopped run's own "hvp auto:" line, when an earlier test left INFO on
     run_job(_cfg(tmp_path), SingleProcess(), resume=True)
     assert not [r for r in caplog.records if r.getMessage().startswith("hvp auto:")]
     expected, found = _numbers(reference), _numbers(tmp_path)
