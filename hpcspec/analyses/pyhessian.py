@@ -31,6 +31,7 @@ from ..choices import WHICH, default_tol
 from ..curvature.operator import HessianOperator
 from ..errors import InputError
 from ..parallel.comm import Communicator, world
+from ..problem.batches import is_one_pass
 from ..problem.data import shard_range
 from ..solvers import DensityResult, LanczosResult, TraceResult, block_lanczos, slq
 from ..solvers.block_lanczos import DEFAULT_BLOCK_SIZE
@@ -86,7 +87,7 @@ def _check_loader(loader: Any, comm: Communicator, sharded: bool) -> None:
             or (isinstance(loader, tuple) and len(loader) == 2 and all(isinstance(t, torch.Tensor) for t in loader))):
         raise InputError(f"dataloader must be a DataLoader or another re-iterable of (inputs, targets) batches, "
                          f"got {type(loader).__name__}{' (pass a pair of tensors as data=)' if isinstance(loader, tuple) else ''}")
-    if iter(loader) is loader:
+    if is_one_pass(loader):
         raise InputError(f"dataloader is a one-pass iterator ({type(loader).__name__}): every product is a pass "
                          "over the data, so pass something that can be iterated again (a DataLoader, a list)")
     from torch.utils.data import DistributedSampler, RandomSampler

@@ -61,8 +61,9 @@ class HessianOperator:
     Args:
         model: the network. Inside every product and analysis (:meth:`modes`) it is in eval mode
             (dropout off, BatchNorm running statistics: H·v is a deterministic function of v);
-            after each, its train/eval modes and ``requires_grad`` flags are back as they were (a
-            training script can call the operator between steps). Its parameters' dtype is the
+            after each, its train/eval modes and ``requires_grad`` flags are back as they were, and
+            iterating the data leaves torch's global random state as it was (a training script can
+            call the operator between steps and train on bitwise as without it). Its parameters' dtype is the
             compute dtype. (:func:`~hpcspec.curvature.preflight.check_operator_modes` tells if a module stays random.)
         loss: a :class:`~hpcspec.problem.losses.Loss`, a named loss (``cross_entropy``, ``mse``),
             or any criterion ``criterion(output, target)`` with reduction "mean" or "sum"

@@ -93,6 +93,17 @@ def split_batch(batch: Any, target_key: str) -> tuple[Inputs, torch.Tensor]:
                      f"{f' of {len(batch)} items' if isinstance(batch, (tuple, list)) else ''}")
 
 
+def is_one_pass(data: Any) -> bool:
+    """True for an iterator that is its own iterable (a generator: one pass only). The test makes
+    an iterator, which for a DataLoader draws a seed from torch's global generator: that state is
+    put back, so asking leaves the caller's random stream as it was."""
+    rng = torch.get_rng_state()
+    try:
+        return iter(data) is data
+    finally:
+        torch.set_rng_state(rng)
+
+
 class BatchSource:
     """This rank's batches, moved to the model's device and dtype on the way out."""
 
@@ -112,7 +123,7 @@ class BatchSource:
             self._tensors = (_moved(inputs, device, dtype), targets.to(device))
             self.batch_size = batch_size
         elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, Mapping)):
-            if iter(data) is data:
+            if is_one_pass(data):
                 raise InputError(f"data is a one-pass iterator ({type(data).__name__}): pass something that can "
                                  "be iterated again for every product, e.g. a DataLoader or a list of batches")
             self._iterable = data
@@ -128,11 +139,18 @@ class BatchSource:
                 yield inputs[i:i + self.batch_size], targets[i:i + self.batch_size]
             return
         assert self._iterable is not None
-        for batch in self._iterable:
-            inputs, targets = split_batch(batch, self.target_key)
-            if not isinstance(targets, torch.Tensor):
-                raise InputError(f"batch targets must be a tensor, got {type(targets).__name__}")
-            yield _moved(inputs, self.device, self.dtype), targets.to(self.device)
+        # A DataLoader draws its workers' base seed from torch's global generator on every pass,
+        # shuffle or not: without the restore, every product would shift the random stream of the
+        # training script that called it (its next dropout masks and shuffles).
+        rng = torch.get_rng_state()
+        try:
+            for batch in self._iterable:
+                inputs, targets = split_batch(batch, self.target_key)
+                if not isinstance(targets, torch.Tensor):
+                    raise InputError(f"batch targets must be a tensor, got {type(targets).__name__}")
+                yield _moved(inputs, self.device, self.dtype), targets.to(self.device)
+        finally:
+            torch.set_rng_state(rng)
 
     def all_targets(self) -> torch.Tensor | None:
         """Every target of tensor data at once (None for an iterable: they come batch by batch)."""

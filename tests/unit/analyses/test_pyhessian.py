@@ -220,3 +220,34 @@ def test_bad_method_arguments_raise_input_error(call, message):
     model, criterion, x, y = problem()
     with pytest.raises(InputError, match=message):
         call(hessian(model, criterion, data=(x, y)))
+
+
+def _train(probe_every: int) -> list[float]:
+    """Losses of a short training run (shuffling loader, dropout, BatchNorm, momentum) that asks for
+    the sharpness every ``probe_every`` steps (0: never)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)  # shuffles with the global generator
+    probe_loader = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    criterion, losses = nn.CrossEntropyLoss(label_smoothing=0.1), []
+    batches = ((xb, yb) for _epoch in range(2) for xb, yb in loader)
+    for step, (xb, yb) in enumerate(batches, start=1):
+        model.train()
+        optimizer.zero_grad()
+        loss = criterion(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if probe_every and step % probe_every == 0:
+            h = hessian(model, criterion, dataloader=probe_loader)
+            h.eigenvalues(top_n=2)
+            h.trace(maxIter=3)
+    return losses
+
+
+def test_a_training_script_that_asks_every_few_steps_trains_on_bitwise_as_without():
+    """Modes, requires_grad, BatchNorm statistics and torch's global random stream (which every
+    DataLoader pass draws a seed from) are all left as they were."""
+    assert _train(probe_every=4) == _train(probe_every=0)
