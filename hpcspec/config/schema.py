@@ -113,7 +113,7 @@ class HessianConfig:
 
     loss: str = option("cross_entropy", "the loss whose mean over all data is differentiated", choices=LOSSES,
                        identity=True, example=SHOW, flags=(Flag("--loss", BOTH, "cross_entropy or mse"),))
-    dtype: str = option("float64", "float32 halves memory and time; bfloat16 (unit roundoff 2^-8: H·v to ~3 %) and tf32 "
+    dtype: str = option("float64", "float32 halves memory and time; bfloat16 (unit roundoff 2^-8: H·v to a few %) and tf32 "
                         "(float32 with TF32 matmuls on CUDA; float32 on a CPU) for speed on GPUs; the solvers and "
                         "the accumulation stay float64 (docs/accuracy.md#mixed-precision)", choices=DTYPES,
                         identity=True, example=SHOW,
