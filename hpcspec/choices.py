@@ -15,8 +15,15 @@ LOSSES = ("cross_entropy", "mse")
 #: How a batch of a ``reduction="mean"`` criterion is weighted (``Loss.of(criterion, weight=…)``):
 #: by its samples, or by its target tokens other than the criterion's ``ignore_index``.
 LOSS_WEIGHTS = ("samples", "tokens")
-#: The compute precisions (``hessian.dtype``); names of torch dtypes.
-DTYPES = ("float64", "float32")
+#: The compute precisions (``hessian.dtype``): names of torch dtypes, and ``tf32`` (float32 whose
+#: CUDA matmuls and convolutions round their inputs to TF32's 10-bit mantissa; on a CPU plain float32).
+#: float16 is refused (:data:`REFUSED_DTYPES`).
+DTYPES = ("float64", "float32", "bfloat16", "tf32")
+#: Dtype names refused with a reason, not merely as unknown.
+REFUSED_DTYPES = ("float16",)
+#: Unit roundoff u (half the spacing of the numbers just above 1) of each compute precision: 2⁻⁵³,
+#: 2⁻²⁴, 2⁻⁸ (bfloat16's 7 stored mantissa bits), 2⁻¹¹ (TF32's 10).
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "tf32": 2.0**-11}
 
 # --- the Hessian operator ----------------------------------------------------------------------
 #: The Hessian-vector product implementations :class:`~hpcspec.curvature.operator.HessianOperator` has.
@@ -48,8 +55,13 @@ TRACE_CHOICES = (DEFAULT_TRACE_METHOD, *(method for method in TRACE_METHODS if m
 MIN_TRACE_MATVECS = 4
 DISTRIBUTIONS = ("rademacher", "gaussian")
 #: Lanczos / block Lanczos relative Ritz-residual tolerance by compute dtype (``eigen.tol = 0``;
-#: a library call with ``tol=None``): float32 products are not accurate to 1e-8.
-DEFAULT_TOL = {"float64": 1e-8, "float32": 1e-5}
+#: a library call with ``tol=None``): float32 products are not accurate to 1e-8. bfloat16 and TF32:
+#: 4 u (2⁻⁶ ≈ 1.6e-2 and 2⁻⁹ ≈ 2.0e-3): their products carry errors of a few u, and the digits
+#: MLP's top-5 eigenvalues in bfloat16 reach their error floor (1–2 % = 2.4–4.3 u against the
+#: float64 Hessian) at 4 u, while 16 u leaves the fifth 6 % off (docs/accuracy.md, "Mixed
+#: precision"). TF32 on a CPU computes float32 but keeps TF32's tolerance.
+DEFAULT_TOL = {"float64": 1e-8, "float32": 1e-5, "bfloat16": 4 * UNIT_ROUNDOFF["bfloat16"],
+               "tf32": 4 * UNIT_ROUNDOFF["tf32"]}
 #: PyHessian's defaults for its power iteration (``hessian.eigenvalues(maxIter=100, tol=1e-3)``).
 POWER_TOL = 1e-3
 POWER_MAXITER = 100

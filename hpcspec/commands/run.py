@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from copy import deepcopy as copy_module
 import logging
 import os
 import time
@@ -53,11 +54,12 @@ from ..files.lock import released_after
 from ..curvature.dense import MAX_DENSE_PARAMS, dense_hessian
 from ..curvature.fullbatch import train_full_batch
 from ..curvature.operator import HessianOperator
-from ..curvature.preflight import check_operator, check_operator_modes
+from ..curvature.preflight import check_operator, check_operator_modes, default_symmetry_tol
 from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.progress import ProgressDisplay
 from ..parallel.vectors import Sharded
+from ..problem.losses import Loss
 from ..problem.shards import AnyShard
 from ..problem.params import select_parameters
 from ..results.provenance import provenance, versions
@@ -75,7 +77,7 @@ from .resume import (
     restore_parameters,
     resume_from,
 )
-from .setup import build_workload, checkpoint_dir, claim_output, start_rank
+from .setup import DTYPES, TRAIN_IN_FLOAT32, build_workload, checkpoint_dir, claim_output, start_rank
 
 #: ``checkpoint.hdf5_locking`` as the value of HDF5's ``HDF5_USE_FILE_LOCKING``.
 HDF5_LOCKING_ENV = {"true": "TRUE", "false": "FALSE", "best-effort": "BEST_EFFORT"}
@@ -174,27 +176,28 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
 
     def operator() -> HessianOperator:
         nonlocal method, reason, trials
-        made = collective(comm, HessianOperator, model, loss, shard, comm, batch_size=cfg.data.batch_size,
-                          method=method, bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
-                          shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
-        agreed(comm, made.check_data)
-        agreed(comm, check_operator_modes, made)
+        made = build_operator(cfg, comm, model, loss, shard, method)
         # decided once: the training operator's choice is the analysis operator's (then named)
         method, reason, trials = made.method, reason or made.method_reason, trials + made.trial_products
         record_method(made, reason, trials)
         return made
 
     if cfg.train.steps and loaded is None:
+        if cfg.hessian.dtype in TRAIN_IN_FLOAT32:  # Adam on bfloat16 weights loses its small updates
+            model.to(torch.float32)
         with _unfrozen(unselected):  # every parameter is trained, then H is taken over the selection
             history = train_full_batch(operator(), cfg.train.steps, cfg.train.lr)
-        log.info("trained %d full-batch Adam steps: loss %.4g -> %.4g", cfg.train.steps, history[0], history[-1])
+        log.info("trained %d full-batch Adam steps%s: loss %.4g -> %.4g", cfg.train.steps,
+                 " in float32, then rounded to " + cfg.hessian.dtype if cfg.hessian.dtype in TRAIN_IN_FLOAT32 else "",
+                 history[0], history[-1])
+        model.to(DTYPES[cfg.hessian.dtype])
     op = operator()
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_sizes, cfg, op.size)
     if cfg.hessian.check:
         # rank 0 judges the reduced products and broadcasts its verdict: every rank fails (or not) alike
-        check = collective(comm, check_operator, op, seed=cfg.seed)
+        check = collective(comm, check_operator, op, seed=cfg.seed, symmetry_tol=default_symmetry_tol(cfg.hessian.dtype))
         log.info("operator check: H·v repeatable bitwise, symmetry error %.1e (%d products)",
                  check.symmetry_error, check.num_matvecs)
     loss_value, _ = op.loss_and_gradient()
@@ -207,6 +210,31 @@ def record_method(op: HessianOperator, reason: str, trials: int) -> None:
     those recorded in the checkpoint (the method is reused, not decided again), otherwise this
     run's (``auto``'s rule, or "named"; the trials of every operator it built, the trainer's too)."""
     op.method_reason, op.trial_products = reason, trials
+
+
+def build_operator(cfg: Config, comm: Communicator, model: nn.Module, loss: Loss, shard: AnyShard,
+                   method: str) -> HessianOperator:
+    """The run's operator on ``model`` (collective), its data and modes checked (agreed)."""
+    made = collective(comm, HessianOperator, model, loss, shard, comm, batch_size=cfg.data.batch_size,
+                      method=method, bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
+                      shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
+    agreed(comm, made.check_data)
+    agreed(comm, check_operator_modes, made)
+    return made
+
+
+def reference_operator(problem: Problem) -> HessianOperator:
+    """The float64 operator ``validate`` compares with (collective): the run's own when it computes
+    in float64, else one on a float64 copy of its model — the same weights exactly (every float32 and
+    bfloat16 number is a float64 number), on the same data, batches and settings — so the errors
+    ``validate`` reports are those of the chosen dtype's arithmetic."""
+    op = problem.op
+    if op.compute_dtype == torch.float64:
+        return op
+    log.info("validate: the reference is the dense Hessian of a float64 copy of the %s model",
+             problem.cfg.hessian.dtype)
+    copy = copy_module(op.model).to(torch.float64)
+    return build_operator(problem.cfg, problem.comm, copy, op.loss, problem.shard, op.method)
 
 
 def _check_sizes(cfg: Config, size: int) -> None:
@@ -315,12 +343,13 @@ def _validate(cfg: Config, comm: Communicator, max_params: int) -> Validation | 
     problem = prepare(cfg, comm)
     agreed(comm, _check_dense_size, problem.op.size, max_params)
     results = _solve(problem)
-    log.info("building the dense Hessian: %s products", f"{problem.op.size:,}")
+    reference = reference_operator(problem)
+    log.info("building the dense float64 Hessian: %s products", f"{problem.op.size:,}")
     started = time.perf_counter()
     display = progress_display(problem)
     meter = display.task("dense Hessian", problem.op.size, bound=False)
     try:
-        matrix = dense_hessian(problem.op, max_params=max_params, progress=meter.update)
+        matrix = dense_hessian(reference, max_params=max_params, progress=meter.update)
     finally:
         display.finished(meter)
     log.info("dense Hessian built in %.2f s", time.perf_counter() - started)

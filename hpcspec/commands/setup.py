@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..files.outputs import claim
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
-from ..parallel.device import select_device, set_threads
+from ..parallel.device import select_device, set_matmul_precision, set_threads
 from ..problem.data import load_shard, memory_budget
 from ..problem.loaders import agree_batches
 from ..problem.models import BUILTIN_MODELS
@@ -29,8 +29,12 @@ from ..problem.models import build_model, load_weights
 
 log = logging.getLogger(__name__)
 
-#: The analysis dtypes (``hessian.dtype``) as torch dtypes.
-DTYPES = {name: getattr(torch, name) for name in choices.DTYPES}
+#: The analysis dtypes (``hessian.dtype``) as torch dtypes (``tf32``: float32 tensors, TF32 matmuls
+#: switched on by :func:`start_rank`).
+DTYPES = {name: torch.float32 if name == "tf32" else getattr(torch, name) for name in choices.DTYPES}
+#: Dtypes whose weights lose most Adam/SGD updates (2⁻⁸ of a weight's size): ``run --train-steps``
+#: trains in float32 first, then rounds the trained weights to the analysis dtype.
+TRAIN_IN_FLOAT32 = ("bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,13 @@ class Workload:
 
 def start_rank(cfg: Config, comm: Communicator) -> tuple[int, torch.device]:
     """This rank's intra-op threads (``threads``, or the node's cores shared among its ranks) and
-    device (local): the first thing every command does."""
-    return set_threads(comm, cfg.threads), select_device(comm)
+    device (local): the first thing every command does; with ``hessian.dtype = "tf32"`` it switches
+    TF32 on for CUDA matmuls and convolutions (off for every other dtype), saying so in the log."""
+    threads, device = set_threads(comm, cfg.threads), select_device(comm)
+    line = set_matmul_precision(cfg.hessian.dtype == "tf32", device)
+    if cfg.hessian.dtype == "tf32" or (cfg.hessian.dtype == "float32" and device.type == "cuda"):
+        log.info("%s", line)
+    return threads, device
 
 
 def build_workload(cfg: Config, comm: Communicator, device: torch.device, threads: int | None = None) -> Workload:

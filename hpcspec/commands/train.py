@@ -61,7 +61,7 @@ from ..parallel.comm import Communicator
 from ..problem.data import Shard
 from ..problem.losses import Loss
 from ..problem.pairing import check_pairing
-from .setup import build_workload, claim_output, sample_data, start_rank
+from .setup import TRAIN_IN_FLOAT32, build_workload, claim_output, sample_data, start_rank
 from .training import (
     DataParallelStep,
     History,
@@ -247,6 +247,9 @@ def _check_train_config(cfg: Config) -> None:
         raise InputError("train needs train.steps > 0 or train.epochs > 0 (e.g. --epochs 10)")
     if cfg.train.lr <= 0:
         raise InputError(f"train.lr must be > 0 for training, got {cfg.train.lr!r}")
+    if cfg.hessian.dtype in TRAIN_IN_FLOAT32:
+        raise InputError(f"train keeps its weights in --dtype, and {cfg.hessian.dtype} weights lose every update below "
+                         "2^-8 of their size: train in float32 (or tf32) and analyse with run --dtype bfloat16")
 
 
 def _check_data(model: nn.Module, loss: Loss, shard: Shard) -> None:

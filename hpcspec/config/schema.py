@@ -35,7 +35,7 @@ from ..choices import (
 from .fields import RUN, SHOW, TRAIN, Flag, non_negative, option, positive, section
 
 BOTH = (RUN, TRAIN)
-_TOL = ", ".join(f"{value:g} {name}".replace("e-0", "e-") for name, value in DEFAULT_TOL.items())
+_TOL = ", ".join(f"{value:.2g} {name}".replace("e-0", "e-") for name, value in DEFAULT_TOL.items())
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class HessianConfig:
     """Which Hessian, and how its products are computed.
 
     ``dtype`` is the precision the model computes in; accumulation, the reduction across ranks
-    and the solver are float64 whatever it is. ``bn_mode = "train"`` makes BatchNorm use batch
+    and the solver are float64 whatever it is (``tf32``: float32 with TF32 CUDA matmuls). ``bn_mode = "train"`` makes BatchNorm use batch
     statistics (H then depends on the batch size); ``check`` tests symmetry and repeatability of
     H·v before the run. ``graph_budget_mb`` (per rank) lets ``double_backward`` keep the shard's
     first-order graphs between products when they fit, so a product costs one second backward.
@@ -120,11 +120,13 @@ class HessianConfig:
 
     loss: str = option("cross_entropy", "the loss whose mean over all data is differentiated", choices=LOSSES,
                        identity=True, example=SHOW, flags=(Flag("--loss", BOTH, "cross_entropy or mse"),))
-    dtype: str = option("float64", "float32 halves memory and time; the solvers stay float64", choices=DTYPES,
+    dtype: str = option("float64", "float32 halves memory and time; bfloat16 (unit roundoff 2^-8: H·v to a few %) and tf32 "
+                        "(float32 with TF32 matmuls on CUDA; float32 on a CPU) for speed on GPUs; the solvers and "
+                        "the accumulation stay float64 (docs/accuracy.md#mixed-precision)", choices=DTYPES,
                         identity=True, example=SHOW,
-                        flags=(Flag("--dtype", (RUN,), "model compute precision: float64 or float32 (solver is "
-                                                       "float64)"),
-                               Flag("--dtype", (TRAIN,), "training precision: float64 (default) or float32")))
+                        flags=(Flag("--dtype", (RUN,), "model compute precision: float64, float32, bfloat16 or tf32 "
+                                                       "(solver is float64)"),
+                               Flag("--dtype", (TRAIN,), "training precision: float64 (default), float32 or tf32")))
     hvp: str = option("auto", "the Hessian-vector product; auto: double_backward, or forward_over_reverse for a float64 model "
                       "with convolutions (a fixed rule, docs/performance.md)", choices=HVP_CHOICES,
                       example=SHOW, flags=(Flag("--hvp", help="auto, double_backward or forward_over_reverse"),))

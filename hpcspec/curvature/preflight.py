@@ -36,7 +36,14 @@ from .operator import HessianOperator, check_bn_mode
 #: gave 2e-2 to 4e-1 at those sizes, in either dtype. So float32's 1e-4 sits ~100× above its
 #: roundoff and ~100× below those defects; float64's 1e-10 leaves ~10⁴× for deeper networks,
 #: longer sums and GPU kernels, and is as far below any defect.
-SYMMETRY_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+#: bfloat16 (unit roundoff u = 2⁻⁸): 2u = 2⁻⁷ ≈ 7.8e-3, where the same probes measured 1.0e-3 on the
+#: default job's MLP and 5e-4 to 1.0e-3 on a ResNet-20 (width 4, 8×8 digits) with either HVP
+#: method — ~8× above the roundoff, ~3× below the smallest defect above. TF32 (u = 2⁻¹¹, by name
+#: in :data:`SYMMETRY_TOL_BY_NAME`: its tensors are float32): 2u ≈ 9.8e-4, since its CUDA
+#: products round like bfloat16's with 3 more bits (on a CPU it is float32 and passes far below).
+SYMMETRY_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2.0**-7}
+#: The same by ``hessian.dtype`` name, with ``tf32``, which no torch dtype names.
+SYMMETRY_TOL_BY_NAME = {str(dtype).removeprefix("torch."): tol for dtype, tol in SYMMETRY_TOL.items()} | {"tf32": 2.0**-10}
 
 #: Products :func:`check_operator` spends: one (P, 2) block, applied twice.
 CHECK_MATVECS = 4
@@ -60,11 +67,14 @@ class OperatorCheck:
     num_matvecs: int
 
 
-def default_symmetry_tol(dtype: torch.dtype | None) -> float:
-    """The symmetry tolerance for a compute dtype: :data:`SYMMETRY_TOL`, float64's when the
-    operator has no compute dtype (a dense matrix), ~10³ unit roundoffs for other (unmeasured) types."""
+def default_symmetry_tol(dtype: torch.dtype | str | None) -> float:
+    """The symmetry tolerance for a compute dtype or a ``hessian.dtype`` name: :data:`SYMMETRY_TOL`
+    (:data:`SYMMETRY_TOL_BY_NAME` for a name), float64's when the operator has no compute dtype
+    (a dense matrix), ~10³ unit roundoffs for other (unmeasured) types."""
     if dtype is None:
         return SYMMETRY_TOL[torch.float64]
+    if isinstance(dtype, str):
+        return SYMMETRY_TOL_BY_NAME.get(dtype, SYMMETRY_TOL[torch.float64])
     return SYMMETRY_TOL.get(dtype, 1e3 * float(torch.finfo(dtype).eps))
 
 

@@ -31,3 +31,18 @@ def set_threads(comm: Communicator, requested: int = 0) -> int:
         requested = max(1, cores // max(1, comm.local_size))
     torch.set_num_threads(requested)
     return requested
+
+
+def set_matmul_precision(tf32: bool, device: torch.device) -> str:
+    """Allow TF32 in CUDA matmuls and cuDNN convolutions exactly when ``tf32`` (``hessian.dtype =
+    "tf32"``), and forbid it otherwise: torch lets cuDNN convolutions use TF32 by default, so a
+    "float32" ResNet on an Ampere-or-newer GPU would silently round its convolution inputs to 10
+    mantissa bits. Process-wide switches, set once by the command entry. Returns a line for the
+    start-up log."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if not tf32:
+        return "float32 matmuls and convolutions in full float32 (TF32 off)"
+    if device.type != "cuda":
+        return f"tf32 on {device.type}: TF32 is a CUDA tensor-core format, so this computes in plain float32"
+    return "tf32: CUDA matmuls and cuDNN convolutions round their inputs to TF32 (10-bit mantissa), accumulate in float32"

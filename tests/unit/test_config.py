@@ -44,7 +44,8 @@ def test_unknown_key_in_file_and_section_errors(tmp_path):
 
 @pytest.mark.parametrize("key, value, message", [
     ("eigen.top_k", 0, "must be > 0"), ("eigen.top_k", "five", "must be int"), ("eigen.top_k", True, "must be int"),
-    ("hessian.loss", "crossentropy", "did you mean 'cross_entropy'"), ("hessian.dtype", "float16", "not one of"),
+    ("hessian.loss", "crossentropy", "did you mean 'cross_entropy'"),
+    ("hessian.dtype", "float16", "is not supported: float16's range"), ("hessian.dtype", "half", "not one of"),
     ("model.hidden", [3, 0], "widths must be > 0"), ("model.hidden", "3", "list of integers"),
     ("eigen.tol", -1.0, "must be >= 0"),
 ])

@@ -150,6 +150,7 @@ def test_every_checkpoint_damaged_starts_over_with_the_same_answer(tmp_path, ref
     ({"data.samples": 121}, "data.samples: 120 there, 121 here"),
     ({"model.hidden": [7]}, "model.hidden: [6] there, [7] here"),
     ({"seed": 1}, "seed: 0 there, 1 here"),
+    ({"hessian.dtype": "bfloat16"}, "hessian.dtype: "),
 ])
 def test_resume_refuses_another_config_or_data(tmp_path, change, message, capsys):
     _stopped_run(tmp_path, 8)
