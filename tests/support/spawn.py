@@ -10,7 +10,7 @@ Every launch of hpcspec (or of mpirun) in the tests goes through :func:`popen` o
 - **killed, session and all** (:func:`kill_session`), when the launch times out, when the test
   fails or is interrupted (pytest-timeout's default ``signal`` method raises in the test, so the
   ``except`` below and fixture teardown run), and in the :func:`reap_children` fixture's teardown
-  for any :func:`popen` child the test itself did not clean up. ``subprocess.run(timeout=…)`` kills
+  for any :func:`popen` child the test itself did not clean up. ``subprocess.run`` with a timeout kills
   only its direct child: an mpirun killed that way leaves its ranks behind as orphans.
 """
 
