@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from helpers import mpirun_available
+from spawn import reap_children  # noqa: F401  (autouse: no launched process outlives its test)
 
 
 def pytest_collection_modifyitems(config, items):

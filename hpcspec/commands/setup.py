@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..files.outputs import claim
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
-from ..parallel.device import select_device, set_matmul_precision, set_threads
+from ..parallel.device import Threads, select_device, set_matmul_precision, set_threads
 from ..problem.data import load_shard, memory_budget
 from ..problem.loaders import agree_batches
 from ..problem.models import BUILTIN_MODELS
@@ -85,9 +85,9 @@ class Workload:
     model: nn.Module
 
 
-def start_rank(cfg: Config, comm: Communicator) -> tuple[int, torch.device]:
-    """This rank's intra-op threads (``threads``, or the node's cores shared among its ranks) and
-    device (local): the first thing every command does; with ``hessian.dtype = "tf32"`` it switches
+def start_rank(cfg: Config, comm: Communicator) -> tuple[Threads, torch.device]:
+    """This rank's intra-op threads (``threads``, ``OMP_NUM_THREADS``, or the node's cores shared
+    among its ranks, with where the count came from) and device (local): the first thing every command does; with ``hessian.dtype = "tf32"`` it switches
     TF32 on for CUDA matmuls and convolutions (off for every other dtype), saying so in the log."""
     threads, device = set_threads(comm, cfg.threads), select_device(comm)
     line = set_matmul_precision(cfg.hessian.dtype == "tf32", device)
@@ -96,18 +96,19 @@ def start_rank(cfg: Config, comm: Communicator) -> tuple[int, torch.device]:
     return threads, device
 
 
-def build_workload(cfg: Config, comm: Communicator, device: torch.device, threads: int | None = None) -> Workload:
+def build_workload(cfg: Config, comm: Communicator, device: torch.device, threads: Threads | None = None) -> Workload:
     """The loss, this rank's shard and the model on ``device`` (a collective step: the data's shape
     is agreed over ranks; every local failure is agreed, so every rank raises it together). With
-    ``threads``, rank 0 logs the data line ``run`` and ``train`` print."""
+    ``threads``, rank 0 logs the data line ``run`` and ``train`` print, with the thread count and
+    where it came from."""
     loss = agreed(comm, get_loss, cfg.hessian.loss)
     shard = agree_batches(agreed(comm, load_data, cfg, comm), comm, cfg.data.spec)
     if threads is not None and isinstance(shard, BatchShard):
-        log.info("data %s: %d samples in %d batches, this rank holds %s (%d samples); %d thread(s) per rank on %s",
+        log.info("data %s: %d samples in %d batches, this rank holds %s (%d samples); %s on %s",
                  cfg.data.spec, shard.total, shard.num_batches, f"its own {len(shard.batches)} batches"
                  if shard.sharded else f"batches [{shard.start}, {shard.stop})", shard.samples, threads, device)
     elif threads is not None:
-        log.info("data %s: %d samples, this rank holds [%d, %d); %d thread(s) per rank on %s",
+        log.info("data %s: %d samples, this rank holds [%d, %d); %s on %s",
                  cfg.data.spec, shard.total, shard.start, shard.stop, threads, device)
     shape = data_shape(comm, shard, loss.name)
     model = agreed(comm, job_model, cfg, shape, device)

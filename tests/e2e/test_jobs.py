@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import spawn
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "jobs" / "slurm.sbatch"
@@ -144,9 +145,8 @@ def run_script(script: Path, env: dict[str, str], args: tuple[str, ...] = (),
     even when an assertion fails."""
     log = Path(env["FAKE_LOG"])
     started = time.time()
-    proc = subprocess.Popen([BASH, str(script), *args], env=env, cwd=log.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = spawn.popen([BASH, str(script), *args], env=env, cwd=log.parent,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if send:
             deadline = time.monotonic() + timeout
@@ -166,13 +166,9 @@ def run_script(script: Path, env: dict[str, str], args: tuple[str, ...] = (),
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL whatever is left of a script's process group, and reap the script."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait()
+    """SIGKILL whatever is left of a script's session (a real mpirun's ranks each have a process
+    group of their own, but stay in the session), and reap the script."""
+    spawn.kill_session(proc)
 
 
 def _assert_group_gone(pgid: int, within: float = 2.0) -> None:
@@ -363,8 +359,8 @@ def test_slurm_with_real_mpirun_term_reaches_ranks_as_usr1(fake_env: dict[str, s
                     OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                     OMPI_MCA_rmaps_base_oversubscribe="1")
     log = Path(env["FAKE_LOG"])
-    proc = subprocess.Popen([BASH, str(SLURM)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = spawn.popen([BASH, str(SLURM)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while len(list(log.glob("rank*.ready"))) < 3:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 from helpers import REPO
+import spawn
 
 from hpcspec.cli import main
 from hpcspec.commands.report import comparison_table
@@ -85,8 +85,8 @@ def test_bad_results_file_is_one_line_exit_2(tmp_path: Path, content, message) -
         h5py.File(path, "w").close()
     elif content is not None:
         path.write_bytes(content)
-    done = subprocess.run([sys.executable, "-m", "hpcspec", "report", str(path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = spawn.run([sys.executable, "-m", "hpcspec", "report", str(path)], cwd=REPO, capture_output=True,
+                     text=True, timeout=120, env=spawn.one_thread_env())
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]

@@ -4,7 +4,6 @@ under ``mpirun -n 2``: every model trains, is analysed, and lands in the compari
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from fakes import make_fake_cifar
 from helpers import REPO
+import spawn
 
 MODELS = ("resnet20", "resnet56")
 
@@ -22,13 +22,13 @@ MODELS = ("resnet20", "resnet56")
 def test_reproduce_pyhessian_script_on_fake_cifar(tmp_path: Path) -> None:
     cifar = make_fake_cifar(tmp_path / "cifar", samples_per_batch=4)
     out = tmp_path / "out"
-    env = dict(os.environ, CIFAR=str(cifar), OUT=str(out), PYTHON=sys.executable, MODELS=" ".join(MODELS),
+    env = spawn.one_thread_env(CIFAR=str(cifar), OUT=str(out), PYTHON=sys.executable, MODELS=" ".join(MODELS),
                LAUNCH="mpirun --oversubscribe -n 2", STEPS="2", MODEL_ARGS="--set model.width=2",
                TRAIN_ARGS="--batch-size 8", RUN_ARGS="--set eigen.maxiter=8 --trace-matvecs 4 --probes 1 --steps 4",
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(["bash", str(REPO / "jobs" / "reproduce_pyhessian.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = spawn.run(["bash", str(REPO / "jobs" / "reproduce_pyhessian.sh")], cwd=tmp_path, env=env,
+                     capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = (out / "comparison.md").read_text().strip().splitlines()
     assert len(table) == 2 + 2 * len(MODELS)
@@ -48,8 +48,8 @@ def test_reproduce_pyhessian_script_on_fake_cifar(tmp_path: Path) -> None:
 
 
 def test_reproduce_pyhessian_script_refuses_a_missing_folder(tmp_path: Path) -> None:
-    env = dict(os.environ, CIFAR=str(tmp_path / "nowhere"), OUT=str(tmp_path / "out"))
-    done = subprocess.run(["bash", str(REPO / "jobs" / "reproduce_pyhessian.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = spawn.one_thread_env(CIFAR=str(tmp_path / "nowhere"), OUT=str(tmp_path / "out"))
+    done = spawn.run(["bash", str(REPO / "jobs" / "reproduce_pyhessian.sh")], cwd=tmp_path, env=env,
+                     capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert not (tmp_path / "out").exists()

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from helpers import REPO, dense_hessian, mpirun_available
+import spawn
 
 from hpcspec.cli import main
 from hpcspec.config import load_config
@@ -249,14 +250,13 @@ def _rank_pids(marker: Path) -> list[int]:
 @pytest.mark.skipif(not mpirun_available(), reason="needs mpi4py and mpirun")
 def test_track_stopped_by_sigterm_resumes_to_the_uninterrupted_result(problem, tracked, tmp_path):
     output = tmp_path / "killed"
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    env = spawn.one_thread_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
                TMPDIR=str(tmp_path),
                PYTHONPATH=os.pathsep.join([str(REPO), str(problem["root"]), os.environ.get("PYTHONPATH", "")]))
     command = ["mpirun", "--oversubscribe", "-n", "2", sys.executable, "-m", "hpcspec", "track",
                str(problem["ckpts"]), "--output", str(output), *TASKS, *EXACT, "--set", "checkpoint.every_iters=4"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = spawn.popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latest = output / "steps" / "step_00000009" / "checkpoints" / "LATEST"
     try:
         deadline = time.monotonic() + 60
@@ -270,15 +270,14 @@ def test_track_stopped_by_sigterm_resumes_to_the_uninterrupted_result(problem, t
             os.kill(pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 3, out[-3000:]
+        code = proc.poll()
+        spawn.kill_session(proc)  # mpirun and any rank left, even when it ended on its own
+    assert code == 3, out[-3000:]
     assert "continue with --resume" in out
     assert (output / "steps" / "step_00000000" / "results.h5").is_file()
     assert not (output / "steps" / "step_00000009" / "results.h5").exists()
     assert not (output / "steps" / "step_00000010").exists() and not (output / "track.h5").exists()
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    resumed = spawn.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from checkpoint" in resumed.stderr
     with h5py.File(output / "track.h5") as got, h5py.File(tracked / "track.h5") as want:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pytest
 from helpers import REPO, mpirun
+import spawn
 
 from hpcspec.errors import InputError
 from hpcspec.parallel.comm import world
@@ -35,11 +35,10 @@ def _numbers(path) -> dict[str, np.ndarray]:
 
 
 def _torchrun(ranks: int, output, cwd) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+    env = spawn.one_thread_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port()), "-m", "hpcspec", *JOB, "--output", str(output)]
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    done = spawn.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -102,8 +101,8 @@ def test_torch_backend_under_mpirun(tmp_path):
 
 def test_torch_backend_without_a_launcher_is_a_clear_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-m", "hpcspec", "--backend", "torch", "info"], cwd=tmp_path, env=env,
+    env.update(spawn.ONE_THREAD, PYTHONPATH=str(REPO))
+    done = spawn.run([sys.executable, "-m", "hpcspec", "--backend", "torch", "info"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("hpcspec: error: the torch backend needs RANK")

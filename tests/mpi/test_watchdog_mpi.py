@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import REPO, mpirun
 from launches import LANCZOS, LANCZOS_NUMBERS, kill_everything, latest, launch_env, rank_pids, read_numbers, wait_for
+import spawn
 
 pytestmark = pytest.mark.mpi
 
@@ -30,8 +31,8 @@ def _launch(ranks: int, output: Path, args: list[str], wrapper: list[str] | None
     (its process group is the one a terminal would signal), optionally under ``wrapper``."""
     command = ["mpirun", "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "hpcspec", "run",
                "--output", str(output), "--resume", *args]
-    return subprocess.Popen([*(wrapper or []), *command], env=launch_env("0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=_as_in_a_terminal)
+    return spawn.popen([*(wrapper or []), *command], env=launch_env("0"), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, preexec_fn=_as_in_a_terminal)
 
 
 def _as_in_a_terminal() -> None:

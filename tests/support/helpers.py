@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import spawn
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -78,9 +79,10 @@ def mpirun_available() -> bool:
 
 
 def mpirun(n: int, args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``mpirun -n n python ARGS`` with a timeout, so a deadlock fails the test instead of hanging."""
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    """``mpirun -n n python ARGS`` with one thread per rank and a timeout, so a deadlock fails the
+    test instead of hanging; the timeout (or any interruption) kills the ranks too (:mod:`spawn`)."""
+    env = spawn.one_thread_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
                PYTHONPATH=os.pathsep.join([str(REPO), str(cwd), os.environ.get("PYTHONPATH", "")]))
     command = ["mpirun", "--oversubscribe", "-n", str(n), sys.executable, *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return spawn.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

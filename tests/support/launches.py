@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import spawn
 from helpers import REPO
 
 COMMON = ["--set", "hessian.hvp='double_backward'", "--set", "hessian.check=false", "--set", "density.plot=false",
@@ -28,7 +29,9 @@ PAUSE = "0.05"
 
 
 def launch_env(pause: str = PAUSE) -> dict[str, str]:
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    """The environment of a test's ``mpirun``: one thread per rank, oversubscription allowed, this
+    checkout importable, and the checkpoint pause the restart tests aim their kills into."""
+    return spawn.one_thread_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                 OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
                 PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                 HPCSPEC_TEST_CHECKPOINT_PAUSE=pause)
@@ -37,8 +40,7 @@ def launch_env(pause: str = PAUSE) -> dict[str, str]:
 def launch(ranks: int, output: Path, args: list[str], pause: str = PAUSE) -> subprocess.Popen:
     command = ["mpirun", "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "hpcspec", "run",
                "--output", str(output), "--resume", *args]
-    return subprocess.Popen(command, env=launch_env(pause), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return spawn.popen(command, env=launch_env(pause), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def processes(marker: Path) -> dict[int, list[bytes]]:

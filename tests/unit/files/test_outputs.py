@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, mpirun, mpirun_available
+import spawn
 
 from hpcspec.cli import main
 from hpcspec.errors import EXIT_BAD_INPUT, EXIT_OK
@@ -257,8 +258,8 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s lock, until it is killed."""
     code = ("import sys, time; from pathlib import Path; from hpcspec.files import outputs; "
             "outputs.claim(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    holder = spawn.popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                         env=spawn.one_thread_env(PYTHONPATH=str(REPO)))
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -272,16 +273,15 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
         assert f"is in use by {os.uname().nodename}:{holder.pid} since " in line
         assert not (out / "checkpoints").exists() and not (out / "results.h5").exists()
     finally:
-        holder.kill()
-        holder.wait()
+        spawn.kill_session(holder)
     assert main(_args(out, "--top-k", "2")) == EXIT_OK  # the holder is gone: flock released with it
 
 
 def test_two_real_runs_started_together(tmp_path, capsys):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), HPCSPEC_TEST_CHECKPOINT_PAUSE="0.3")
-    first = subprocess.Popen([sys.executable, "-m", "hpcspec", "--backend", "single", *_args(out)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = spawn.one_thread_env(PYTHONPATH=str(REPO), HPCSPEC_TEST_CHECKPOINT_PAUSE="0.3")
+    first = spawn.popen([sys.executable, "-m", "hpcspec", "--backend", "single", *_args(out)], env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not list((out / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
@@ -290,8 +290,7 @@ def test_two_real_runs_started_together(tmp_path, capsys):
         assert main(_args(out)) == EXIT_BAD_INPUT
         assert f"in use by {os.uname().nodename}:{first.pid} since" in _error(capsys)
     finally:
-        first.kill()
-        first.wait()
+        spawn.kill_session(first)
 
 
 def test_lock_fallback_without_flock(tmp_path, monkeypatch):
@@ -384,6 +383,5 @@ def test_mpi_full_disk_output_root_lock_and_changed_config(tmp_path):
         done = mpirun(2, ["-m", "hpcspec", *_args(out, "--resume")], cwd=tmp_path, timeout=240)
         _mpi_checks(done, f"in use by {os.uname().nodename}:{holder.pid} since")
     finally:
-        holder.kill()
-        holder.wait()
+        spawn.kill_session(holder)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("hs-")) == ["out"]

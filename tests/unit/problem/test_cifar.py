@@ -2,7 +2,6 @@
 
 import os
 import pickle
-import subprocess
 import sys
 
 import h5py
@@ -12,6 +11,7 @@ import torch
 
 from fakes import make_fake_cifar
 from helpers import REPO
+import spawn
 from hpcspec import InputError, load_shard
 from hpcspec.config import load_config
 from hpcspec.problem.data import channel_stats
@@ -157,11 +157,11 @@ def test_hdf5_channel_statistics_in_pieces(tmp_path):
 
 
 def test_resnet_on_cifar_from_the_command_line(tmp_path, cifar10):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = spawn.one_thread_env(PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "hpcspec", "run", "--model", "resnet20", "--data", f"cifar10:{cifar10}",
                "--top-k", "1", "--output", str(tmp_path / "out"), "--batch-size", "20", "--set", "model.width=2",
                "--set", "eigen.maxiter=5", "--threads", "1"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = spawn.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     with h5py.File(tmp_path / "out" / "results.h5", "r") as f:
         assert f["eigen"]["values"].shape == (1,) and np.isfinite(f["eigen"]["values"][()]).all()
