@@ -76,6 +76,7 @@ from .resume import (
     resume_from,
 )
 from .setup import build_workload, checkpoint_dir, claim_output, start_rank
+from .stages import build_staged_workload, staged_operator
 
 #: ``checkpoint.hdf5_locking`` as the value of HDF5's ``HDF5_USE_FILE_LOCKING``.
 HDF5_LOCKING_ENV = {"true": "TRUE", "false": "FALSE", "best-effort": "BEST_EFFORT"}
@@ -150,7 +151,11 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                         ", ".join(stale))
         if not resume:
             agreed(comm, check_fresh_start, store, comm)
-    work = collective(comm, build_workload, cfg, comm, device, threads)
+    staged = None
+    if cfg.model.stages > 1:
+        work, staged = collective(comm, build_staged_workload, cfg, comm, threads)
+    else:
+        work = collective(comm, build_workload, cfg, comm, device, threads)
     loss, shard, model = work.loss, work.shard, work.model
     unselected = agreed(comm, _select, model, cfg.model.params)
     identity: dict[str, Any] = {}
@@ -166,11 +171,13 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         if resume:
             loaded = resume_from(store, comm, identity)
     method = cfg.hessian.hvp
-    if loaded is not None:
+    if loaded is not None and staged is None:  # a pipelined run's weights are the seed's (no training)
         agreed(comm, restore_parameters, model, loaded.state["params"])
         method = loaded.meta.get("hvp_method", method)
 
     def operator() -> HessianOperator:
+        if staged is not None:
+            return collective(comm, staged_operator, cfg, work, staged, device)  # type: ignore[return-value]
         made = collective(comm, HessianOperator, model, loss, shard, comm, batch_size=cfg.data.batch_size,
                           method=method, bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,
                           shard_vectors=cfg.hessian.shard_vectors, reduction=cfg.hessian.reduction)
@@ -183,6 +190,11 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
             history = train_full_batch(operator(), cfg.train.steps, cfg.train.lr)
         log.info("trained %d full-batch Adam steps: loss %.4g -> %.4g", cfg.train.steps, history[0], history[-1])
     op = operator()
+    del work, model  # a pipelined run keeps only its stage: the other stages' modules go with the whole model
+    if staged is not None:
+        staged.stages.clear()
+        if store is not None:
+            store.bounds = op.space.bounds  # each rank writes its stage's slices
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_sizes, cfg, op.size)
@@ -213,7 +225,8 @@ def _checkpointer(problem: Problem, flag: StopFlag) -> Checkpointer:
 def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskResults:
     """Every task, and with a ``checkpointer`` a final commit of every task's state before any result
     is written (so a failed results write is recovered by ``--resume`` without recomputing)."""
-    params = flat_parameters(problem.op.model) if checkpointer is not None else None
+    staged = problem.cfg.model.stages > 1  # its weights are the seed's: nothing to save but the solvers' state
+    params = flat_parameters(problem.op.model) if checkpointer is not None and not staged else None
 
     def extra_state() -> State:
         # every weight, also those outside model.params: a whole array (rank 0's file), not a vector of length P
