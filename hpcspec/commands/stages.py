@@ -103,3 +103,20 @@ def memory_plan(cfg: Config, staged: Staged, shard: Shard, dtype_bytes: int) -> 
                      "kept_input_bytes": widths[s] * len(shard) * (k + 1) * dtype_bytes,
                      "krylov_bytes": (basis * count // grid.shards + staged.offsets[-1] * k) * 8})
     return plan
+
+
+def dry_run(cfg: Config, comm: Communicator) -> list[dict[str, Any]]:
+    """``run --dry-run``: build the grid, the data shards and the stages (no product, no output
+    folder) and print, on rank 0, what one rank of each stage will hold (:func:`memory_plan`)."""
+    work, staged = build_staged_workload(cfg, comm)
+    plan = memory_plan(cfg, staged, work.shard, DTYPES[cfg.hessian.dtype].itemsize)
+    if comm.rank == 0:
+        grid = staged.grid
+        print(f"memory plan: {cfg.model.spec}, {staged.offsets[-1]:,} parameters over {grid.stages} stage(s) × "
+              f"{grid.shards} data shard(s) ({comm.size} ranks); per rank of each stage (MiB):")
+        print("  stage   parameters   params+tangent   kept inputs   Krylov slices+vector   total")
+        for row in plan:
+            parts = [row["parameter_bytes"], row["kept_input_bytes"], row["krylov_bytes"]]
+            print(f"  {row['stage']:5d}   {row['parameters']:10,d}   {parts[0] / 2**20:14.1f}   {parts[1] / 2**20:11.1f}"
+                  f"   {parts[2] / 2**20:20.1f}   {sum(parts) / 2**20:5.1f}")
+    return plan
