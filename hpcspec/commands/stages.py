@@ -77,6 +77,10 @@ def build_staged_workload(cfg: Config, comm: Communicator, threads: int | None =
 
 def staged_operator(cfg: Config, work: Workload, staged: Staged, device: torch.device) -> PipelineHessianOperator:
     """This rank's stage in the analysis dtype on ``device``, and the pipelined operator (collective)."""
+    # the ranges as they are now: model.params may have frozen parameters since the cut
+    staged.offsets = [0]
+    for each in staged.stages:
+        staged.offsets.append(staged.offsets[-1] + sum(p.numel() for p in each.parameters() if p.requires_grad))
     stage = staged.stages[staged.grid.stage].to(device=device, dtype=DTYPES[cfg.hessian.dtype])
     return PipelineHessianOperator(stage, ParamLayout.of(work.model), staged.offsets, staged.grid, work.loss,
                                    work.shard, batch_size=cfg.data.batch_size)
