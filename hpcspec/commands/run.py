@@ -76,7 +76,7 @@ from .resume import (
     resume_from,
 )
 from .setup import build_workload, checkpoint_dir, claim_output, start_rank
-from .stages import build_staged_workload, staged_operator
+from .stages import build_staged_workload, settle_ranges, staged_operator
 
 #: ``checkpoint.hdf5_locking`` as the value of HDF5's ``HDF5_USE_FILE_LOCKING``.
 HDF5_LOCKING_ENV = {"true": "TRUE", "false": "FALSE", "best-effort": "BEST_EFFORT"}
@@ -177,6 +177,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
 
     def operator() -> HessianOperator:
         if staged is not None:
+            agreed(comm, settle_ranges, staged)
             return collective(comm, staged_operator, cfg, work, staged, device)  # type: ignore[return-value]
         made = collective(comm, HessianOperator, model, loss, shard, comm, batch_size=cfg.data.batch_size,
                           method=method, bn_mode=cfg.hessian.bn_mode, graph_budget_mb=cfg.hessian.graph_budget_mb,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..config import Config
+from ..errors import InputError
 from ..curvature.pipeline import PipelineHessianOperator
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
@@ -75,12 +76,20 @@ def build_staged_workload(cfg: Config, comm: Communicator, threads: int | None =
     return Workload(loss=loss, shard=shard, shape=shape, model=model), Staged(grid, stages, offsets)
 
 
-def staged_operator(cfg: Config, work: Workload, staged: Staged, device: torch.device) -> PipelineHessianOperator:
-    """This rank's stage in the analysis dtype on ``device``, and the pipelined operator (collective)."""
-    # the ranges as they are now: model.params may have frozen parameters since the cut
+def settle_ranges(staged: Staged) -> None:
+    """The stages' ranges as they are now (local): ``model.params`` may have frozen parameters
+    since the cut; :class:`InputError` when that leaves a stage with none."""
     staged.offsets = [0]
     for each in staged.stages:
         staged.offsets.append(staged.offsets[-1] + sum(p.numel() for p in each.parameters() if p.requires_grad))
+    empty = [s for s in range(staged.grid.stages) if staged.offsets[s] == staged.offsets[s + 1]]
+    if empty:
+        raise InputError(f"model.params leaves pipeline stage {empty[0]} with no parameter of the Hessian: use fewer "
+                         "stages or select parameters in every stage")
+
+
+def staged_operator(cfg: Config, work: Workload, staged: Staged, device: torch.device) -> PipelineHessianOperator:
+    """This rank's stage in the analysis dtype on ``device``, and the pipelined operator (collective)."""
     stage = staged.stages[staged.grid.stage].to(device=device, dtype=DTYPES[cfg.hessian.dtype])
     return PipelineHessianOperator(stage, ParamLayout.of(work.model), staged.offsets, staged.grid, work.loss,
                                    work.shard, batch_size=cfg.data.batch_size)
