@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run already in the output directory: first delete every file it wrote "
                           "(results, plots, checkpoints; nothing that hpcspec did not write)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the per-rank memory plan for model.stages × data shards and stop (no product)")
     run.add_argument("--per-block", action="store_true",
                      help="run the tasks once per parameter block (blocks.depth components of the module path) "
                           "into OUTPUT/blocks/<block>/; writes blocks.h5 and blocks.png")
@@ -253,6 +255,11 @@ def _dispatch(argv: Sequence[str], comm: Communicator, flag: StopFlag) -> int:
     else:
         cfg = agreed(comm, config_from_args, args)
     cfg = _watched(comm, cfg)
+    if getattr(args, "dry_run", False):
+        from .commands.stages import dry_run
+
+        dry_run(cfg, comm)
+        return EXIT_OK
     if getattr(args, "per_block", False):
         from .commands.blocks import blocks_job
 

@@ -128,6 +128,15 @@ class CheckpointStore:
         self._locking = LOCKING[locking]
         self._pause = float(os.environ.get(TEST_PAUSE_ENV, "0") or 0)
         self.next_number = 1
+        #: Every rank's slice of the long vectors when they are not ``slice_bounds(P, r, R)``
+        #: (a pipelined run's stage slices, :func:`hpcspec.parallel.vectors.stage_bounds`).
+        self.bounds: list[tuple[int, int]] | None = None
+
+    def slice_of(self, size: int) -> tuple[int, int]:
+        """This rank's slice ``[lo, hi)`` of a long vector of length ``size``: what it writes and reads."""
+        if self.bounds is not None and self.bounds[-1][1] == size:
+            return self.bounds[self.comm.rank]
+        return slice_bounds(size, self.comm.rank, self.comm.size)
 
     # -- files --------------------------------------------------------------------------------
 
@@ -166,7 +175,7 @@ class CheckpointStore:
         number = comm.bcast_object(self._free_number() if comm.rank == 0 else None)
         name = f"step-{number:08d}"
         tmp = self.directory / f"{name}.tmp"
-        lo, hi = slice_bounds(size, comm.rank, comm.size)
+        lo, hi = self.slice_of(size)
         for key, value in state.items():
             if isinstance(value, LocalSlice) and (value.lo, value.hi) != (lo, hi):
                 raise ValueError(f"state entry {key!r} holds [{value.lo}, {value.hi}), not rank {comm.rank}'s "
@@ -346,7 +355,7 @@ class CheckpointStore:
         state: State = dict(manifest["scalars"])
         size = manifest["size"]
         sharded = set(manifest.get("sharded", []))
-        mine = slice_bounds(size, self.comm.rank, self.comm.size)
+        mine = self.slice_of(size)
         wanted = {key: (0, size) if key not in sharded else mine for key in manifest["vectors"]}
         for key, shape in manifest["vectors"].items():
             lo, hi = wanted[key]

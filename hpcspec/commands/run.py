@@ -78,6 +78,7 @@ from .resume import (
     resume_from,
 )
 from .setup import DTYPES, TRAIN_IN_FLOAT32, build_workload, checkpoint_dir, claim_output, start_rank
+from .stages import build_staged_workload, settle_ranges, staged_operator
 
 #: ``checkpoint.hdf5_locking`` as the value of HDF5's ``HDF5_USE_FILE_LOCKING``.
 HDF5_LOCKING_ENV = {"true": "TRUE", "false": "FALSE", "best-effort": "BEST_EFFORT"}
@@ -152,7 +153,11 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                         ", ".join(stale))
         if not resume:
             agreed(comm, check_fresh_start, store, comm)
-    work = collective(comm, build_workload, cfg, comm, device, threads)
+    staged = None
+    if cfg.model.stages > 1:
+        work, staged = collective(comm, build_staged_workload, cfg, comm, threads)
+    else:
+        work = collective(comm, build_workload, cfg, comm, device, threads)
     loss, shard, model = work.loss, work.shard, work.model
     unselected = agreed(comm, _select, model, cfg.model.params)
     identity: dict[str, Any] = {}
@@ -168,7 +173,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         if resume:
             loaded = resume_from(store, comm, identity)
     method, reason, trials = cfg.hessian.hvp, "", 0
-    if loaded is not None:
+    if loaded is not None and staged is None:  # a pipelined run's weights are the seed's (no training)
         agreed(comm, restore_parameters, model, loaded.state["params"])
         method = loaded.meta.get("hvp_method", method)  # the recorded choice, not decided again
         reason = loaded.meta.get("hvp_reason", "recorded in the checkpoint")
@@ -176,6 +181,9 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
 
     def operator() -> HessianOperator:
         nonlocal method, reason, trials
+        if staged is not None:
+            agreed(comm, settle_ranges, staged)
+            return collective(comm, staged_operator, cfg, work, staged, device)  # type: ignore[return-value]
         made = build_operator(cfg, comm, model, loss, shard, method)
         # decided once: the training operator's choice is the analysis operator's (then named)
         method, reason, trials = made.method, reason or made.method_reason, trials + made.trial_products
@@ -192,6 +200,11 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
                  history[0], history[-1])
         model.to(DTYPES[cfg.hessian.dtype])
     op = operator()
+    del work, model  # a pipelined run keeps only its stage: the other stages' modules go with the whole model
+    if staged is not None:
+        staged.stages.clear()
+        if store is not None:
+            store.bounds = op.space.bounds  # each rank writes its stage's slices
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_sizes, cfg, op.size)
@@ -255,7 +268,8 @@ def _checkpointer(problem: Problem, flag: StopFlag) -> Checkpointer:
 def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskResults:
     """Every task, and with a ``checkpointer`` a final commit of every task's state before any result
     is written (so a failed results write is recovered by ``--resume`` without recomputing)."""
-    params = flat_parameters(problem.op.model) if checkpointer is not None else None
+    staged = problem.cfg.model.stages > 1  # its weights are the seed's: nothing to save but the solvers' state
+    params = flat_parameters(problem.op.model) if checkpointer is not None and not staged else None
 
     def extra_state() -> State:
         # every weight, also those outside model.params: a whole array (rank 0's file), not a vector of length P

@@ -126,9 +126,10 @@ def claim_output(cfg: Config, comm: Communicator) -> Path:
     return path
 
 
-def job_model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
+def job_model(cfg: Config, shape: DataShape, device: torch.device, keep_dtype: bool = False) -> nn.Module:
     """The configured model sized for ``shape`` (the given weights loaded), on ``device`` in the
-    analysis dtype (local); refused when no parameter requires gradients."""
+    analysis dtype (``keep_dtype``: as built; a pipelined run converts only its stage) (local);
+    refused when no parameter requires gradients."""
     if cfg.model.spec in BUILTIN_MODELS and not shape.input_dim:
         raise InputError(f"model {cfg.model.spec!r} takes one input tensor, but data {cfg.data.spec!r} gives dict or "
                          "tuple inputs: use a module:callable model that takes them")
@@ -138,7 +139,7 @@ def job_model(cfg: Config, shape: DataShape, device: torch.device) -> nn.Module:
         load_weights(model, cfg.model.weights)
     if not any(param.requires_grad for param in model.parameters()):
         raise InputError(f"model {cfg.model.spec!r} has no parameters that require gradients")
-    return model.to(device=device, dtype=DTYPES[cfg.hessian.dtype])
+    return model.to(device=device) if keep_dtype else model.to(device=device, dtype=DTYPES[cfg.hessian.dtype])
 
 
 def checkpoint_dir(cfg: Config) -> Path:

@@ -66,6 +66,7 @@ def validate(cfg: Config) -> Config:
                           "trace.method")
     _validate_train(cfg.train)
     _validate_landscape(cfg)
+    _validate_stages(cfg)
     if any(width <= 0 for width in cfg.model.hidden):
         raise ConfigError(f"model.hidden widths must be > 0, got {list(cfg.model.hidden)}")
     if not cfg.output:
@@ -108,6 +109,18 @@ def _validate_landscape(cfg: Config) -> None:
     if land.points_2d and cfg.eigen.top_k < 2:
         raise ConfigError(f"landscape.points_2d = {land.points_2d} needs eigen.top_k >= 2 (the plane of v1 and v2), "
                           f"got {cfg.eigen.top_k}; or set landscape.points_2d = 0 for the 1-D curves only")
+
+
+def _validate_stages(cfg: Config) -> None:
+    """What a pipelined run (``model.stages > 1``) does not do yet: each would need the whole model on a rank."""
+    if cfg.model.stages == 1:
+        return
+    refused = [(cfg.train.steps, "train.steps = 0"), (cfg.hessian.reduction != "fast", "hessian.reduction = 'fast'"),
+               (cfg.hessian.bn_mode != "eval", "hessian.bn_mode = 'eval'"),
+               ("landscape" in cfg.tasks, "no landscape task")]
+    for bad, need in refused:
+        if bad:
+            raise ConfigError(f"model.stages = {cfg.model.stages} (a pipelined model) needs {need}")
 
 
 def _validate_train(train: TrainConfig) -> None:

@@ -60,6 +60,9 @@ class ModelConfig:
     embed: int = positive(64, "transformer: embedding dimension (divisible by heads)")
     layers: int = positive(2, "transformer: blocks")
     heads: int = positive(4, "transformer: attention heads")
+    stages: int = positive(1, "pipeline stages the model is split over (world = stages × data shards; the "
+                              "model is cut at block boundaries, balanced by parameter count: docs/pipeline.md)",
+                           example=2)
     params: str = option("", 'only these parameters enter the Hessian: comma-separated fnmatch globs, e.g. '
                              '"layers.4.*" (the default MLP\'s last layer; "": all)', example=SHOW,
                          flags=(Flag("--params", help="only these parameters enter the Hessian: comma-separated "

@@ -146,13 +146,18 @@ class Replicated:
 
 
 class Sharded:
-    """Rank r holds rows ``slice_bounds(P, r, R)`` of every long vector (see the module docstring)."""
+    """Rank r holds rows ``bounds[r]`` of every long vector (see the module docstring): by default
+    ``slice_bounds(P, r, R)``; a pipelined run passes its own (each rank's share of its stage's
+    range, :func:`stage_bounds`), which must tile ``[0, P)`` in rank order."""
 
     sharded = True
 
-    def __init__(self, comm: Communicator, size: int) -> None:
+    def __init__(self, comm: Communicator, size: int, bounds: list[tuple[int, int]] | None = None) -> None:
         self.comm, self.size = comm, size
-        self.bounds = all_bounds(size, comm.size)
+        self.bounds = all_bounds(size, comm.size) if bounds is None else list(bounds)
+        if len(self.bounds) != comm.size or any(a[1] != b[0] for a, b in zip(self.bounds, self.bounds[1:])) \
+                or self.bounds[0][0] != 0 or self.bounds[-1][1] != size:
+            raise ValueError(f"slices {self.bounds} do not tile [0, {size}) over {comm.size} ranks in rank order")
         self.lo, self.hi = self.bounds[comm.rank]
 
     @property
@@ -201,6 +206,14 @@ class Sharded:
         owner = np.argmax(found[:, 0, :], axis=0)  # first maximum = lowest rank
         signs = torch.from_numpy(found[owner, 1, np.arange(k)].copy())
         return torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+def stage_bounds(offsets: list[int], shards: int) -> list[tuple[int, int]]:
+    """Every rank's slice when stage s holds ``[offsets[s], offsets[s+1])`` of the flat vector and
+    rank ``s·D + d`` the d-th of D pieces of it (:mod:`hpcspec.parallel.grid`): in rank order they
+    tile ``[0, P)``."""
+    return [(begin + lo, begin + hi) for begin, end in zip(offsets[:-1], offsets[1:])
+            for lo, hi in all_bounds(end - begin, shards)]
 
 
 def space_of(op: Any) -> VectorSpace:

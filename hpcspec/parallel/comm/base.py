@@ -40,6 +40,16 @@ class Communicator(Protocol):
     def allgather_object(self, obj: Any) -> list[Any]:
         """Every rank's small picklable object, in rank order, on every rank."""
 
+    def split(self, color: int, key: int) -> "Communicator":
+        """The sub-communicator of the ranks that passed the same ``color``, ordered by ``key``
+        (collective over this communicator: every rank calls it, in the same order)."""
+
+    def send_tensor(self, tensor: torch.Tensor, dest: int) -> None:
+        """Send a contiguous tensor (its shape and dtype travel with it) to rank ``dest`` (point to point)."""
+
+    def recv_tensor(self, source: int) -> torch.Tensor:
+        """The tensor rank ``source`` sent with :meth:`send_tensor`, as a CPU tensor."""
+
     def abort(self, code: int = 1) -> None:
         """End every process of the world now (used on uncaught exceptions)."""
 

@@ -79,6 +79,17 @@ class HorovodCommunicator:
         # that send None and ranks that send a message (see hpcspec.parallel.agree.agree_on_failure)
         return self._hvd.allgather_object(obj, name=self._name("allgather_object"))
 
+    def split(self, color: int, key: int) -> "HorovodCommunicator":
+        """Horovod has no sub-communicators hpcspec can use: pipeline stages need mpi or torch."""
+        raise InputError("model.stages > 1 needs sub-communicators and point-to-point messages, which the "
+                         "horovod backend does not offer: use --backend mpi or torch")
+
+    def send_tensor(self, tensor: torch.Tensor, dest: int) -> None:
+        raise InputError("the horovod backend has no point-to-point messages: use --backend mpi or torch")
+
+    def recv_tensor(self, source: int) -> torch.Tensor:
+        raise InputError("the horovod backend has no point-to-point messages: use --backend mpi or torch")
+
     def close(self) -> None:
         """Shut Horovod down together (every rank, at a normal exit) while the interpreter is whole,
         rather than from its atexit hook during interpreter teardown."""

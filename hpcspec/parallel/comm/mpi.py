@@ -87,6 +87,24 @@ class MPICommunicator:
         self.watchdog.wait(request, "allgather")
         return [pickle.loads(bytes(buffer[o:o + n])) for o, n in zip(offsets.tolist(), lengths.tolist())]
 
+    def split(self, color: int, key: int) -> "MPICommunicator":
+        sub = MPICommunicator(self._comm.Split(color, key))
+        sub.watchdog.configure(self.watchdog.timeout_s, self.watchdog.factor)
+        return sub
+
+    def send_tensor(self, tensor: torch.Tensor, dest: int) -> None:
+        host = _host_view(tensor.contiguous())
+        self.watchdog.wait(self._comm.Isend(_header(tensor), dest=dest, tag=_TAG), "send")
+        self.watchdog.wait(self._comm.Isend(host, dest=dest, tag=_TAG), "send")
+
+    def recv_tensor(self, source: int) -> torch.Tensor:
+        header = np.empty(_HEADER, dtype=np.int64)
+        self.watchdog.wait(self._comm.Irecv(header, source=source, tag=_TAG), "recv")
+        ndim = int(header[1])
+        out = torch.empty(tuple(int(n) for n in header[2:2 + ndim]), dtype=_WIRE_DTYPES[int(header[0])])
+        self.watchdog.wait(self._comm.Irecv(out.numpy(), source=source, tag=_TAG), "recv")
+        return out
+
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)
 
@@ -94,6 +112,24 @@ class MPICommunicator:
     def description(self) -> str:
         version = self._MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
         return f"mpi4py {_mpi4py_version()} / {version}"
+
+
+#: What a point-to-point message may carry (an activation, a token batch, a mask), by wire code.
+_WIRE_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32, torch.bool)
+#: Header of a point-to-point message: dtype code, ndim, then up to 8 dimensions.
+_HEADER = 10
+_TAG = 1801
+
+
+def _header(tensor: torch.Tensor) -> np.ndarray:
+    """The shape and dtype a receiver needs to allocate a point-to-point message."""
+    if tensor.dtype not in _WIRE_DTYPES or tensor.ndim > _HEADER - 2:
+        raise ValueError(f"point-to-point messages move tensors of at most {_HEADER - 2} dimensions and dtype "
+                         f"{', '.join(str(d) for d in _WIRE_DTYPES)}, got {tensor.dtype} of shape {tuple(tensor.shape)}")
+    header = np.zeros(_HEADER, dtype=np.int64)
+    header[0], header[1] = _WIRE_DTYPES.index(tensor.dtype), tensor.ndim
+    header[2:2 + tensor.ndim] = tensor.shape
+    return header
 
 
 def _pickled(obj: Any) -> bytes:

@@ -37,6 +37,15 @@ class SingleProcess:
     def allgather_object(self, obj: Any) -> list[Any]:
         return [obj]
 
+    def split(self, color: int, key: int) -> "SingleProcess":
+        return self
+
+    def send_tensor(self, tensor: torch.Tensor, dest: int) -> None:
+        raise ValueError(f"a single process has no rank {dest} to send to")
+
+    def recv_tensor(self, source: int) -> torch.Tensor:
+        raise ValueError(f"a single process has no rank {source} to receive from")
+
     def abort(self, code: int = 1) -> None:
         os._exit(code)
 

@@ -14,6 +14,11 @@ from ...errors import InputError
 from .launch import launcher_local_rank_and_size, launcher_rank_and_size
 
 
+#: What a point-to-point message may carry, by wire code, and the header length (as in :mod:`.mpi`).
+_WIRE_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32, torch.bool)
+_HEADER = 10
+
+
 class TorchDistributedCommunicator:
     """``torch.distributed``: gloo on CPU tensors, NCCL when every rank has a GPU.
 
@@ -23,10 +28,18 @@ class TorchDistributedCommunicator:
     device with NCCL (GPU-resident, no host staging) and on the host with gloo.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, group: Any = None, ranks: Sequence[int] | None = None) -> None:
         import torch.distributed as dist
 
         self._dist = dist
+        #: The process group (None: the world) and its members' global ranks, in group-rank order.
+        self._group = group
+        if group is not None:
+            self._ranks = list(ranks or ())
+            self.rank, self.size = self._ranks.index(dist.get_rank()), len(self._ranks)
+            self.local_rank, self.local_size = launcher_local_rank_and_size(dist.get_rank(), dist.get_world_size())
+            self._nccl = dist.get_backend() == "nccl"
+            return
         if not dist.is_initialized():
             rank, size = launcher_rank_and_size()
             backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
@@ -37,6 +50,7 @@ class TorchDistributedCommunicator:
                 raise InputError(f"torch.distributed ({backend}) could not start: {first}") from None
         self.rank: int = dist.get_rank()
         self.size: int = dist.get_world_size()
+        self._ranks = list(range(self.size))
         self.local_rank, self.local_size = launcher_local_rank_and_size(self.rank, self.size)
         self._nccl = dist.get_backend() == "nccl"
 
@@ -44,7 +58,7 @@ class TorchDistributedCommunicator:
         if self.size == 1:
             return tensor
         wire = self._on_wire(tensor)
-        self._dist.all_reduce(wire, op=self._dist.ReduceOp.SUM)
+        self._dist.all_reduce(wire, op=self._dist.ReduceOp.SUM, group=self._group)
         return tensor if wire is tensor else tensor.copy_(wire)
 
     def _on_wire(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -66,7 +80,7 @@ class TorchDistributedCommunicator:
         padded = self._on_wire(torch.zeros((widest, *rows.shape[1:]), dtype=rows.dtype))
         padded[: len(rows)] = rows
         pieces = [torch.empty_like(padded) for _ in bounds]
-        self._dist.all_gather(pieces, padded)
+        self._dist.all_gather(pieces, padded, group=self._group)
         return torch.cat([piece[: hi - lo] for piece, (lo, hi) in zip(pieces, bounds)]).to(rows.device)
 
     def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
@@ -75,13 +89,39 @@ class TorchDistributedCommunicator:
 
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         box = [obj]
-        self._dist.broadcast_object_list(box, src=root)
+        self._dist.broadcast_object_list(box, src=self._ranks[root], group=self._group)
         return box[0]
 
     def allgather_object(self, obj: Any) -> list[Any]:
         found: list[Any] = [None] * self.size
-        self._dist.all_gather_object(found, obj)
+        self._dist.all_gather_object(found, obj, group=self._group)
         return found
+
+    def split(self, color: int, key: int) -> "TorchDistributedCommunicator":
+        # new_group is collective over the world: every rank creates every group, in one order
+        members = self.allgather_object((color, key, self._dist.get_rank()))
+        mine = None
+        for group_color in sorted({c for c, _, _ in members}):
+            ranks = [g for k, g in sorted((k, g) for c, k, g in members if c == group_color)]
+            group = self._dist.new_group(ranks)
+            if group_color == color:
+                mine = (group, ranks)
+        return TorchDistributedCommunicator(*mine)  # type: ignore[misc]  # this rank's color is in members
+
+    def send_tensor(self, tensor: torch.Tensor, dest: int) -> None:
+        wire = self._on_wire(tensor.contiguous())
+        header = torch.tensor([_WIRE_DTYPES.index(tensor.dtype), tensor.ndim, *tensor.shape], dtype=torch.int64)
+        header = self._on_wire(torch.cat([header, torch.zeros(_HEADER - len(header), dtype=torch.int64)]))
+        self._dist.send(header, dst=self._ranks[dest])
+        self._dist.send(wire, dst=self._ranks[dest])
+
+    def recv_tensor(self, source: int) -> torch.Tensor:
+        header = self._on_wire(torch.empty(_HEADER, dtype=torch.int64))
+        self._dist.recv(header, src=self._ranks[source])
+        code, ndim, *dims = header.cpu().tolist()
+        out = self._on_wire(torch.empty(tuple(dims[:ndim]), dtype=_WIRE_DTYPES[code]))
+        self._dist.recv(out, src=self._ranks[source])
+        return out.cpu()
 
     def close(self) -> None:
         """Leave the process group together (every rank, at a normal exit): a gloo group torn

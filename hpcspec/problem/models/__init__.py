@@ -41,8 +41,11 @@ def build_model(spec: str, *, input_shape: tuple[int, ...], output_dim: int, cfg
     if is_callable_spec(spec):
         torch.manual_seed(seed)
         model = call_user(spec, resolve_callable(spec, "model"))
+        if isinstance(model, (list, tuple)) and model and all(isinstance(m, nn.Module) for m in model):
+            model = nn.Sequential(*model)  # a factory returning stages: blocks applied in order
         if not isinstance(model, nn.Module):
-            raise InputError(f"model {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
+            raise InputError(f"model {spec!r} must return a torch.nn.Module or a list of them (blocks applied in "
+                             f"order), got {type(model).__name__}")
         return model
     raise InputError(f"unknown model {spec!r}: use one of {', '.join(BUILTIN_MODELS)} or module:callable")
 

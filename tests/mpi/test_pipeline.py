@@ -1,0 +1,146 @@
+"""Pipeline stages (model.stages = S over S·D ranks): the stage split, the pipelined exact HVP
+against the one-rank operator, the solvers on the staged space, resume, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import REPO, mpirun
+from torch import nn
+
+from hpcspec.curvature.operator import HessianOperator
+from hpcspec.curvature.pipeline import pipelined
+from hpcspec.errors import InputError
+from hpcspec.parallel.comm import SingleProcess
+from hpcspec.parallel.grid import grid_shape, make_grid
+from hpcspec.parallel.vectors import Sharded, stage_bounds
+from hpcspec.problem.models.resnet import ResNet
+from hpcspec.problem.models.transformer import TransformerLM
+from hpcspec.problem.stages import check_stages, partition, split_stages
+
+SCRIPT = str(REPO / "tests" / "mpi" / "mpi_pipeline.py")
+BAD = str(REPO / "tests" / "mpi" / "mpi_pipeline_bad.py")
+
+
+def test_partition_minimises_the_largest_stage():
+    assert partition([5, 1, 1, 1, 5], 2) == [0, 2, 5]  # {5,1} | {1,1,5}: largest 7, not 8
+    assert partition([1, 1, 1, 1], 4) == [0, 1, 2, 3, 4]
+    assert partition([3, 0, 0, 3], 2) == [0, 1, 4]
+
+
+def test_stages_follow_the_parameter_order_and_balance_a_transformer():
+    torch.manual_seed(0)
+    model = TransformerLM(11, 8, embed=8, layers=4, heads=2)
+    stages = split_stages(model, 3)
+    names = [name for stage in stages for name in stage.names]
+    assert names == [name for name, _ in model.named_parameters()]
+    counts = [sum(p.numel() for p in stage.parameters()) for stage in stages]
+    assert max(counts) < sum(counts) / 2  # blocks of ~850 parameters spread, not all on one stage
+
+
+def test_stage_slices_tile_the_vector_in_rank_order():
+    bounds = stage_bounds([0, 7, 7 + 5, 20], 2)
+    assert bounds == [(0, 3), (3, 7), (7, 9), (9, 12), (12, 16), (16, 20)]
+    with pytest.raises(ValueError, match="do not tile"):
+        Sharded(SingleProcess(), 5, [(0, 4)])
+
+
+def test_bad_splits_are_input_errors():
+    with pytest.raises(InputError, match="cannot be split"):
+        split_stages(nn.Bilinear(2, 2, 1), 2)
+    with pytest.raises(InputError, match="only 2 block"):
+        split_stages(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 3)
+    with pytest.raises(InputError, match="no trainable parameter"):
+        split_stages(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), 2)
+    shared = nn.Linear(2, 2)
+    with pytest.raises(InputError, match="tied weights"):
+        split_stages(nn.Sequential(shared, nn.Linear(2, 2), shared), 2)
+    with pytest.raises(InputError, match="stage 1 cannot take its input of shape"):
+        check_stages(split_stages(nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2)), 2), torch.zeros(1, 4))
+    with pytest.raises(InputError, match="does not divide the 4 ranks"):
+        grid_shape(4, 3)
+
+
+@pytest.mark.parametrize("name", ["transformer", "resnet"])
+def test_one_stage_is_the_ordinary_operator(name):
+    """S = 1: the stage-by-stage forward over reverse equals the whole-model double backward."""
+    torch.manual_seed(1)
+    if name == "transformer":
+        model = TransformerLM(7, 6, embed=8, layers=2, heads=2).double()
+        x, y = torch.randint(0, 7, (9, 6)), torch.randint(0, 7, (9, 6))
+    else:
+        model = ResNet(1, in_channels=2, num_classes=3, width=2).double()
+        x, y = torch.randn(7, 2, 5, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    reference = HessianOperator(model, "cross_entropy", (x, y), batch_size=4, method="double_backward")
+    op = pipelined(model, make_grid(SingleProcess(), 1), "cross_entropy", (x, y), batch_size=3)
+    v = torch.randn(op.size, 2, dtype=torch.float64)
+    exact = reference.apply(v)
+    assert float((op.apply(v) - exact).abs().max()) <= 1e-12 * float(exact.abs().max())
+    assert abs(op.loss_and_gradient()[0] - reference.loss_and_gradient()[0]) <= 1e-14
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks,stages", [(2, 2), (4, 2), (3, 3)])
+def test_pipelined_products_and_estimates_equal_one_rank(tmp_path, ranks, stages):
+    done = mpirun(ranks, [SCRIPT, str(tmp_path / "out.json"), str(stages)], tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "out.json").read_text())
+    assert [(r["stage"], r["shard"]) for r in records] == [divmod(r, ranks // stages) for r in range(ranks)]
+    for record in records:
+        for name in ("mlp", "transformer", "resnet"):
+            for what in ("hv", "block", "whole", "gradient"):
+                assert record[f"{name}_{what}"] <= 1e-12, (name, what, record)
+            assert record[f"{name}_loss"] <= 1e-12
+            assert 0.0 <= record[f"{name}_bubble"] < 1.0
+        assert record["top_k"] <= 1e-10 and record["trace"] <= 1e-10
+        assert record["slq_alpha"] <= 1e-10 and record["slq_beta"] <= 1e-10
+    slices = [tuple(r["slice"]) for r in records]
+    assert slices[0][0] == 0 and all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+
+
+@pytest.mark.mpi
+def test_pipelined_lanczos_resumes_bitwise_on_the_same_grid(tmp_path):
+    store = tmp_path / "checkpoints"
+    first = mpirun(2, [SCRIPT, str(tmp_path / "a.json"), "2", "save", str(store)], tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = mpirun(2, [SCRIPT, str(tmp_path / "b.json"), "2", "load", str(store)], tmp_path, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    uninterrupted, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    for a, b in zip(uninterrupted, resumed):
+        assert a["values"] == b["values"] and a["alpha"] == b["alpha"]
+
+
+BAD_MODELS = '''
+from torch import nn
+
+class Opaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+def opaque():
+    return Opaque()
+
+def mismatched():
+    return [nn.Linear(4, 3), nn.Linear(5, 2)]
+'''
+
+
+@pytest.mark.mpi
+def test_bad_pipelined_inputs_exit_2_on_every_rank(tmp_path):
+    (tmp_path / "badstages.py").write_text(BAD_MODELS)
+    done = mpirun(2, [BAD, str(tmp_path)], tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_rank = json.loads((tmp_path / "bad.json").read_text())
+    expected = {"not_dividing": "does not divide the 2 ranks", "cannot_split": "Opaque cannot be split into pipeline stages",
+                "too_few_blocks": "only 1 block(s)", "mismatched": "stage 1 cannot take its input of shape (1, 3)"}
+    for name, text in expected.items():
+        assert [records[name]["code"] for records in per_rank] == [2, 2], name
+        lines = [line for line in per_rank[0][name]["stderr"].splitlines() if line.startswith("hpcspec: error:")]
+        assert len(lines) == 1 and text in lines[0], (name, per_rank[0][name]["stderr"])
+        assert "hpcspec: error:" not in per_rank[1][name]["stderr"], name
