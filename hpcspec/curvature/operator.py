@@ -31,6 +31,7 @@ from ..problem.batches import BatchSource, Inputs, call_model, inputs_as_args
 from ..problem.losses import Loss, get_loss
 from ..problem.pairing import check_pairing, logits_of
 from ..problem.params import ParamLayout
+from .affine import affine_norms
 from .graphs import SavedBytes
 from .method import DEFAULT_HVP_METHOD, rule
 from .ordered import exact_sum
@@ -161,6 +162,8 @@ class HessianOperator:
         self._graph_key: tuple | None = None
         #: Why this method (``auto``: the rule and its trial), and the trial products it took.
         self.method_reason, self.trial_products = "named", 0
+        #: Eval-mode BatchNorm as its affine map in the products (same H; :mod:`hpcspec.curvature.affine`).
+        self.affine_norms = True
         self.method = method
         if method == "auto":
             self.method, self.method_reason, self.trial_products = self.comm.bcast_object(self._auto_method())
@@ -269,7 +272,7 @@ class HessianOperator:
         cache is off, the method is not double backward, or the graphs exceed the budget."""
         if self.method != "double_backward" or self.graph_budget_bytes <= 0:
             return None
-        key = self._weights_key()
+        key = (self.affine_norms, self._weights_key())
         if self._graph_key == key:
             return self._graphs
         self._graphs, self._graph_key = None, key
@@ -339,7 +342,8 @@ class HessianOperator:
 
     def _first_order(self, inputs: Inputs, targets: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], list[int]]:
         """The batch's gradient with its graph, and which of its parts depend on the parameters."""
-        batch_loss = self._batch_loss(inputs, targets)
+        with affine_norms(self.model, self.affine_norms):
+            batch_loss = self._batch_loss(inputs, targets)
         grads = torch.autograd.grad(batch_loss, self._params, create_graph=True, allow_unused=True)
         return grads, [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
@@ -373,7 +377,7 @@ class HessianOperator:
         args, kwargs = inputs_as_args(inputs)
 
         def batch_loss(*values: torch.Tensor) -> torch.Tensor:
-            with self._frozen_running_stats():
+            with self._frozen_running_stats(), affine_norms(self.model, self.affine_norms):
                 outputs = functional_call(self.model, dict(zip(names, values)), args, kwargs)
             return self.loss.sum(self.output_fn(outputs), targets)
 
