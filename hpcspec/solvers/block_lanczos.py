@@ -202,6 +202,8 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                 self._drop_unwanted(tol)
                 if exhausted or self.nl >= self.op.size:
                     self._finish(converged=True, complete=True)
+                elif self._full():  # copies within tol of the k-th value fill the basis: no room to check on
+                    self._finish(converged=True, complete=False)
                 else:
                     self._start_check()
                 return
@@ -216,11 +218,17 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             self._finish_partial(theta, s, residuals)
             return
         if self.nl + self.m + x_next.shape[0] > self.max_basis:
-            if self.nl + len(lock) + 2 * self.block_size > self.max_basis:  # locked pairs fill the basis
+            if self._full(len(lock)):  # locked pairs fill the basis
                 self._finish_partial(theta, s, residuals)
                 return
             self._restart(theta, s, residuals, lock)
         self._place(x_next)
+
+    def _full(self, locking: int = 0) -> bool:
+        """Whether the locked pairs, with ``locking`` more, leave less than two blocks of the basis:
+        too little for a search or a check round to grow past its next restart. At a loose tol every
+        pair within tol of the k-th value counts as a copy and is locked, so this bounds the locking."""
+        return self.nl + locking + 2 * self.block_size > self.max_basis
 
     def _restart(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, lock: np.ndarray) -> None:
         """Thick restart: lock ``lock``, keep the best unconverged Ritz vectors, drop the rest."""
@@ -325,6 +333,9 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self._check_kind(state)
         space = self.space
         rows = space.take(state["rows"])
+        if rows.shape[0] > self.max_basis:  # saved by a solver with a larger basis
+            raise ValueError(f"the block Lanczos state holds {rows.shape[0]} basis vectors, more than max_basis = "
+                             f"{self.max_basis}: resume with max_basis >= {rows.shape[0]}, as the saved run had")
         self.buffer.data = torch.empty(0, space.local_size, dtype=torch.float64)
         self.nl = self.m = self.w = 0
         if rows.shape[0]:
