@@ -21,8 +21,10 @@ for Large Eigenvalue Problems*, 2nd ed., §5.3 and ch. on deflation). Memory per
 Why a completeness check. A missed copy is invisible: the wanted pairs converge with small
 residuals whether or not a copy is missing, so once the k wanted pairs are locked, fresh seeded
 blocks deflated against them look for more until a round finds nothing beyond the k-th value
-(:mod:`hpcspec.solvers.block_check`). Guarantee: multiplicity ≤ b is found in exact arithmetic from
-any start block in general position; higher multiplicity is found with high probability.
+(:mod:`hpcspec.solvers.block_check`); copies within tol of the k-th value are locked too, and when
+they fill the basis (at a loose tol) the check stops, incomplete. Guarantee: multiplicity ≤ b is
+found in exact arithmetic from any start block in general position; higher multiplicity is found
+with high probability.
 
 Convergence is judged by Ritz residuals ``‖R S_{last, i}‖ = ‖H y_i − θ_i y_i‖`` (exact arithmetic),
 relative to ``scale = max |θ|``. New blocks are orthonormalised against every held vector
