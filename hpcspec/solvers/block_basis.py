@@ -157,8 +157,9 @@ class BasisBuffer:
 
     def ensure(self, rows: int, used: int) -> None:
         """Room for ``rows`` vectors, the first ``used`` kept; never beyond ``max_basis``."""
-        if rows > self.max_basis:
-            raise AssertionError(f"the basis would hold {rows} vectors, more than max_basis = {self.max_basis}")
+        if rows > self.max_basis:  # the solver sizes every block to fit: reaching this is a bug, not bad input
+            raise RuntimeError(f"internal error: the basis would hold {rows} vectors, more than max_basis = "
+                               f"{self.max_basis}")
         if rows > self.data.shape[0]:
             grown = torch.empty(min(max(rows, 2 * self.data.shape[0], self.first), self.max_basis),
                                 self.data.shape[1], dtype=torch.float64)

@@ -21,8 +21,10 @@ for Large Eigenvalue Problems*, 2nd ed., §5.3 and ch. on deflation). Memory per
 Why a completeness check. A missed copy is invisible: the wanted pairs converge with small
 residuals whether or not a copy is missing, so once the k wanted pairs are locked, fresh seeded
 blocks deflated against them look for more until a round finds nothing beyond the k-th value
-(:mod:`hpcspec.solvers.block_check`). Guarantee: multiplicity ≤ b is found in exact arithmetic from
-any start block in general position; higher multiplicity is found with high probability.
+(:mod:`hpcspec.solvers.block_check`); copies within tol of the k-th value are locked too, and when
+they fill the basis (at a loose tol) the check stops, incomplete. Guarantee: multiplicity ≤ b is
+found in exact arithmetic from any start block in general position; higher multiplicity is found
+with high probability.
 
 Convergence is judged by Ritz residuals ``‖R S_{last, i}‖ = ‖H y_i − θ_i y_i‖`` (exact arithmetic),
 relative to ``scale = max |θ|``. New blocks are orthonormalised against every held vector
@@ -202,6 +204,8 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                 self._drop_unwanted(tol)
                 if exhausted or self.nl >= self.op.size:
                     self._finish(converged=True, complete=True)
+                elif self._full():  # copies within tol of the k-th value fill the basis: no room to check on
+                    self._finish(converged=True, complete=False)
                 else:
                     self._start_check()
                 return
@@ -216,11 +220,17 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             self._finish_partial(theta, s, residuals)
             return
         if self.nl + self.m + x_next.shape[0] > self.max_basis:
-            if self.nl + len(lock) + 2 * self.block_size > self.max_basis:  # locked pairs fill the basis
+            if self._full(len(lock)):  # locked pairs fill the basis
                 self._finish_partial(theta, s, residuals)
                 return
             self._restart(theta, s, residuals, lock)
         self._place(x_next)
+
+    def _full(self, locking: int = 0) -> bool:
+        """Whether the locked pairs, with ``locking`` more, leave less than two blocks of the basis:
+        too little for a search or a check round to grow past its next restart. At a loose tol every
+        pair within tol of the k-th value counts as a copy and is locked, so this bounds the locking."""
+        return self.nl + locking + 2 * self.block_size > self.max_basis
 
     def _restart(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, lock: np.ndarray) -> None:
         """Thick restart: lock ``lock``, keep the best unconverged Ritz vectors, drop the rest."""
@@ -325,6 +335,9 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self._check_kind(state)
         space = self.space
         rows = space.take(state["rows"])
+        if rows.shape[0] > self.max_basis:  # saved by a solver with a larger basis
+            raise ValueError(f"the block Lanczos state holds {rows.shape[0]} basis vectors, more than max_basis = "
+                             f"{self.max_basis}: resume with max_basis >= {rows.shape[0]}, as the saved run had")
         self.buffer.data = torch.empty(0, space.local_size, dtype=torch.float64)
         self.nl = self.m = self.w = 0
         if rows.shape[0]:

@@ -178,3 +178,60 @@ def test_sharded_and_replicated_on_1_2_3_ranks(tmp_path, ranks):
             assert case["sin_angle"] <= 1e-6, case
             assert case["complete"] and case["rows_held"] == case["slice"], case
             assert case["peak_basis"] <= case["max_basis"], case
+
+
+def loose_operator(seed: int, noise: float = 0.0, n: int = 80) -> tuple[MatrixOperator, np.ndarray]:
+    """Ten values in [1, 3], four in [-3, -1] and a bulk N(0, 0.05²); ``noise``: i.i.d. entries added
+    (not symmetric, as bfloat16 products are not). The spectrum returned is the symmetric part's."""
+    gen = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(gen.standard_normal((n, n)))
+    spectrum = np.concatenate([gen.uniform(1, 3, 10), -gen.uniform(1, 3, 4), gen.normal(0, 0.05, n - 14)])
+    matrix = (q * spectrum) @ q.T + noise * gen.standard_normal((n, n))
+    return MatrixOperator(torch.from_numpy(matrix)), spectrum
+
+
+@pytest.mark.parametrize("which", WHICH)
+@pytest.mark.parametrize("tol", [0.5, 0.25, 0.1, 1.6e-2])
+def test_loose_tolerances_stay_within_max_basis(which, tol):
+    """At a loose tol every pair within tol of the k-th value counts as a copy in a check round and
+    is locked; once they fill the basis the check stops (complete False) instead of overflowing it.
+    Every converged pair's value is within tol · max|λ| of a true eigenvalue; at the bfloat16 tol
+    (1.6e-2, gaps here ≫ tol) the k values are the true wanted ones to tol · max|λ|."""
+    for seed in range(2):
+        op, spectrum = loose_operator(seed)
+        scale = float(np.abs(spectrum).max())
+        for k in (1, 3, 5):
+            for block_size in (1, 2, 4):
+                for max_basis in (32, k + 3 * block_size):
+                    solver = BlockLanczos(op, k, which=which, tol=tol, block_size=block_size, max_basis=max_basis)
+                    result = solver.run()
+                    assert solver.peak_rows <= max_basis and result.converged, (seed, k, block_size, max_basis)
+                    nearest = np.abs(result.eigenvalues[:, None] - spectrum[None]).min(axis=1)
+                    assert np.all(nearest <= tol * scale), (seed, k, block_size, max_basis, nearest)
+                    if tol <= 1.6e-2:
+                        error = np.abs(np.sort(result.eigenvalues) - np.sort(expected(spectrum, k, which))).max()
+                        assert error <= tol * scale, (seed, k, block_size, max_basis, error)
+        noisy, _ = loose_operator(seed, noise=1e-2)
+        for k, block_size in ((3, 1), (5, 2), (5, 4)):
+            solver = BlockLanczos(noisy, k, which=which, tol=tol, block_size=block_size, max_basis=32)
+            result = solver.run()
+            assert solver.peak_rows <= 32 and len(result.eigenvalues) == k
+
+
+def test_loose_tolerance_resumes_bitwise_and_checks_the_basis_it_gets():
+    """Saved in a check round with many copies locked, resumed: the same bits; resumed into a
+    smaller max_basis than the state holds: a ValueError naming max_basis."""
+    op, _ = loose_operator(0)
+    straight = BlockLanczos(op, 3, tol=0.5, block_size=1, max_basis=32).run()
+    assert not straight.complete and straight.locked > 20  # the check stopped with the basis full
+    first = BlockLanczos(op, 3, tol=0.5, block_size=1, max_basis=32)
+    while first.nl < 15:
+        first.step()
+    state = first.state_dict()
+    second = BlockLanczos(op, 3, tol=0.5, block_size=1, max_basis=32)
+    second.load_state_dict(state)
+    resumed = second.run()
+    assert np.array_equal(resumed.eigenvalues, straight.eigenvalues)
+    assert torch.equal(resumed.eigenvectors, straight.eigenvectors) and resumed.num_matvecs == straight.num_matvecs
+    with pytest.raises(ValueError, match="more than max_basis = 10: resume with max_basis >= 1"):
+        BlockLanczos(op, 3, tol=0.5, block_size=1, max_basis=10).load_state_dict(state)
