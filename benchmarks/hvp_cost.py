@@ -9,7 +9,10 @@ and the same batches. Two gradient baselines are timed:
   summed loss per batch, accumulated into one flat float64 vector (what the tool does);
 * ``autograd.grad`` -- a plain loop of forward + ``torch.autograd.grad`` per batch, no flattening.
 
-Their difference is the flattening overhead. A third HVP case, ``double_backward, graph kept``,
+Their difference is the flattening overhead. ``pyhessian cached graph`` is PyHessian's product
+with ``data=`` (one batch): the gradient taken once with ``create_graph=True`` and kept, then per
+product ``autograd.grad(grads, params, grad_outputs=v, retain_graph=True)`` on lists of tensors (no
+flat vector, no float64 accumulation), over every batch's kept graph. A third HVP case, ``double_backward, graph kept``,
 keeps the shard's first-order graphs between products (``graph_budget_mb``), so each product is
 one second backward; its products are checked to be bitwise those of recomputing. The methods are interleaved in every round so that
 noise from other processes hits all of them alike. Once per model the two methods' products of the
@@ -23,7 +26,7 @@ ResNet-20 (He et al. 2016, option-A shortcuts; the zoo's ``hpcspec.problem.model
 synthetic 3x32x32 inputs with random labels.
 
 Run: ``PYTHONPATH=. python benchmarks/hvp_cost.py [--models mlp,resnet20] [--repeats 7]
-[--dtype float32] [--samples 256] [--batch-size 128] [--json PATH]``.
+[--dtype float32] [--samples 256] [--batch-size 128] [--mlp-batch 256] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -51,18 +54,19 @@ TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10}
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "hvp_cost.json"
 SEED = 0
 KEPT = "double_backward, graph kept"
+PEER = "pyhessian cached graph"
 #: Budget for the kept-graph case: large enough for both models here (the figure printed is the need).
 KEPT_BUDGET_MB = 16384
 
 
 def build(name: str, dtype: torch.dtype, samples: int,
-          batch_size: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
+          batch_size: int, mlp_batch: int = 256) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
     """The model (seeded init, eval mode, ``dtype``), its inputs (``dtype``), labels and batch size."""
     torch.manual_seed(SEED)
     if name == "mlp":
         shard = load_shard("digits", 0, 1)
         model: nn.Module = MLP(64, 10, (32, 32), "tanh")
-        x, y, batch = shard.inputs, shard.targets, 256
+        x, y, batch = shard.inputs, shard.targets, mlp_batch
     else:
         model = ResNet(3, in_channels=3, num_classes=10)  # ResNet-20, width 16: hpcspec's zoo model
         generator = torch.Generator().manual_seed(SEED)
@@ -78,9 +82,27 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def benchmark(name: str, dtype: torch.dtype, repeats: int, samples: int, batch_size: int) -> dict:
+def pyhessian_style(model: nn.Module, loss, batches: list, params: list) -> Callable[[torch.Tensor], list]:
+    """PyHessian's ``hessian(..., data=)`` product: per batch the gradient kept with its graph once,
+    then each product a second backward with ``grad_outputs`` = the vector as per-parameter tensors."""
+    count = sum(len(targets) for _, targets in batches)
+    kept = [torch.autograd.grad(loss.sum(model(inputs), targets) / count, params, create_graph=True)
+            for inputs, targets in batches]
+
+    def product(vector: torch.Tensor) -> list:
+        pieces = [piece.view_as(p).to(p.dtype) for piece, p in zip(vector.split([p.numel() for p in params]), params)]
+        total = None
+        for grads in kept:
+            part = torch.autograd.grad(grads, params, grad_outputs=pieces, retain_graph=True)
+            total = list(part) if total is None else [t + q for t, q in zip(total, part)]
+        return total
+    return product
+
+
+def benchmark(name: str, dtype: torch.dtype, repeats: int, samples: int, batch_size: int,
+              mlp_batch: int = 256) -> dict:
     """Warm up every case once, then ``repeats`` interleaved rounds; medians, ratios, agreement."""
-    model, x, y, batch = build(name, dtype, samples, batch_size)
+    model, x, y, batch = build(name, dtype, samples, batch_size, mlp_batch)
     loss = get_loss("cross_entropy")
     ops = {method: HessianOperator(model, loss, (x, y), batch_size=batch, method=method, graph_budget_mb=0)
            for method in HVP_METHODS}
@@ -99,6 +121,8 @@ def benchmark(name: str, dtype: torch.dtype, repeats: int, samples: int, batch_s
     cases: dict[str, Callable[[], object]] = {"loss_and_gradient": reference.loss_and_gradient,
                                               "autograd.grad": plain_gradient}
     cases.update({f"hvp {method}": (lambda op=op: op.apply(vector)) for method, op in ops.items()})
+    peer = pyhessian_style(model, loss, batches, params)
+    cases[f"hvp {PEER}"] = lambda: peer(vector)
 
     products: dict[str, torch.Tensor] = {}
     failed: dict[str, str] = {}
@@ -109,7 +133,9 @@ def benchmark(name: str, dtype: torch.dtype, repeats: int, samples: int, batch_s
             failed[case] = f"{type(exc).__name__}: {exc}"
             del cases[case]
             continue
-        if case.startswith("hvp "):
+        if case == f"hvp {PEER}":
+            peer_product = torch.cat([t.reshape(-1) for t in result]).to(torch.float64)
+        elif case.startswith("hvp "):
             products[case.removeprefix("hvp ")] = result
 
     times: dict[str, list[float]] = {case: [] for case in cases}
@@ -125,10 +151,13 @@ def benchmark(name: str, dtype: torch.dtype, repeats: int, samples: int, batch_s
         agreement = {"relative_difference": difference, "tolerance": TOLERANCES[dtype],
                      "ok": difference <= TOLERANCES[dtype]}
     ratios = {baseline: {method: medians[f"hvp {method}"] / medians[baseline]
-                         for method in ops if f"hvp {method}" in medians}
+                         for method in [*ops, PEER] if f"hvp {method}" in medians}
               for baseline in BASELINES}
     if KEPT in products:
         agreement = agreement or {}
+        if f"hvp {PEER}" in medians:
+            agreement["pyhessian_relative_difference"] = float(torch.linalg.vector_norm(peer_product - products[KEPT])
+                                                               / torch.linalg.vector_norm(products[KEPT]))
         agreement["kept_graph_bitwise_equal"] = bool(torch.equal(products[KEPT], products["double_backward"]))
         agreement["kept_graph_mib"] = (ops[KEPT].graph_bytes or 0) / 2**20
     return {"parameters": reference.size, "samples": len(x), "batch_size": batch, "batches": len(batches),
@@ -153,6 +182,8 @@ def print_table(name: str, result: dict) -> None:
         if "kept_graph_bitwise_equal" in agreement:
             print(f"  graph kept: {agreement['kept_graph_mib']:.1f} MiB per shard, products bitwise equal to "
                   f"recomputing: {agreement['kept_graph_bitwise_equal']}")
+        if "pyhessian_relative_difference" in agreement:
+            print(f"  {PEER} vs graph kept: relative difference {agreement['pyhessian_relative_difference']:.2e}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,13 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="model compute dtype")
     parser.add_argument("--samples", type=int, default=256, help="ResNet-20 synthetic samples (default 256)")
     parser.add_argument("--batch-size", type=int, default=128, help="ResNet-20 batch size (default 128)")
+    parser.add_argument("--mlp-batch", type=int, default=256,
+                        help="digits MLP batch size (default 256; 1797: one batch, PyHessian's data= case)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output file (default {DEFAULT_JSON})")
     args = parser.parse_args(argv)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}: use {', '.join(MODELS)}")
-    if args.repeats < 1 or args.samples < 1 or args.batch_size < 1:
+    if args.repeats < 1 or args.samples < 1 or args.batch_size < 1 or args.mlp_batch < 1:
         parser.error("--repeats, --samples and --batch-size must be >= 1")
 
     torch.set_num_threads(1)
@@ -177,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} interleaved rounds after one warm-up; medians per call")
     results = {}
     for name in models:
-        results[name] = benchmark(name, dtype, args.repeats, args.samples, args.batch_size)
+        results[name] = benchmark(name, dtype, args.repeats, args.samples, args.batch_size, args.mlp_batch)
         print_table(name, results[name])
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
