@@ -58,7 +58,7 @@ from ..curvature.preflight import check_operator, check_operator_modes, default_
 from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.progress import ProgressDisplay
-from ..parallel.vectors import Sharded
+from ..parallel.vectors import Sharded, stage_bounds
 from ..problem.losses import Loss
 from ..problem.shards import AnyShard
 from ..problem.params import select_parameters
@@ -160,6 +160,10 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         work = collective(comm, build_workload, cfg, comm, device, threads)
     loss, shard, model = work.loss, work.shard, work.model
     unselected = agreed(comm, _select, model, cfg.model.params)
+    if staged is not None:
+        agreed(comm, settle_ranges, staged)
+        if store is not None:  # each rank writes and reads its stage's slices: known before a resume loads them
+            store.bounds = stage_bounds(staged.offsets, staged.grid.shards)
     identity: dict[str, Any] = {}
     loaded = None
     if store is not None:
@@ -182,7 +186,6 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
     def operator() -> HessianOperator:
         nonlocal method, reason, trials
         if staged is not None:
-            agreed(comm, settle_ranges, staged)
             return collective(comm, staged_operator, cfg, work, staged, device)  # type: ignore[return-value]
         made = build_operator(cfg, comm, model, loss, shard, method)
         # decided once: the training operator's choice is the analysis operator's (then named)
@@ -203,8 +206,6 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
     del work, model  # a pipelined run keeps only its stage: the other stages' modules go with the whole model
     if staged is not None:
         staged.stages.clear()
-        if store is not None:
-            store.bounds = op.space.bounds  # each rank writes its stage's slices
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_sizes, cfg, op.size)
