@@ -4,8 +4,12 @@ against the one-rank operator, the solvers on the staged space, resume, and bad 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 
 import pytest
+import spawn
 import torch
 from helpers import REPO, mpirun
 from torch import nn
@@ -98,6 +102,33 @@ def test_pipelined_products_and_estimates_equal_one_rank(tmp_path, ranks, stages
         assert record["slq_alpha"] <= 1e-10 and record["slq_beta"] <= 1e-10
     slices = [tuple(r["slice"]) for r in records]
     assert slices[0][0] == 0 and all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_pipelined_products_on_torch_distributed_gloo(tmp_path, ranks):
+    """torchrun, gloo on CPU, S = 2 (D = 1 and 2): the stage and pipe groups (``new_group``) and the
+    activations' ``send``/``recv`` give the one-rank products and solvers (MLP and transformer)."""
+    env = spawn.one_thread_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr",
+               "127.0.0.1", "--master_port", str(_free_port()), SCRIPT, str(tmp_path / "out.json"), "2", "torch"]
+    done = spawn.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "out.json").read_text())
+    assert [(r["stage"], r["shard"]) for r in records] == [divmod(r, ranks // 2) for r in range(ranks)]
+    for record in records:
+        assert record["communicator"].startswith("torch.distributed gloo"), record["communicator"]
+        for name in ("mlp", "transformer"):
+            for what in ("hv", "block", "whole", "gradient", "loss"):
+                assert record[f"{name}_{what}"] <= 1e-12, (name, what, record)
+        assert record["top_k"] <= 1e-10 and record["trace"] <= 1e-10
+        assert record["slq_alpha"] <= 1e-10 and record["slq_beta"] <= 1e-10
 
 
 @pytest.mark.mpi
