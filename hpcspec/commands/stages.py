@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..curvature.pipeline import PipelineHessianOperator
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
+from ..parallel.device import Threads
 from ..parallel.grid import Grid, grid_shape, make_grid
 from ..problem.data import Shard, load_shard, memory_budget
 from ..problem.losses import check_labels, get_loss
@@ -59,7 +60,7 @@ def _cut(model: torch.nn.Module, stages: int, shard: Shard) -> tuple[list[Stage]
     return cut, offsets
 
 
-def build_staged_workload(cfg: Config, comm: Communicator, threads: int | None = None) -> tuple[Workload, Staged]:
+def build_staged_workload(cfg: Config, comm: Communicator, threads: Threads | None = None) -> tuple[Workload, Staged]:
     """The grid, this rank's data shard, the whole model (CPU, default dtype) and its stages (a
     collective step: every local failure is agreed, so every rank raises it together)."""
     agreed(comm, grid_shape, comm.size, cfg.model.stages)
@@ -68,7 +69,7 @@ def build_staged_workload(cfg: Config, comm: Communicator, threads: int | None =
     shard = agreed(comm, load_data_shard, cfg, grid.shard, grid.shards, comm.local_size)
     if threads is not None:
         log.info("data %s: %d samples; pipeline of %d stages × %d data shards, this rank is stage %d of "
-                 "shard %d, holding samples [%d, %d); %d thread(s) per rank", cfg.data.spec, shard.total,
+                 "shard %d, holding samples [%d, %d); %s", cfg.data.spec, shard.total,
                  grid.stages, grid.shards, grid.stage, grid.shard, shard.start, shard.stop, threads)
     shape = data_shape(comm, shard, loss.name)
     model = agreed(comm, job_model, cfg, shape, torch.device("cpu"), keep_dtype=True)

@@ -175,3 +175,17 @@ def test_bad_pipelined_inputs_exit_2_on_every_rank(tmp_path):
         lines = [line for line in per_rank[0][name]["stderr"].splitlines() if line.startswith("hpcspec: error:")]
         assert len(lines) == 1 and text in lines[0], (name, per_rank[0][name]["stderr"])
         assert "hpcspec: error:" not in per_rank[1][name]["stderr"], name
+
+
+def test_the_staged_data_line_is_logged(caplog):
+    """The start-up line of a pipelined run formats (it once took the thread count as an int)."""
+    from hpcspec.commands.stages import build_staged_workload
+    from hpcspec.config import load_config
+    from hpcspec.parallel.device import Threads
+
+    cfg = load_config(overrides={"data.spec": "synthetic", "data.samples": 6, "data.features": 3, "data.classes": 2,
+                                 "model.hidden": [4]})
+    with caplog.at_level("INFO", logger="hpcspec.commands.stages"):
+        build_staged_workload(cfg, SingleProcess(), Threads(1, "OMP_NUM_THREADS=1"))
+    assert ("pipeline of 1 stages × 1 data shards, this rank is stage 0 of shard 0, holding samples [0, 6); "
+            "1 thread(s) per rank (OMP_NUM_THREADS=1)") in caplog.text
