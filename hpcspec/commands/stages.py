@@ -64,7 +64,7 @@ def build_staged_workload(cfg: Config, comm: Communicator, threads: Threads | No
     """The grid, this rank's data shard, the whole model (CPU, default dtype) and its stages (a
     collective step: every local failure is agreed, so every rank raises it together)."""
     agreed(comm, grid_shape, comm.size, cfg.model.stages)
-    grid = make_grid(comm, cfg.model.stages)
+    grid = make_grid(comm, cfg.model.stages, cfg.model.placement)
     loss = agreed(comm, get_loss, cfg.hessian.loss)
     shard = agreed(comm, load_data_shard, cfg, grid.shard, grid.shards, comm.local_size)
     if threads is not None:

@@ -6,7 +6,9 @@ shards, micro-batches of 3 with a short last one). Each rank also builds the one
 :class:`HessianOperator` on the whole data set (small models) as the reference, and compares its
 own slice of H·v (one vector, a block of two), the gradient, and the top-k / trace / SLQ numbers.
 
-Usage: python mpi_pipeline.py OUT.json STAGES [save DIR | load DIR | torch]
+Usage: python mpi_pipeline.py OUT.json STAGES[:PLACEMENT] [save DIR | load DIR | torch]
+
+PLACEMENT (``model.placement``, default pipe): which launcher rank takes which (stage, shard).
 
 ``torch``: the products and the solvers of the MLP and the transformer on the torch.distributed
 backend (gloo on CPU; launched by torchrun): its ``new_group`` sub-communicators and ``send``/``recv``.
@@ -58,11 +60,12 @@ def shard(x: torch.Tensor, y: torch.Tensor, d: int, shards: int) -> tuple[torch.
 
 
 def main() -> None:
-    out, stages = Path(sys.argv[1]), int(sys.argv[2])
+    out, (stages, _, placement) = Path(sys.argv[1]), sys.argv[2].partition(":")
+    stages, placement = int(stages), placement or "pipe"
     mode = sys.argv[3] if len(sys.argv) > 3 else "products"
     comm = world("torch" if mode == "torch" else "mpi")
-    grid = make_grid(comm, stages)
-    record: dict = {"rank": comm.rank, "stage": grid.stage, "shard": grid.shard,
+    grid = make_grid(comm, stages, placement)
+    record: dict = {"rank": comm.rank, "stage": grid.stage, "shard": grid.shard, "order": grid.world.rank,
                     "communicator": comm.description}
     if mode in ("products", "torch"):
         for name in ("mlp", "transformer", "resnet") if mode == "products" else ("mlp", "transformer"):

@@ -18,7 +18,7 @@ from hpcspec.curvature.operator import HessianOperator
 from hpcspec.curvature.pipeline import pipelined
 from hpcspec.errors import InputError
 from hpcspec.parallel.comm import SingleProcess
-from hpcspec.parallel.grid import grid_shape, make_grid
+from hpcspec.parallel.grid import grid_position, grid_shape, launcher_bounds, make_grid
 from hpcspec.parallel.vectors import Sharded, stage_bounds
 from hpcspec.problem.models.resnet import ResNet
 from hpcspec.problem.models.transformer import TransformerLM
@@ -85,13 +85,29 @@ def test_one_stage_is_the_ordinary_operator(name):
     assert abs(op.loss_and_gradient()[0] - reference.loss_and_gradient()[0]) <= 1e-14
 
 
+def test_placements_number_the_launcher_ranks_pipe_or_stage_major():
+    """pipe: rank d·S + s (a data shard's stages consecutive); stage: s·D + d. Either way the
+    store's slices, indexed by launcher rank, are the stage-major space's slices permuted."""
+    assert [grid_position(r, 2, 3, "pipe") for r in range(6)] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    assert [grid_position(r, 2, 3, "stage") for r in range(6)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    bounds = stage_bounds([0, 7, 12], 3)  # stage-major: (s, d) = (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
+    assert launcher_bounds(bounds, 2, 3, "stage") == bounds
+    assert launcher_bounds(bounds, 2, 3, "pipe") == [bounds[0], bounds[3], bounds[1], bounds[4], bounds[2], bounds[5]]
+    with pytest.raises(InputError, match="model.placement must be one of pipe, stage"):
+        grid_position(0, 2, 2, "node")
+
+
 @pytest.mark.mpi
-@pytest.mark.parametrize("ranks,stages", [(2, 2), (4, 2), (3, 3)])
-def test_pipelined_products_and_estimates_equal_one_rank(tmp_path, ranks, stages):
-    done = mpirun(ranks, [SCRIPT, str(tmp_path / "out.json"), str(stages)], tmp_path, timeout=300)
+@pytest.mark.parametrize("ranks,stages,placement", [(2, 2, "pipe"), (4, 2, "pipe"), (4, 2, "stage"), (3, 3, "pipe")])
+def test_pipelined_products_and_estimates_equal_one_rank(tmp_path, ranks, stages, placement):
+    done = mpirun(ranks, [SCRIPT, str(tmp_path / "out.json"), f"{stages}:{placement}"], tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "out.json").read_text())
-    assert [(r["stage"], r["shard"]) for r in records] == [divmod(r, ranks // stages) for r in range(ranks)]
+    shards = ranks // stages
+    assert [(r["stage"], r["shard"]) for r in records] == [grid_position(r, stages, shards, placement)
+                                                           for r in range(ranks)]
+    assert [r["order"] for r in records] == [s * shards + d for s, d in ((r["stage"], r["shard"]) for r in records)]
+    records.sort(key=lambda r: r["order"])  # the space's (stage-major) rank order
     for record in records:
         for name in ("mlp", "transformer", "resnet"):
             for what in ("hv", "block", "whole", "gradient"):
@@ -121,7 +137,7 @@ def test_pipelined_products_on_torch_distributed_gloo(tmp_path, ranks):
     done = spawn.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "out.json").read_text())
-    assert [(r["stage"], r["shard"]) for r in records] == [divmod(r, ranks // 2) for r in range(ranks)]
+    assert [(r["stage"], r["shard"]) for r in records] == [grid_position(r, 2, ranks // 2) for r in range(ranks)]
     for record in records:
         assert record["communicator"].startswith("torch.distributed gloo"), record["communicator"]
         for name in ("mlp", "transformer"):

@@ -1,6 +1,6 @@
 """A pipelined run (``model.stages = 2``) stopped with a checkpoint and resumed through the CLI on
-another (S, D) grid with the same stage split: D = 1 → 2 and D = 2 → 1. The resumed eigenvalues and
-Lanczos coefficients equal an uninterrupted run's to 1e-10 relative — not bitwise: another D adds
+another (S, D) grid with the same stage split: D = 1 → 2 and D = 2 → 1. The resumed eigenvalues,
+eigenvectors and Lanczos coefficients equal an uninterrupted run's to 1e-10 relative — not bitwise: another D adds
 each stage's partial products over other data shards, in another order. Changing S is refused on
 every rank with one line naming the two splits."""
 
@@ -22,6 +22,8 @@ JOB = ["--model", "mlp", "--data", "synthetic", "--set", "data.samples=30", "--s
        "--set", "data.classes=3", "--set", "model.hidden=[6, 5]", "--set", "data.batch_size=7",
        "--set", "hessian.dtype='float64'", "--top-k", "3", "--eigen-method", "lanczos", "--tol", "1e-13",
        "--maxiter", "60", *COMMON]
+#: Also the eigenvectors: gathered whole over the stage-major space (4 ranks: placed pipe-major).
+NUMBERS = (*LANCZOS_NUMBERS, "eigen/vectors")
 
 
 def _stopped(ranks: int, output: Path, job: list[str]) -> str:
@@ -51,7 +53,7 @@ def reference(tmp_path_factory) -> dict[str, np.ndarray]:
     """The uninterrupted run, one rank, unsplit (equal to any grid's to rounding: test_pipeline.py)."""
     output = tmp_path_factory.mktemp("reference") / "out"
     assert main(["--backend", "single", "run", "--output", str(output), *JOB]) == 0
-    return read_numbers(output, LANCZOS_NUMBERS)
+    return read_numbers(output, NUMBERS)
 
 
 @pytest.mark.parametrize("before, after", [(2, 4), (4, 2)])
@@ -60,8 +62,8 @@ def test_resume_on_another_number_of_data_shards_agrees_to_1e_10(tmp_path, refer
     stopped_at = _stopped(before, output, job)
     out = _finished(after, output, job)
     assert f"resuming from checkpoint {output / 'checkpoints' / stopped_at}" in out
-    resumed = read_numbers(output, LANCZOS_NUMBERS)
-    for key in LANCZOS_NUMBERS:
+    resumed = read_numbers(output, NUMBERS)
+    for key in NUMBERS:
         error = float(np.max(np.abs(resumed[key] - reference[key])) / np.max(np.abs(reference[key])))
         print(f"S = 2, D = {before // 2} -> {after // 2}: {key} relative difference {error:.1e}")  # pytest -s
         assert error <= 1e-10, (key, error)
