@@ -205,3 +205,23 @@ def test_the_staged_data_line_is_logged(caplog):
         build_staged_workload(cfg, SingleProcess(), Threads(1, "OMP_NUM_THREADS=1"))
     assert ("pipeline of 1 stages × 1 data shards, this rank is stage 0 of shard 0, holding samples [0, 6); "
             "1 thread(s) per rank (OMP_NUM_THREADS=1)") in caplog.text
+
+
+def test_the_memory_plan_counts_each_stages_messages_per_product():
+    """An MLP 3 → 4 → 2 cut into two stages (16 | 10 parameters) over D = 3 shards, 6 samples,
+    k = 1, float64: stage 0 sends its 4 outputs and their tangents (2·4·6·8 bytes) and stage 1 the
+    cotangent of its 4 inputs and its tangent, likewise; each rank sends (D − 1)/D of its stage's
+    block in the reduce-scatter."""
+    from hpcspec.commands.stages import Staged, build_staged_workload, memory_plan
+    from hpcspec.config import load_config
+    from hpcspec.parallel.grid import Grid
+
+    cfg = load_config(overrides={"data.spec": "synthetic", "data.samples": 6, "data.features": 3, "data.classes": 2,
+                                 "model.hidden": [4], "eigen.method": "lanczos"})
+    work, _ = build_staged_workload(cfg, SingleProcess())
+    one = SingleProcess()
+    staged = Staged(Grid(one, 2, 3, 0, 0, one, one), split_stages(work.model, 2), [0, 16, 26])
+    plan = memory_plan(cfg, staged, work.shard, 8)
+    assert [row["parameters"] for row in plan] == [16, 10]
+    assert [row["pipe_bytes"] for row in plan] == [2 * 4 * 6 * 8, 2 * 4 * 6 * 8]
+    assert [row["stage_bytes"] for row in plan] == [16 * 8 * 2 // 3, 10 * 8 * 2 // 3]
