@@ -33,6 +33,10 @@ HVP_CHOICES = ("auto", *HVP_METHODS)
 #: ``fast``: one float64 allreduce (bits depend on the rank count through the summation order);
 #: ``ordered``: an exact fixed-point sum whose bits do not (see ``HessianOperator._exact_sum``).
 REDUCTIONS = ("fast", "ordered")
+#: How launcher ranks map to the pipeline grid (``model.placement``, :mod:`hpcspec.parallel.grid`):
+#: ``pipe``: rank = d·S + s, the S stages of one data shard consecutive (on one node under a
+#: by-slot/block mapping); ``stage``: rank = s·D + d, the D shards of one stage consecutive.
+PLACEMENTS = ("pipe", "stage")
 #: ``eval``: BatchNorm normalises with its running (population) statistics; ``train``: with each
 #: batch's own statistics.
 BN_MODES = ("eval", "train")

@@ -141,6 +141,13 @@ def resume_from(store: CheckpointStore, comm: Communicator, identity: dict[str, 
 
 
 def _check_identity(loaded: Loaded, identity: dict[str, Any]) -> None:
+    saved = loaded.meta.get("identity", {}).get("config", {}).get("model.stages", 1)
+    stages = identity["config"].get("model.stages", 1)
+    if saved != stages:  # named on its own: the generic message would list it among other keys
+        raise InputError(f"checkpoint {str(loaded.path)!r} was written with the model split into {saved} pipeline "
+                         f"stage(s), this run into {stages}: the stage split differs, and a checkpoint resumes only "
+                         f"on its own split; resume with --set model.stages={saved} on any multiple of {saved} ranks "
+                         "(the number of data shards may change)")
     problem = describe_mismatch(loaded.meta.get("identity", {}), identity)
     if problem is not None:
         raise InputError(f"checkpoint {str(loaded.path)!r} is of another run ({problem}); resume with the "

@@ -58,7 +58,8 @@ from ..curvature.preflight import check_operator, check_operator_modes, default_
 from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.progress import ProgressDisplay
-from ..parallel.vectors import Sharded
+from ..parallel.grid import launcher_bounds
+from ..parallel.vectors import Sharded, stage_bounds
 from ..problem.losses import Loss
 from ..problem.shards import AnyShard
 from ..problem.params import select_parameters
@@ -160,6 +161,12 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         work = collective(comm, build_workload, cfg, comm, device, threads)
     loss, shard, model = work.loss, work.shard, work.model
     unselected = agreed(comm, _select, model, cfg.model.params)
+    if staged is not None:
+        agreed(comm, settle_ranges, staged)
+        if store is not None:  # each rank writes and reads its stage's slices: known before a resume loads them
+            grid = staged.grid
+            store.bounds = launcher_bounds(stage_bounds(staged.offsets, grid.shards), grid.stages, grid.shards,
+                                           cfg.model.placement)
     identity: dict[str, Any] = {}
     loaded = None
     if store is not None:
@@ -182,7 +189,6 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
     def operator() -> HessianOperator:
         nonlocal method, reason, trials
         if staged is not None:
-            agreed(comm, settle_ranges, staged)
             return collective(comm, staged_operator, cfg, work, staged, device)  # type: ignore[return-value]
         made = build_operator(cfg, comm, model, loss, shard, method)
         # decided once: the training operator's choice is the analysis operator's (then named)
@@ -203,8 +209,6 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
     del work, model  # a pipelined run keeps only its stage: the other stages' modules go with the whole model
     if staged is not None:
         staged.stages.clear()
-        if store is not None:
-            store.bounds = op.space.bounds  # each rank writes its stage's slices
     log.info("model %s: %s parameters in the Hessian%s", cfg.model.spec, f"{op.size:,}",
              f" (frozen, excluded: {', '.join(op.layout.excluded)})" if op.layout.excluded else "")
     agreed(comm, _check_sizes, cfg, op.size)
@@ -285,7 +289,7 @@ def _solve(problem: Problem, checkpointer: Checkpointer | None = None) -> TaskRe
                         extra_state=extra_state, finished=final if checkpointer is not None else None,
                         display=progress_display(problem))
     if results.eigen is not None and getattr(results.eigen, "rows", None) is not None:
-        results.eigen = _whole_on_root(problem.comm, problem.op.space, results.eigen)
+        results.eigen = _whole_on_root(problem.op.space, results.eigen)
     if results.eigen is not None and not results.eigen.converged:
         log.warning("eigenpairs did not converge within eigen.maxiter: residuals %s",
                     ", ".join(f"{r:.2e}" for r in results.eigen.residuals))
@@ -300,10 +304,11 @@ def progress_display(problem: Problem) -> ProgressDisplay:
     return ProgressDisplay(problem.comm.rank, problem.cfg.progress.every_seconds, log.info)
 
 
-def _whole_on_root(comm: Communicator, space: Sharded, result: LanczosResult) -> LanczosResult:
+def _whole_on_root(space: Sharded, result: LanczosResult) -> LanczosResult:
     """Rank 0 gets the k whole Ritz vectors to write (k·P numbers, never a basis); the other ranks
-    keep their rows."""
-    whole = comm.gather_rows(result.eigenvectors.contiguous(), space.bounds)
+    keep their rows. The rows are gathered over the space's communicator, whose rank order is the
+    rows' (a pipelined grid renumbers the launcher's ranks); its rank 0 is the launcher's."""
+    whole = space.comm.gather_rows(result.eigenvectors.contiguous(), space.bounds)
     return dataclasses.replace(result, eigenvectors=whole, rows=None) if whole is not None else result
 
 

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..curvature.pipeline import PipelineHessianOperator
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
+from ..parallel.device import Threads
 from ..parallel.grid import Grid, grid_shape, make_grid
 from ..problem.data import Shard, load_shard, memory_budget
 from ..problem.losses import check_labels, get_loss
@@ -59,16 +60,16 @@ def _cut(model: torch.nn.Module, stages: int, shard: Shard) -> tuple[list[Stage]
     return cut, offsets
 
 
-def build_staged_workload(cfg: Config, comm: Communicator, threads: int | None = None) -> tuple[Workload, Staged]:
+def build_staged_workload(cfg: Config, comm: Communicator, threads: Threads | None = None) -> tuple[Workload, Staged]:
     """The grid, this rank's data shard, the whole model (CPU, default dtype) and its stages (a
     collective step: every local failure is agreed, so every rank raises it together)."""
     agreed(comm, grid_shape, comm.size, cfg.model.stages)
-    grid = make_grid(comm, cfg.model.stages)
+    grid = make_grid(comm, cfg.model.stages, cfg.model.placement)
     loss = agreed(comm, get_loss, cfg.hessian.loss)
     shard = agreed(comm, load_data_shard, cfg, grid.shard, grid.shards, comm.local_size)
     if threads is not None:
         log.info("data %s: %d samples; pipeline of %d stages × %d data shards, this rank is stage %d of "
-                 "shard %d, holding samples [%d, %d); %d thread(s) per rank", cfg.data.spec, shard.total,
+                 "shard %d, holding samples [%d, %d); %s", cfg.data.spec, shard.total,
                  grid.stages, grid.shards, grid.stage, grid.shard, shard.start, shard.stop, threads)
     shape = data_shape(comm, shard, loss.name)
     model = agreed(comm, job_model, cfg, shape, torch.device("cpu"), keep_dtype=True)
@@ -100,7 +101,13 @@ def memory_plan(cfg: Config, staged: Staged, shard: Shard, dtype_bytes: int) -> 
     and one tangent per parameter in the analysis dtype, the stage inputs it keeps between the
     forward and backward passes (one activation and k tangents per micro-batch: measured by one
     sample's forward, times the samples of the shard), and its slices of the Krylov basis
-    (``eigen.max_basis`` or ``top_k + 3·block_size`` vectors) plus one whole applied vector."""
+    (``eigen.max_basis`` or ``top_k + 3·block_size`` vectors) plus one whole applied vector.
+
+    Also what one rank sends per product of k vectors (estimates from the message shapes):
+    ``pipe_bytes`` to its neighbouring stages — per sample of its shard, (k + 1) activations
+    forward (its output) and (k + 1) cotangents backward (its input), in the analysis dtype — and
+    ``stage_bytes``, its part of the reduce-scatter of the stage's float64 block of k partial
+    products over the D ranks of the stage (a ring: (D − 1)/D of the block)."""
     grid, plan = staged.grid, []
     widths: list[int] = []
     x: Any = shard.inputs[:1].to(torch.get_default_dtype()) if shard.inputs.dtype.is_floating_point else shard.inputs[:1]
@@ -108,13 +115,16 @@ def memory_plan(cfg: Config, staged: Staged, shard: Shard, dtype_bytes: int) -> 
         for stage in staged.stages:
             widths.append(x.numel() if x.dtype.is_floating_point else 0)
             x = stage(x)
+    widths.append(0)  # the last stage sends nothing forward
     basis = cfg.eigen.max_basis or cfg.eigen.top_k + 3 * cfg.eigen.block_size
     k = cfg.eigen.block_size if cfg.eigen.method == "block" else 1
     for s in range(grid.stages):
         count = staged.offsets[s + 1] - staged.offsets[s]
         plan.append({"stage": s, "parameters": count, "parameter_bytes": 2 * count * dtype_bytes,
                      "kept_input_bytes": widths[s] * len(shard) * (k + 1) * dtype_bytes,
-                     "krylov_bytes": (basis * count // grid.shards + staged.offsets[-1] * k) * 8})
+                     "krylov_bytes": (basis * count // grid.shards + staged.offsets[-1] * k) * 8,
+                     "pipe_bytes": (widths[s + 1] + (widths[s] if s else 0)) * len(shard) * (k + 1) * dtype_bytes,
+                     "stage_bytes": k * count * 8 * (grid.shards - 1) // grid.shards})
     return plan
 
 
@@ -132,4 +142,9 @@ def dry_run(cfg: Config, comm: Communicator) -> list[dict[str, Any]]:
             parts = [row["parameter_bytes"], row["kept_input_bytes"], row["krylov_bytes"]]
             print(f"  {row['stage']:5d}   {row['parameters']:10,d}   {parts[0] / 2**20:14.1f}   {parts[1] / 2**20:11.1f}"
                   f"   {parts[2] / 2**20:20.1f}   {sum(parts) / 2**20:5.1f}")
+        print(f"sent per product by one rank of each stage (MiB; placement {cfg.model.placement!r}: "
+              f"{'the pipe' if cfg.model.placement == 'pipe' else 'the stage'} on consecutive ranks):")
+        print("  stage   to neighbouring stages   stage reduce-scatter")
+        for row in plan:
+            print(f"  {row['stage']:5d}   {row['pipe_bytes'] / 2**20:22.2f}   {row['stage_bytes'] / 2**20:20.2f}")
     return plan

@@ -26,6 +26,7 @@ from ..choices import (
     LOSSES,
     MIN_TRACE_MATVECS,
     NORMALIZE,
+    PLACEMENTS,
     REDUCTIONS,
     SCHEDULES,
     SPLITS,
@@ -63,6 +64,9 @@ class ModelConfig:
     stages: int = positive(1, "pipeline stages the model is split over (world = stages × data shards; the "
                               "model is cut at block boundaries, balanced by parameter count: docs/pipeline.md)",
                            example=2)
+    placement: str = option("pipe", 'how launcher ranks map to the stages × shards grid: "pipe" puts the stages of one '
+                                    'data shard on consecutive ranks (one node), "stage" the shards of one stage '
+                                    '(docs/pipeline.md)', choices=PLACEMENTS, may_change=True, example=SHOW)
     params: str = option("", 'only these parameters enter the Hessian: comma-separated fnmatch globs, e.g. '
                              '"layers.4.*" (the default MLP\'s last layer; "": all)', example=SHOW,
                          flags=(Flag("--params", help="only these parameters enter the Hessian: comma-separated "

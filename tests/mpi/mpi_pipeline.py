@@ -6,7 +6,12 @@ shards, micro-batches of 3 with a short last one). Each rank also builds the one
 :class:`HessianOperator` on the whole data set (small models) as the reference, and compares its
 own slice of H·v (one vector, a block of two), the gradient, and the top-k / trace / SLQ numbers.
 
-Usage: python mpi_pipeline.py OUT.json STAGES [save DIR | load DIR]
+Usage: python mpi_pipeline.py OUT.json STAGES[:PLACEMENT] [save DIR | load DIR | torch]
+
+PLACEMENT (``model.placement``, default pipe): which launcher rank takes which (stage, shard).
+
+``torch``: the products and the solvers of the MLP and the transformer on the torch.distributed
+backend (gloo on CPU; launched by torchrun): its ``new_group`` sub-communicators and ``send``/``recv``.
 """
 
 from __future__ import annotations
@@ -55,13 +60,15 @@ def shard(x: torch.Tensor, y: torch.Tensor, d: int, shards: int) -> tuple[torch.
 
 
 def main() -> None:
-    out, stages = Path(sys.argv[1]), int(sys.argv[2])
+    out, (stages, _, placement) = Path(sys.argv[1]), sys.argv[2].partition(":")
+    stages, placement = int(stages), placement or "pipe"
     mode = sys.argv[3] if len(sys.argv) > 3 else "products"
-    comm = world("mpi")
-    grid = make_grid(comm, stages)
-    record: dict = {"rank": comm.rank, "stage": grid.stage, "shard": grid.shard}
-    if mode == "products":
-        for name in ("mlp", "transformer", "resnet"):
+    comm = world("torch" if mode == "torch" else "mpi")
+    grid = make_grid(comm, stages, placement)
+    record: dict = {"rank": comm.rank, "stage": grid.stage, "shard": grid.shard, "order": grid.world.rank,
+                    "communicator": comm.description}
+    if mode in ("products", "torch"):
+        for name in ("mlp", "transformer", "resnet") if mode == "products" else ("mlp", "transformer"):
             model, x, y = problem(name)
             reference = HessianOperator(model, "cross_entropy", (x, y), SingleProcess(), batch_size=4,
                                         method="double_backward")
@@ -111,6 +118,8 @@ def main() -> None:
     records = comm.allgather_object(record)
     if comm.rank == 0:
         out.write_text(json.dumps(records))
+    if mode == "torch":
+        comm.close()  # leave the gloo group together (see TorchDistributedCommunicator.close)
 
 
 if __name__ == "__main__":

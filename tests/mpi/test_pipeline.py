@@ -4,8 +4,12 @@ against the one-rank operator, the solvers on the staged space, resume, and bad 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 
 import pytest
+import spawn
 import torch
 from helpers import REPO, mpirun
 from torch import nn
@@ -14,7 +18,7 @@ from hpcspec.curvature.operator import HessianOperator
 from hpcspec.curvature.pipeline import pipelined
 from hpcspec.errors import InputError
 from hpcspec.parallel.comm import SingleProcess
-from hpcspec.parallel.grid import grid_shape, make_grid
+from hpcspec.parallel.grid import grid_position, grid_shape, launcher_bounds, make_grid
 from hpcspec.parallel.vectors import Sharded, stage_bounds
 from hpcspec.problem.models.resnet import ResNet
 from hpcspec.problem.models.transformer import TransformerLM
@@ -81,13 +85,29 @@ def test_one_stage_is_the_ordinary_operator(name):
     assert abs(op.loss_and_gradient()[0] - reference.loss_and_gradient()[0]) <= 1e-14
 
 
+def test_placements_number_the_launcher_ranks_pipe_or_stage_major():
+    """pipe: rank d·S + s (a data shard's stages consecutive); stage: s·D + d. Either way the
+    store's slices, indexed by launcher rank, are the stage-major space's slices permuted."""
+    assert [grid_position(r, 2, 3, "pipe") for r in range(6)] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    assert [grid_position(r, 2, 3, "stage") for r in range(6)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    bounds = stage_bounds([0, 7, 12], 3)  # stage-major: (s, d) = (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
+    assert launcher_bounds(bounds, 2, 3, "stage") == bounds
+    assert launcher_bounds(bounds, 2, 3, "pipe") == [bounds[0], bounds[3], bounds[1], bounds[4], bounds[2], bounds[5]]
+    with pytest.raises(InputError, match="model.placement must be one of pipe, stage"):
+        grid_position(0, 2, 2, "node")
+
+
 @pytest.mark.mpi
-@pytest.mark.parametrize("ranks,stages", [(2, 2), (4, 2), (3, 3)])
-def test_pipelined_products_and_estimates_equal_one_rank(tmp_path, ranks, stages):
-    done = mpirun(ranks, [SCRIPT, str(tmp_path / "out.json"), str(stages)], tmp_path, timeout=300)
+@pytest.mark.parametrize("ranks,stages,placement", [(2, 2, "pipe"), (4, 2, "pipe"), (4, 2, "stage"), (3, 3, "pipe")])
+def test_pipelined_products_and_estimates_equal_one_rank(tmp_path, ranks, stages, placement):
+    done = mpirun(ranks, [SCRIPT, str(tmp_path / "out.json"), f"{stages}:{placement}"], tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "out.json").read_text())
-    assert [(r["stage"], r["shard"]) for r in records] == [divmod(r, ranks // stages) for r in range(ranks)]
+    shards = ranks // stages
+    assert [(r["stage"], r["shard"]) for r in records] == [grid_position(r, stages, shards, placement)
+                                                           for r in range(ranks)]
+    assert [r["order"] for r in records] == [s * shards + d for s, d in ((r["stage"], r["shard"]) for r in records)]
+    records.sort(key=lambda r: r["order"])  # the space's (stage-major) rank order
     for record in records:
         for name in ("mlp", "transformer", "resnet"):
             for what in ("hv", "block", "whole", "gradient"):
@@ -98,6 +118,33 @@ def test_pipelined_products_and_estimates_equal_one_rank(tmp_path, ranks, stages
         assert record["slq_alpha"] <= 1e-10 and record["slq_beta"] <= 1e-10
     slices = [tuple(r["slice"]) for r in records]
     assert slices[0][0] == 0 and all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_pipelined_products_on_torch_distributed_gloo(tmp_path, ranks):
+    """torchrun, gloo on CPU, S = 2 (D = 1 and 2): the stage and pipe groups (``new_group``) and the
+    activations' ``send``/``recv`` give the one-rank products and solvers (MLP and transformer)."""
+    env = spawn.one_thread_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr",
+               "127.0.0.1", "--master_port", str(_free_port()), SCRIPT, str(tmp_path / "out.json"), "2", "torch"]
+    done = spawn.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "out.json").read_text())
+    assert [(r["stage"], r["shard"]) for r in records] == [grid_position(r, 2, ranks // 2) for r in range(ranks)]
+    for record in records:
+        assert record["communicator"].startswith("torch.distributed gloo"), record["communicator"]
+        for name in ("mlp", "transformer"):
+            for what in ("hv", "block", "whole", "gradient", "loss"):
+                assert record[f"{name}_{what}"] <= 1e-12, (name, what, record)
+        assert record["top_k"] <= 1e-10 and record["trace"] <= 1e-10
+        assert record["slq_alpha"] <= 1e-10 and record["slq_beta"] <= 1e-10
 
 
 @pytest.mark.mpi
@@ -144,3 +191,37 @@ def test_bad_pipelined_inputs_exit_2_on_every_rank(tmp_path):
         lines = [line for line in per_rank[0][name]["stderr"].splitlines() if line.startswith("hpcspec: error:")]
         assert len(lines) == 1 and text in lines[0], (name, per_rank[0][name]["stderr"])
         assert "hpcspec: error:" not in per_rank[1][name]["stderr"], name
+
+
+def test_the_staged_data_line_is_logged(caplog):
+    """The start-up line of a pipelined run formats (it once took the thread count as an int)."""
+    from hpcspec.commands.stages import build_staged_workload
+    from hpcspec.config import load_config
+    from hpcspec.parallel.device import Threads
+
+    cfg = load_config(overrides={"data.spec": "synthetic", "data.samples": 6, "data.features": 3, "data.classes": 2,
+                                 "model.hidden": [4]})
+    with caplog.at_level("INFO", logger="hpcspec.commands.stages"):
+        build_staged_workload(cfg, SingleProcess(), Threads(1, "OMP_NUM_THREADS=1"))
+    assert ("pipeline of 1 stages × 1 data shards, this rank is stage 0 of shard 0, holding samples [0, 6); "
+            "1 thread(s) per rank (OMP_NUM_THREADS=1)") in caplog.text
+
+
+def test_the_memory_plan_counts_each_stages_messages_per_product():
+    """An MLP 3 → 4 → 2 cut into two stages (16 | 10 parameters) over D = 3 shards, 6 samples,
+    k = 1, float64: stage 0 sends its 4 outputs and their tangents (2·4·6·8 bytes) and stage 1 the
+    cotangent of its 4 inputs and its tangent, likewise; each rank sends (D − 1)/D of its stage's
+    block in the reduce-scatter."""
+    from hpcspec.commands.stages import Staged, build_staged_workload, memory_plan
+    from hpcspec.config import load_config
+    from hpcspec.parallel.grid import Grid
+
+    cfg = load_config(overrides={"data.spec": "synthetic", "data.samples": 6, "data.features": 3, "data.classes": 2,
+                                 "model.hidden": [4], "eigen.method": "lanczos"})
+    work, _ = build_staged_workload(cfg, SingleProcess())
+    one = SingleProcess()
+    staged = Staged(Grid(one, 2, 3, 0, 0, one, one), split_stages(work.model, 2), [0, 16, 26])
+    plan = memory_plan(cfg, staged, work.shard, 8)
+    assert [row["parameters"] for row in plan] == [16, 10]
+    assert [row["pipe_bytes"] for row in plan] == [2 * 4 * 6 * 8, 2 * 4 * 6 * 8]
+    assert [row["stage_bytes"] for row in plan] == [16 * 8 * 2 // 3, 10 * 8 * 2 // 3]

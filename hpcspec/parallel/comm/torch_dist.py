@@ -37,6 +37,9 @@ class TorchDistributedCommunicator:
         if group is not None:
             self._ranks = list(ranks or ())
             self.rank, self.size = self._ranks.index(dist.get_rank()), len(self._ranks)
+            # torch numbers a group's members in global-rank order (new_group sorts them), this
+            # communicator in split-key order: where member i's piece is in a gather over the group
+            self._order = [sorted(self._ranks).index(g) for g in self._ranks]
             self.local_rank, self.local_size = launcher_local_rank_and_size(dist.get_rank(), dist.get_world_size())
             self._nccl = dist.get_backend() == "nccl"
             return
@@ -51,6 +54,7 @@ class TorchDistributedCommunicator:
         self.rank: int = dist.get_rank()
         self.size: int = dist.get_world_size()
         self._ranks = list(range(self.size))
+        self._order = list(range(self.size))
         self.local_rank, self.local_size = launcher_local_rank_and_size(self.rank, self.size)
         self._nccl = dist.get_backend() == "nccl"
 
@@ -81,7 +85,7 @@ class TorchDistributedCommunicator:
         padded[: len(rows)] = rows
         pieces = [torch.empty_like(padded) for _ in bounds]
         self._dist.all_gather(pieces, padded, group=self._group)
-        return torch.cat([piece[: hi - lo] for piece, (lo, hi) in zip(pieces, bounds)]).to(rows.device)
+        return torch.cat([pieces[self._order[i]][: hi - lo] for i, (lo, hi) in enumerate(bounds)]).to(rows.device)
 
     def gather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]], root: int = 0) -> torch.Tensor | None:
         full = self.allgather_rows(rows, bounds)
@@ -95,7 +99,7 @@ class TorchDistributedCommunicator:
     def allgather_object(self, obj: Any) -> list[Any]:
         found: list[Any] = [None] * self.size
         self._dist.all_gather_object(found, obj, group=self._group)
-        return found
+        return [found[position] for position in self._order]
 
     def split(self, color: int, key: int) -> "TorchDistributedCommunicator":
         # new_group is collective over the world: every rank creates every group, in one order
