@@ -8,7 +8,7 @@ products per layer; on ResNet-20 that was a fifth of a kept-graph Hessian-vector
 (docs/performance.md, "Where an HVP's time goes"). Written as ``x * s + c``, its first and second
 derivatives are two or three elementwise products. The function is the same (its value differs
 only in rounding), so H is the same; layers in training mode (batch statistics, ``bn_mode = "train"``)
-keep torch's own forward.
+keep torch's own forward, with their running statistics frozen (:func:`frozen_running_stats`).
 """
 
 from __future__ import annotations
@@ -53,3 +53,19 @@ def affine_norms(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     finally:
         for norm in norms:
             del norm.forward
+
+
+@contextmanager
+def frozen_running_stats(norms: list[torch.nn.Module]) -> Iterator[None]:
+    """Forwards inside normalise the BatchNorm layers ``norms`` (in training mode: bn_mode "train")
+    with each batch's statistics without updating any of their buffers: with
+    ``track_running_stats`` off a layer leaves ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` alone (the functorch-compatible form). No-op for an empty list."""
+    saved = [module.track_running_stats for module in norms]
+    for module in norms:
+        module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module, tracked in zip(norms, saved):
+            module.track_running_stats = tracked

@@ -31,12 +31,15 @@ from ..problem.batches import BatchSource, Inputs, call_model, inputs_as_args
 from ..problem.losses import Loss, get_loss
 from ..problem.pairing import check_pairing, logits_of
 from ..problem.params import ParamLayout
-from .affine import affine_norms
+from .affine import affine_norms, frozen_running_stats
 from .graphs import SavedBytes
 from .method import DEFAULT_HVP_METHOD, rule
 from .ordered import exact_sum
 
 log = logging.getLogger(__name__)
+#: Parameter counts up to which :meth:`HessianOperator._accumulate` joins a product's parts first
+#: (a temporary of P numbers in the compute dtype).
+JOIN_LIMIT = 2**20
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -124,7 +127,7 @@ class HessianOperator:
         self.model = model
         self.output_fn = output_fn
         #: BatchNorm layers normalising with batch statistics (bn_mode "train"); their running
-        #: statistics are frozen during the operator's forwards by :meth:`_frozen_running_stats`.
+        #: statistics are frozen during the operator's forwards by :func:`~hpcspec.curvature.affine.frozen_running_stats`.
         self._batch_stat_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)] if bn_mode == "train" else []
         self.loss = get_loss(loss)
         if method != "auto" and method not in HVP_METHODS:
@@ -191,7 +194,7 @@ class HessianOperator:
         and every parameter's ``requires_grad`` are back as they were (re-entrant)."""
         training = [(module, module.training) for module in self.model.modules()]
         flags = [(param, param.requires_grad) for param in self._params]
-        self.model.eval()
+        self.model.eval()  # the model's own eval(): a model may override what it switches
         for module in self._batch_stat_norms:
             module.train()
         for param in self._params:
@@ -219,23 +222,6 @@ class HessianOperator:
         """The model parameters the flat vector covers, in layout order."""
         return list(self._params)
 
-    @contextmanager
-    def _frozen_running_stats(self) -> Iterator[None]:
-        """Forwards inside use batch statistics without updating any BatchNorm buffer.
-
-        A BatchNorm layer in training mode with ``track_running_stats`` off normalises with the
-        batch's statistics and leaves ``running_mean``, ``running_var`` and
-        ``num_batches_tracked`` alone (the functorch-compatible form). No-op for bn_mode "eval".
-        """
-        saved = [module.track_running_stats for module in self._batch_stat_norms]
-        for module in self._batch_stat_norms:
-            module.track_running_stats = False
-        try:
-            yield
-        finally:
-            for module, tracked in zip(self._batch_stat_norms, saved):
-                module.track_running_stats = tracked
-
     @_in_modes
     def check_data(self) -> None:
         """Raise :class:`InputError` if the model cannot take this rank's inputs or the loss its targets.
@@ -251,7 +237,7 @@ class HessianOperator:
                              "change data.batch_size")
         targets = self._source.all_targets()
         targets = first[1] if targets is None else targets  # tensor data: every label is checked
-        with self._frozen_running_stats():
+        with frozen_running_stats(self._batch_stat_norms):
             # batch statistics need two samples (BatchNorm1d refuses one in training mode)
             check_pairing(self.model, self.loss, first[0], targets, self.output_fn)
 
@@ -260,7 +246,7 @@ class HessianOperator:
 
     def _batch_loss(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
         """The batch's summed loss (its mean times its weight), batch statistics frozen."""
-        with self._frozen_running_stats():
+        with frozen_running_stats(self._batch_stat_norms):
             return self.loss.sum(self.output_fn(call_model(self.model, inputs)), targets)
 
     def _weights_key(self) -> tuple:
@@ -335,7 +321,12 @@ class HessianOperator:
         return [total.cpu() if total.device.type != "cpu" else total for total in totals]
 
     def _accumulate(self, flat: torch.Tensor, parts: Sequence[torch.Tensor | None]) -> None:
-        """``flat += parts`` slice by slice (float64), skipping parameters with no contribution."""
+        """``flat += parts`` (float64), skipping parameters with no contribution. A small model's
+        parts are joined first (one add instead of one per parameter: the per-product overhead
+        that a 2 ms product notices); the sums are the same either way, element by element."""
+        if self.size <= JOIN_LIMIT and all(part is not None for part in parts):
+            flat += torch.cat([part.reshape(-1) for part in parts])  # type: ignore[union-attr]
+            return
         for begin, end, part in zip(self.layout.offsets[:-1], self.layout.offsets[1:], parts):
             if part is not None:
                 flat[begin:end] += part.reshape(-1)
@@ -377,7 +368,7 @@ class HessianOperator:
         args, kwargs = inputs_as_args(inputs)
 
         def batch_loss(*values: torch.Tensor) -> torch.Tensor:
-            with self._frozen_running_stats(), affine_norms(self.model, self.affine_norms):
+            with frozen_running_stats(self._batch_stat_norms), affine_norms(self.model, self.affine_norms):
                 outputs = functional_call(self.model, dict(zip(names, values)), args, kwargs)
             return self.loss.sum(self.output_fn(outputs), targets)
 
