@@ -31,6 +31,9 @@ def main() -> None:
         raise
     if comm.rank == 0:
         out.write_text(json.dumps({"size": comm.size, "checks": done, "backend": type(comm).__name__}))
+    close = getattr(comm, "close", None)  # torch.distributed: leave the process group together
+    if close is not None:
+        close()
 
 
 if __name__ == "__main__":

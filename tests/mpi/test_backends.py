@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 import h5py
@@ -22,12 +21,6 @@ JOB = ["run", "--top-k", "4", "--trace", "--density", "--probes", "2", "--steps"
 NUMBERS = ("eigen/values", "eigen/vectors", "trace/samples", "lanczos/alpha", "lanczos/beta")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _numbers(path) -> dict[str, np.ndarray]:
     with h5py.File(path / "results.h5") as f:
         assert f.attrs["world_size"] > 0
@@ -37,7 +30,7 @@ def _numbers(path) -> dict[str, np.ndarray]:
 def _torchrun(ranks: int, output, cwd) -> None:
     env = spawn.one_thread_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), "-m", "hpcspec", *JOB, "--output", str(output)]
+               "127.0.0.1", "--master_port", str(spawn.free_port()), "-m", "hpcspec", *JOB, "--output", str(output)]
     done = spawn.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -90,7 +83,7 @@ def test_horovod_backend_without_horovod_is_a_clear_error(monkeypatch):
 
 
 def test_torch_backend_under_mpirun(tmp_path):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(_free_port())
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(spawn.free_port())
     try:
         done = mpirun(2, ["-m", "hpcspec", "--backend", "torch", *JOB, "--output", str(tmp_path / "t")], tmp_path)
     finally:

@@ -129,3 +129,12 @@ def reap_children() -> Iterator[None]:
     :func:`run` is left, nor any process of their sessions (imported by ``tests/conftest.py``)."""
     yield
     kill_all_live()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (a torchrun rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .wire import HEADER, header_of, payload, receive_buffer, restored
+
 
 class MPICommunicator:
     """mpi4py communicator; vectors travel as contiguous host buffers.
@@ -93,17 +95,17 @@ class MPICommunicator:
         return sub
 
     def send_tensor(self, tensor: torch.Tensor, dest: int) -> None:
-        host = _host_view(tensor.contiguous())
-        self.watchdog.wait(self._comm.Isend(_header(tensor), dest=dest, tag=_TAG), "send")
+        header = np.array(header_of(tensor), dtype=np.int64)
+        host = _host_view(payload(tensor))
+        self.watchdog.wait(self._comm.Isend(header, dest=dest, tag=_TAG), "send")
         self.watchdog.wait(self._comm.Isend(host, dest=dest, tag=_TAG), "send")
 
     def recv_tensor(self, source: int) -> torch.Tensor:
-        header = np.empty(_HEADER, dtype=np.int64)
+        header = np.empty(HEADER, dtype=np.int64)
         self.watchdog.wait(self._comm.Irecv(header, source=source, tag=_TAG), "recv")
-        ndim = int(header[1])
-        out = torch.empty(tuple(int(n) for n in header[2:2 + ndim]), dtype=_WIRE_DTYPES[int(header[0])])
+        out, dtype = receive_buffer(header.tolist())
         self.watchdog.wait(self._comm.Irecv(out.numpy(), source=source, tag=_TAG), "recv")
-        return out
+        return restored(out, dtype)
 
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)
@@ -114,22 +116,8 @@ class MPICommunicator:
         return f"mpi4py {_mpi4py_version()} / {version}"
 
 
-#: What a point-to-point message may carry (an activation, a token batch, a mask), by wire code.
-_WIRE_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32, torch.bool)
-#: Header of a point-to-point message: dtype code, ndim, then up to 8 dimensions.
-_HEADER = 10
+#: The tag of point-to-point tensor messages (:mod:`.wire`).
 _TAG = 1801
-
-
-def _header(tensor: torch.Tensor) -> np.ndarray:
-    """The shape and dtype a receiver needs to allocate a point-to-point message."""
-    if tensor.dtype not in _WIRE_DTYPES or tensor.ndim > _HEADER - 2:
-        raise ValueError(f"point-to-point messages move tensors of at most {_HEADER - 2} dimensions and dtype "
-                         f"{', '.join(str(d) for d in _WIRE_DTYPES)}, got {tensor.dtype} of shape {tuple(tensor.shape)}")
-    header = np.zeros(_HEADER, dtype=np.int64)
-    header[0], header[1] = _WIRE_DTYPES.index(tensor.dtype), tensor.ndim
-    header[2:2 + tensor.ndim] = tensor.shape
-    return header
 
 
 def _pickled(obj: Any) -> bytes:

@@ -12,11 +12,7 @@ import torch
 
 from ...errors import InputError
 from .launch import launcher_local_rank_and_size, launcher_rank_and_size
-
-
-#: What a point-to-point message may carry, by wire code, and the header length (as in :mod:`.mpi`).
-_WIRE_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32, torch.bool)
-_HEADER = 10
+from .wire import HEADER, header_of, payload, receive_buffer, restored
 
 
 class TorchDistributedCommunicator:
@@ -113,19 +109,18 @@ class TorchDistributedCommunicator:
         return TorchDistributedCommunicator(*mine)  # type: ignore[misc]  # this rank's color is in members
 
     def send_tensor(self, tensor: torch.Tensor, dest: int) -> None:
-        wire = self._on_wire(tensor.contiguous())
-        header = torch.tensor([_WIRE_DTYPES.index(tensor.dtype), tensor.ndim, *tensor.shape], dtype=torch.int64)
-        header = self._on_wire(torch.cat([header, torch.zeros(_HEADER - len(header), dtype=torch.int64)]))
+        header = self._on_wire(torch.tensor(header_of(tensor), dtype=torch.int64))
+        wire = self._on_wire(payload(tensor))
         self._dist.send(header, dst=self._ranks[dest])
         self._dist.send(wire, dst=self._ranks[dest])
 
     def recv_tensor(self, source: int) -> torch.Tensor:
-        header = self._on_wire(torch.empty(_HEADER, dtype=torch.int64))
+        header = self._on_wire(torch.empty(HEADER, dtype=torch.int64))
         self._dist.recv(header, src=self._ranks[source])
-        code, ndim, *dims = header.cpu().tolist()
-        out = self._on_wire(torch.empty(tuple(dims[:ndim]), dtype=_WIRE_DTYPES[code]))
+        buffer, dtype = receive_buffer(header.cpu().tolist())
+        out = self._on_wire(buffer)
         self._dist.recv(out, src=self._ranks[source])
-        return out.cpu()
+        return restored(out.cpu(), dtype)
 
     def close(self) -> None:
         """Leave the process group together (every rank, at a normal exit): a gloo group torn
