@@ -251,3 +251,25 @@ def test_a_training_script_that_asks_every_few_steps_trains_on_bitwise_as_withou
     """Modes, requires_grad, BatchNorm statistics and torch's global random stream (which every
     DataLoader pass draws a seed from) are all left as they were."""
     assert _train(probe_every=4) == _train(probe_every=0)
+
+
+def test_a_designed_spectrum_with_repeated_and_clustered_eigenvalues_is_found_whole():
+    """A linear least-squares model whose Hessian is Q diag(λ) Qᵀ by construction: a triple
+    eigenvalue, a pair 1e-9 apart and a dense tail. PyHessian's power iteration with deflation
+    is the case such spectra break; every copy must come back, with vectors spanning each space."""
+    n, d = 120, 12
+    gen = torch.Generator().manual_seed(3)
+    spectrum = torch.tensor([4.0, 4.0, 4.0, 2.5, 2.5 - 1e-9, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    u, _ = torch.linalg.qr(torch.randn(n, d, generator=gen, dtype=torch.float64))
+    x = (n / 2) ** 0.5 * u @ torch.diag(spectrum.sqrt()) @ q.T  # nn.MSELoss (mean): H = (2/n) XᵀX = Q diag(λ) Qᵀ
+    y = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    loader = DataLoader(TensorDataset(x, y), batch_size=37)  # uneven batches: 37, 37, 37, 9
+    values, vectors = hessian(model, nn.MSELoss(), dataloader=loader).eigenvalues(top_n=5)
+    np.testing.assert_allclose(values, spectrum[:5].numpy(), rtol=0, atol=1e-8 * 4.0)
+    found = torch.stack([torch.cat([t.reshape(-1) for t in v]) for v in vectors], dim=1)
+    for block in (slice(0, 3), slice(3, 5)):  # each eigenspace spanned, whatever basis Lanczos picked in it
+        space = q[:, block]
+        assert torch.linalg.matrix_norm(space.T @ found[:, block], ord=2).item() == pytest.approx(1.0, abs=1e-7)
+        assert torch.linalg.svdvals(space.T @ found[:, block]).min().item() == pytest.approx(1.0, abs=1e-7)
