@@ -194,7 +194,8 @@ class PipelineHessianOperator:
         params = tuple(p.detach() for p in self._params)
         products = [[torch.zeros_like(p) for p in params] for _ in range(k)]
         gradient = [torch.zeros_like(p) for p in params]
-        loss_sum, busy, started = 0.0, 0.0, time.perf_counter()
+        loss_sum: torch.Tensor | float = 0.0  # a device tensor on the last stage: one host sync per pass
+        busy, started = 0.0, time.perf_counter()
         kept: list[tuple[Any, torch.Tensor | None, torch.Tensor]] = []
         for inputs, targets in self._source:  # forward
             if grid.first:
@@ -222,12 +223,13 @@ class PipelineHessianOperator:
             for j in range(k):
                 for total, part in zip(products[j], dots_theta[j]):
                     total += part
-            loss_sum += value
+            if value is not None:
+                loss_sum = loss_sum + value
             busy += time.perf_counter() - tick
             if not grid.first:
                 pipe.send_tensor(torch.stack([g_x, *dots_x]) if k else g_x[None], grid.stage - 1)
         self.timing = (busy, time.perf_counter() - started)
-        return products, gradient, loss_sum
+        return products, gradient, float(loss_sum)
 
     def _forward(self, x: Any, xdots: torch.Tensor | None, params: Params, tangents: list[Params]) -> torch.Tensor:
         """``[y, ẏ_1, …, ẏ_k]`` stacked: the stage's output and its tangents."""
@@ -247,8 +249,9 @@ class PipelineHessianOperator:
 
     def _backward(self, x: Any, xdots: torch.Tensor | None, targets: torch.Tensor,
                   incoming: tuple[torch.Tensor, torch.Tensor] | None, params: Params,
-                  tangents: list[Params]) -> tuple[Any, Params, list[Any], list[Params], float]:
-        """``(ḡ_x, ḡ_θ, [ġ_{x,j}], [ġ_{θ,j}], loss sum)`` of one micro-batch (see the module docstring)."""
+                  tangents: list[Params]) -> tuple[Any, Params, list[Any], list[Params], torch.Tensor | None]:
+        """``(ḡ_x, ḡ_θ, [ġ_{x,j}], [ġ_{θ,j}], loss sum)`` of one micro-batch (see the module docstring);
+        the loss sum a float64 0-d tensor on the last stage (no host sync per micro-batch), else None."""
         from torch.func import grad_and_value, jvp, vjp
 
         first = xdots is None and self.grid.first
@@ -272,10 +275,10 @@ class PipelineHessianOperator:
                 for j, tangent in enumerate(tangents):
                     (out, value), (dot, _) = jvp(grads, primals, (tangent,) if first else (xdots[j], tangent))
                     dots.append(dot)
-            value = float(value.detach().to(torch.float64))
+            value = value.detach().to(torch.float64)
         else:
             g_y, gdots = incoming
-            value = 0.0
+            value = None
             if first:
                 def pull(p: Params, g: torch.Tensor) -> Any:
                     return vjp(lambda q: self._call(x, q), p)[1](g)[0]
