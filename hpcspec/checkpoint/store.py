@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..files.atomic import WriteFailed, cause, fsync_dir, fsync_file, write_text_atomic
+from ..files.hdf5 import create_hdf5
 from ..files.outputs import mark_owned, owned_step, remove_temporaries
 from ..parallel.agree import AgreedInputError, agreed
 from ..parallel.comm import Communicator
@@ -114,7 +115,8 @@ class CheckpointStore:
         directory: the checkpoint directory (created on first commit); shared by all ranks.
         comm: the ranks; rank 0 writes the manifest and makes every decision.
         keep: committed checkpoints kept (≥ 1; the default 2 survives a damaged newest one).
-        locking: HDF5 file locking, one of :data:`LOCKING` (``false`` for Lustre/NFS without locks).
+        locking: HDF5 file locking when reading, one of :data:`LOCKING` (``false`` for Lustre/NFS
+            without locks); files are written through :func:`~hpcspec.files.hdf5.create_hdf5`.
     """
 
     def __init__(self, directory: Path, comm: Communicator, *, keep: int = 2, locking: str = "auto") -> None:
@@ -187,7 +189,7 @@ class CheckpointStore:
             tmp.mkdir(parents=True, exist_ok=True)
             mark_owned(tmp)  # before any data: a half-written step folder is still recognisably ours
             _pause(self._pause * comm.rank)
-            with self._h5(tmp / filename, "w") as f:
+            with create_hdf5(tmp / filename) as f:
                 f.attrs.update({"rank": comm.rank, "lo": lo, "hi": hi, "size": size})
                 for key, value in state.items():
                     if isinstance(value, LocalSlice):

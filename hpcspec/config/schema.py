@@ -277,7 +277,7 @@ class CheckpointConfig:
     have passed since the last one — the time cadence stretched so that writing costs at most
     ``max_overhead`` of the run — and always on SIGTERM/SIGUSR1/SIGINT before exiting 3.
     ``dir`` defaults to ``<output>/checkpoints``. ``hdf5_locking`` applies to every HDF5 file
-    hpcspec opens ("false" for Lustre/NFS without working locks; "auto" leaves HDF5's default
+    hpcspec reads ("false" for Lustre/NFS without working locks; "auto" leaves HDF5's default
     and ``$HDF5_USE_FILE_LOCKING``).
     """
 

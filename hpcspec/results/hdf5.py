@@ -25,6 +25,7 @@ from ..analyses.tasks import Density, TaskResults, broaden
 from ..analyses.validation import Validation
 from ..errors import InputError
 from ..files.atomic import atomic_path
+from ..files.hdf5 import create_hdf5
 from ..problem.params import ParamLayout
 from ..solvers import DensityResult, LanczosResult, PowerResult, TraceResult
 from .records import RunInfo, RunNumbers, StoredRun, data_passes, eigen_iterations
@@ -39,7 +40,7 @@ _INFO_ATTRS = ("num_params", "num_samples", "dtype", "config", "model", "data", 
 def write_results(path: Path, results: TaskResults, layout: ParamLayout, info: RunInfo,
                   validation: Validation | None = None) -> None:
     """``results.h5`` in the layout docs/results.md describes: one group per task run."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, create_hdf5(tmp) as f:
         for key, value in info.provenance.items():
             f.attrs[key] = value if isinstance(value, (int, float)) else str(value)
         f.attrs.update({"hpcspec_version": info.provenance["hpcspec"], "num_params": layout.size,

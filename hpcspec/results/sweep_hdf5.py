@@ -20,6 +20,7 @@ import numpy as np
 from ..config import Config, to_toml
 from ..errors import InputError
 from ..files.atomic import atomic_path
+from ..files.hdf5 import create_hdf5
 from .hdf5 import plain
 from .records import RunNumbers
 
@@ -59,7 +60,7 @@ def write_track(path: Path, cfg: Config, steps: list[int], weights: list[str], r
                 numbers: list[RunNumbers], density: tuple[np.ndarray, np.ndarray, float] | None) -> None:
     """``track.h5``: one row per checkpoint (its step, weights file and sub-run's results.h5,
     relative to the output folder), and ``density`` = (grid, values, σ) on the common grid if given."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, create_hdf5(tmp) as f:
         f.attrs.update({"kind": "track", "config": to_toml(cfg), "model": cfg.model.spec, "data": cfg.data.spec,
                         "loss": cfg.hessian.loss, "tasks": ",".join(cfg.tasks)})
         f.create_dataset("step", data=np.array(steps, dtype=np.int64))
@@ -78,7 +79,7 @@ def write_track(path: Path, cfg: Config, steps: list[int], weights: list[str], r
 def write_blocks(path: Path, cfg: Config, blocks: list[str], params: list[str], runs: list[str],
                  numbers: list[RunNumbers]) -> None:
     """``blocks.h5``: one row per block (its name, ``model.params`` selection and sub-run's results.h5)."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, create_hdf5(tmp) as f:
         f.attrs.update({"kind": "blocks", "config": to_toml(cfg), "model": cfg.model.spec, "data": cfg.data.spec,
                         "loss": cfg.hessian.loss, "depth": cfg.blocks.depth, "tasks": ",".join(cfg.tasks)})
         f.create_dataset("block", data=_strings(blocks), dtype=h5py.string_dtype())

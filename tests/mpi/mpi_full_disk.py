@@ -1,34 +1,28 @@
-"""``python tests/mpi_full_disk.py ARGS…``: the CLI with a full disk injected into the results write.
+"""``python tests/mpi/mpi_full_disk.py ARGS…``: the CLI with a full disk injected into an HDF5 write.
 
-h5py reports a full disk as ``RuntimeError: No space left on device`` (the failure the issue met);
-this wrapper makes every ``h5py.File`` opened on a ``results.h5`` temporary raise exactly that after
-creating the file, so the test sees what a real full disk leaves behind. Run under ``mpirun -n 2``
-or alone; the exit code is the CLI's.
+By default every ``results.h5`` temporary cannot grow past half a kilobyte. ``FULL_DISK=checkpoint``
+makes the checkpoint files fail instead, ``FULL_DISK_RANK=r`` on rank r only (a node-local disk
+that fills on one rank), and ``FULL_DISK_BYTES=n`` lets them grow to n bytes first. The writes fail
+with ENOSPC, as on a real full disk, through hpcspec's HDF5 writer (tests/support/small_disk.py).
+Run under ``mpirun -n 2`` or alone; the exit code is the CLI's.
 """
 
+import os
 import sys
+from pathlib import Path
 
-import h5py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-import hpcspec.results.hdf5
-from hpcspec.cli import main
-from hpcspec.files.atomic import TMP_PREFIX
+from mpi4py import MPI  # noqa: E402
+from small_disk import failing_pwrite  # noqa: E402
 
+from hpcspec.cli import main  # noqa: E402
+from hpcspec.files import hdf5  # noqa: E402
+from hpcspec.files.atomic import TMP_PREFIX  # noqa: E402
 
-class _FullDisk:
-    """``h5py`` with a ``File`` that fails on results.h5 temporaries, as ENOSPC does mid-write."""
-
-    def __getattr__(self, name):
-        return getattr(h5py, name)
-
-    @staticmethod
-    def File(path, *args, **kwargs):  # noqa: N802 (h5py's name)
-        if str(path).rsplit("/", 1)[-1].startswith(TMP_PREFIX + "results.h5"):
-            with open(path, "wb") as handle:
-                handle.write(b"\x89HDF half a file")
-            raise RuntimeError("Can't write data (file write failed: No space left on device)")
-        return h5py.File(path, *args, **kwargs)
-
-
-hpcspec.results.hdf5.h5py = _FullDisk()
+target = os.environ.get("FULL_DISK", "results")
+prefix = {"results": TMP_PREFIX + "results.h5", "checkpoint": "rank-"}[target]
+rank = os.environ.get("FULL_DISK_RANK", "")
+if rank == "" or int(rank) == MPI.COMM_WORLD.rank:
+    hdf5._pwrite = failing_pwrite(lambda name: name.startswith(prefix), int(os.environ.get("FULL_DISK_BYTES", "512")))
 sys.exit(main(sys.argv[1:]))

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from helpers import REPO, mpirun, mpirun_available
 import spawn
+from small_disk import failing_pwrite
 
 from hpcspec.cli import main
 from hpcspec.errors import EXIT_BAD_INPUT, EXIT_OK
-from hpcspec.files import atomic, lock, outputs
+from hpcspec.files import atomic, hdf5, lock, outputs
 from hpcspec.files.atomic import TMP_PREFIX
 from hpcspec.files.lock import LOCK_FILE, FolderLock
 from hpcspec.files.outputs import OWNED, RUN_MARKER
@@ -69,23 +70,9 @@ class _Products:
 
 
 def _full_disk_on_results(monkeypatch) -> None:
-    """Every results.h5 temporary fails as a full disk does under h5py (RuntimeError, half a file)."""
-    import h5py
-
-    real = h5py.File
-
-    class FullDisk:
-        def __getattr__(self, name):
-            return getattr(h5py, name)
-
-        @staticmethod
-        def File(path, *a, **k):  # noqa: N802
-            if Path(path).name.startswith(TMP_PREFIX + "results.h5"):
-                Path(path).write_bytes(b"half a file")
-                raise RuntimeError("Can't write data (file write failed: No space left on device)")
-            return real(path, *a, **k)
-
-    monkeypatch.setattr("hpcspec.results.hdf5.h5py", FullDisk())
+    """Every results.h5 temporary fills the disk after half a kilobyte, as a real full disk does
+    under hpcspec's HDF5 writer (an OSError with ENOSPC, half a file)."""
+    monkeypatch.setattr(hdf5, "_pwrite", failing_pwrite(lambda name: name.startswith(TMP_PREFIX + "results.h5"), 512))
 
 
 # -- 1. writes that cannot lose work ------------------------------------------------------------
@@ -356,10 +343,26 @@ def _mpi_checks(done: subprocess.CompletedProcess, *expected: str) -> str:
     assert done.returncode == EXIT_BAD_INPUT, text
     lines = [line for line in text.splitlines() if line.startswith("hpcspec: error:")]
     assert len(lines) == 1, text
-    assert "Traceback" not in text and "crashed" not in text
+    for crash in ("Traceback", "crashed", "Exception ignored", "Segmentation fault"):
+        assert crash not in text, text
     for part in expected:
         assert part in lines[0], lines[0]
     return lines[0]
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("room", [0, 3000])
+def test_mpi_a_disk_full_on_one_rank_at_the_first_checkpoint(tmp_path, monkeypatch, room):
+    """Rank 1's node-local disk fills at its first checkpoint file, at the first byte or during
+    HDF5's metadata flush: every rank exits 2 after one line naming rank 1's file."""
+    for key, value in {"FULL_DISK": "checkpoint", "FULL_DISK_RANK": "1", "FULL_DISK_BYTES": str(room)}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "out"
+    done = mpirun(2, [str(REPO / "tests" / "mpi" / "mpi_full_disk.py"), *_args(out)], cwd=tmp_path, timeout=240)
+    _mpi_checks(done, "cannot write checkpoint file", "step-00000001.tmp/rank-00001.h5", "No space left on device",
+                "on rank 1", "previous checkpoint is kept")
+    assert not _temporaries(out) and not list((out / "checkpoints").glob("step-*"))
 
 
 @pytest.mark.mpi
