@@ -14,6 +14,7 @@ PLAIN_RUNS = {
     "unit/test_config.py": 1,  # python -c: imports hpcspec.config and prints sys.modules
     "unit/files/test_outputs.py": 3,  # mount, umount, and a python -c that prints its pid
     "e2e/test_jobs.py": 2,  # bash -n and shellcheck on the job scripts
+    "support/small_disk.py": 3,  # mount, umount and remount of a test's tmpfs
 }
 
 

@@ -6,13 +6,13 @@ the process died in HDF5's shutdown with a segmentation fault)."""
 from __future__ import annotations
 
 import errno
-import subprocess
 import sys
 import textwrap
 
 import h5py
 import numpy as np
 import pytest
+import spawn
 import torch
 from helpers import REPO
 from small_disk import failing_writes
@@ -124,7 +124,7 @@ def test_the_interpreter_exits_cleanly_after_failures_at_every_byte(tmp_path):
                 pass
         print("done")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = spawn.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
     assert done.stderr == "", done.stderr
 
