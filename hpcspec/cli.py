@@ -27,7 +27,7 @@ from .config import (
 from .config.fields import RUN as RUN_FLAGS
 from .config.fields import TASKS_GROUP
 from .config.fields import TRAIN as TRAIN_FLAGS
-from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError, one_line
 from .curvature.dense import MAX_DENSE_PARAMS
 from .parallel.agree import AgreedInputError, agreed
 from .parallel.comm import Communicator, SingleProcess, world
@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rewrite summary.json, the console summary and every plot from stored "
                                            "results files (offline: no MPI, model or data needed)")
     report.add_argument("results", nargs="+", help="results.h5 file(s) written by run, validate, track or --per-block")
-    report.add_argument("--output", help="folder for the regenerated files (default: each file's own folder)")
+    report.add_argument("--output", help="folder for the regenerated files (default: each file's own folder); "
+                                         "one holding another run's or a user's summary.json or plots is refused")
+    report.add_argument("--force-output", action="store_true",
+                        help="write into --output even where it holds files a report would replace")
     report.add_argument("--table", help="also write a Markdown table comparing the runs to this file")
     train = sub.add_parser("train", help="data-parallel minibatch SGD, saving step_*.pt weights for the analyses "
                                          "(restartable: --resume)")
@@ -206,7 +209,7 @@ def _report(args: argparse.Namespace, comm: Communicator) -> None:
     output = Path(args.output) if args.output else None
     for i, path in enumerate(paths):
         folder = output / f"{i}-{path.parent.name}" if output is not None and len(paths) > 1 else output
-        print(regenerate(path, folder), flush=True)
+        print(regenerate(path, folder, force=args.force_output), flush=True)
     if args.table or len(paths) > 1:
         table = comparison_table(paths, Path(args.table).parent if args.table else None)
         print(table, flush=True)
@@ -313,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         comm = world(_backend(argv))
     except InputError as exc:  # no communicator to agree on: every rank failed alike; rank 0 says so
         if _launcher_rank() == 0:
-            print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
+            print(f"hpcspec: error: {one_line(exc)}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     setup_logging(comm)  # the one place logging is configured: rank-aware, progress from rank 0 only
     # Caught for the life of the process: a signal during setup is acted on at the first iteration
@@ -332,11 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
         if comm.rank == 0:
-            print(f"hpcspec: error: {exc}", file=sys.stderr, flush=True)
+            print(f"hpcspec: error: {one_line(exc)}", file=sys.stderr, flush=True)
         _close(comm)
         return EXIT_BAD_INPUT
     except InputError as exc:  # raised on some ranks only: the others may wait in a collective
-        print(f"hpcspec: error: {exc} (rank {comm.rank})", file=sys.stderr, flush=True)
+        print(f"hpcspec: error: {one_line(exc)} (rank {comm.rank})", file=sys.stderr, flush=True)
         _abort(comm, EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
     except BaseException:

@@ -7,6 +7,8 @@ else is a crash and aborts the whole MPI world.
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
@@ -21,3 +23,9 @@ class InputError(Exception):
 
 class ConfigError(InputError):
     """A configuration value or key that does not validate."""
+
+
+def one_line(message: object) -> str:
+    """``message`` on one line: a cause quoted from elsewhere (HDF5's text, an OS error, a user's
+    exception) may carry newlines, and an error is one line a batch log can be grepped for."""
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()

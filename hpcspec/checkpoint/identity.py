@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zlib
 from typing import Any
 
@@ -82,10 +83,32 @@ def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | N
         if saved_config.get(key) != current_config.get(key):
             differences.append(f"{key}: {saved_config.get(key)!r} there, {current_config.get(key)!r} here")
     if not differences:
-        for what in ("model", "data"):
-            if saved.get(what) != current[what]:
-                differences.append(f"the {what} differs (fingerprint {str(saved.get(what))[:12]} there, "
-                                   f"{current[what][:12]} here)")
+        if saved.get("model") != current["model"]:
+            differences.append("the model's weights or buffers differ from the checkpointed run's "
+                               f"(fingerprint {str(saved.get('model'))[:12]} there, {current['model'][:12]} here)")
+        if saved.get("data") != current["data"]:
+            differences.append(_data_difference(str(saved.get("data")), current["data"]))
     if saved.get("num_params") != current["num_params"]:
         differences.append(f"{saved.get('num_params')} parameters there, {current['num_params']} here")
     return "; ".join(differences[:4]) + (" …" if len(differences) > 4 else "") if differences else None
+
+
+_DATA_PRINT = re.compile(r"^(?P<samples>\d+):(?:(?P<batches>\d+)b(?:/(?P<ranks>\d+)r)?:)?(?P<hash>[0-9a-f]+)$")
+
+
+def _data_difference(saved: str, current: str) -> str:
+    """How two :func:`data_fingerprint` values differ, in words."""
+    there, here = _DATA_PRINT.match(saved), _DATA_PRINT.match(current)
+    if there is None or here is None:
+        return f"the data differs (fingerprint {saved[:12]} there, {current[:12]} here)"
+    if there["ranks"] != here["ranks"] and there["ranks"] and here["ranks"]:
+        return (f"the data comes from per-rank loaders (sharded), whose batches depend on the rank count: the "
+                f"checkpoint was written on {there['ranks']} ranks, this run has {here['ranks']}; resume on "
+                f"{there['ranks']} ranks")
+    if there["ranks"] != here["ranks"]:
+        return "the data was read by one shared loader in one run and by per-rank loaders (sharded) in the other"
+    if there["samples"] != here["samples"]:
+        return f"the data has {int(there['samples']):,} samples there, {int(here['samples']):,} here"
+    if there["batches"] != here["batches"]:
+        return f"the data comes in {there['batches']} batches there, {here['batches']} here"
+    return "the data's values differ (same number of samples and batches)"

@@ -22,8 +22,7 @@ from ..checkpoint import StopFlag
 from ..config import Config
 from ..errors import InputError
 from ..files.atomic import write_atomic
-from ..files.lock import released_after
-from ..files.outputs import remove_run
+from ..files.outputs import released_after, remove_run
 from ..curvature.fullbatch import train_full_batch
 from ..curvature.operator import HessianOperator
 from ..parallel.agree import agreed, collective

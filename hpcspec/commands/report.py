@@ -10,8 +10,12 @@ prints its table. This module only picks what to do: the files are read by
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from ..errors import InputError
+from ..files.atomic import write_text_atomic
+from ..files.outputs import make_folder
 from ..results.hdf5 import file_kind, load_run
 from ..results.plots import write_density_plot, write_landscape_plots
 from ..results.sweep_hdf5 import SWEEP_KINDS, read_sweep
@@ -26,14 +30,56 @@ from ..results.text import (
 )
 
 
-def regenerate(path: Path, output: Path | None = None) -> str:
+#: What a report writes into its folder (and a folder that holds ``results.h5`` is another run's).
+REPORT_FILES = ("summary.json", "density.png", "landscape_1d.png", "landscape_2d.png")
+#: Left in a ``--output`` folder by a report: the results file it was made from, so that the same
+#: report may be rewritten there and no other one may replace it.
+REPORT_MARKER = ".hpcspec-report"
+
+
+def report_folder(path: Path, output: Path | None, force: bool = False) -> Path:
+    """The folder a report of ``path`` writes into: ``output``, or the run's own folder.
+
+    Refused with one line (:class:`InputError`): an ``output`` that is a file or cannot be created,
+    and, unless ``force``, one holding a file the report would replace (summary.json, the plots)
+    that no report of this same ``path`` wrote — a user's files or another run's, whose summary
+    would then disagree with its own results.h5.
+    """
+    if output is None or (output.is_dir() and output.resolve() == path.resolve().parent):
+        return path.parent
+    if output.exists() and not output.is_dir():
+        raise InputError(f"report --output {str(output)!r} is a file, not a folder: give a folder for the "
+                         "regenerated summary and plots")
+    make_folder(output, "the report folder")
+    names = set(os.listdir(output))
+    if force or _marked_source(output) == str(path.resolve()):
+        return output
+    clashes = sorted(names & {*REPORT_FILES, "results.h5"})
+    if clashes:
+        whose = ("another run's folder" if "results.h5" in names
+                 else "a report of another results file" if _marked_source(output) else "not written by a report")
+        raise InputError(f"report --output {str(output)!r} holds {', '.join(clashes)} ({whose}), which this report "
+                         "would replace: choose a new or empty folder, or pass --force-output")
+    return output
+
+
+def _marked_source(folder: Path) -> str | None:
+    try:
+        return (folder / REPORT_MARKER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def regenerate(path: Path, output: Path | None = None, force: bool = False) -> str:
     """Rewrite ``summary.json`` and the plots of the run stored in ``path`` into ``output`` (default:
-    the file's folder); returns the console summary. A missing plotting library skips the plots."""
+    the file's folder; checked by :func:`report_folder`, ``force`` as ``--force-output``); returns
+    the console summary. A missing plotting library skips the plots."""
     if file_kind(path) in SWEEP_KINDS:
         return _regenerate_sweep(path)
     stored = load_run(path)
-    folder = output if output is not None else path.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = report_folder(path, output, force)
+    if folder != path.parent:
+        write_text_atomic(folder / REPORT_MARKER, str(path.resolve()) + "\n")
     write_summary(folder / "summary.json", summary(stored.results, stored.layout, stored.info, stored.validation))
     # the line names what this report read and what it wrote (results.h5 is read, never rewritten)
     files = [("read", path), ("summary", folder / "summary.json")]

@@ -21,7 +21,7 @@ from ..checkpoint import CheckpointStore, Loaded, describe_mismatch
 from ..config import Config, to_toml
 from ..errors import InputError
 from ..files.atomic import write_text_atomic
-from ..files.outputs import remove_run
+from ..files.outputs import check_checkpoint_folder, make_folder, remove_run
 from ..parallel.agree import agreed, collective
 from ..parallel.comm import Communicator, SingleProcess
 from ..results.provenance import versions
@@ -67,14 +67,13 @@ def stored_config(output: Path) -> str:
                          f"{str(directory)!r})") from None
 
 
-def checkpoint_dir_ready(store: CheckpointStore, comm: Communicator) -> None:
-    """Rank 0: create the checkpoint directory now, so a bad path fails before any work."""
+def checkpoint_dir_ready(store: CheckpointStore, comm: Communicator, force: bool = False) -> None:
+    """Rank 0: create the checkpoint directory now, so a bad path fails before any work, and refuse
+    one holding what hpcspec did not write (``force``: ``--force-output``, for names it never uses)."""
     if comm.rank != 0:
         return
-    try:
-        store.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create checkpoint directory {str(store.directory)!r} ({exc.strerror})") from None
+    check_checkpoint_folder(store.directory, force=force)
+    make_folder(store.directory, "checkpoint directory")
     if not os.access(store.directory, os.W_OK | os.X_OK):
         raise InputError(f"checkpoint directory {str(store.directory)!r} is not writable")
 

@@ -50,11 +50,11 @@ from ..checkpoint import (
 )
 from ..config import Config, to_toml
 from ..errors import InputError
-from ..files.lock import released_after
 from ..curvature.dense import MAX_DENSE_PARAMS, dense_hessian
 from ..curvature.fullbatch import train_full_batch
 from ..curvature.operator import HessianOperator
 from ..curvature.preflight import check_operator, check_operator_modes, default_symmetry_tol
+from ..files.outputs import released_after
 from ..parallel.agree import AgreedInputError, agreed, collective
 from ..parallel.comm import Communicator
 from ..parallel.progress import ProgressDisplay
@@ -142,12 +142,12 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
     if checkpoints:
         store = CheckpointStore(checkpoint_dir(cfg), comm, keep=cfg.checkpoint.keep,
                                 locking=cfg.checkpoint.hdf5_locking)
-        agreed(comm, checkpoint_dir_ready, store, comm)
+        agreed(comm, checkpoint_dir_ready, store, comm, cfg.force_output)
         if overwrite:
             removed = comm.bcast_object(agreed(comm, remove_previous_run, output, store, comm))
             log.warning("--overwrite: removed %d file(s) of the previous run in %s%s", len(removed), output,
                         f" ({', '.join(removed[:8])}{' …' if len(removed) > 8 else ''})" if removed else "")
-            agreed(comm, checkpoint_dir_ready, store, comm)
+            agreed(comm, checkpoint_dir_ready, store, comm, cfg.force_output)
         stale = collective(comm, store.remove_stale)
         if stale:
             log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(stale),

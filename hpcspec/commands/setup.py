@@ -119,7 +119,7 @@ def claim_output(cfg: Config, comm: Communicator) -> Path:
     """Rank 0 claims the output folder (a local step: run it through ``agreed``): created, refused
     if it holds anything but an hpcspec run (unless ``force_output``), locked against a second run,
     and cleared of the temporaries a killed run left. The caller releases the lock when its job
-    ends (:func:`hpcspec.files.lock.released_after`)."""
+    ends (:func:`hpcspec.files.outputs.released_after`)."""
     path = Path(cfg.output)
     if comm.rank == 0:
         claim(path, force=cfg.force_output)

@@ -20,7 +20,7 @@ import numpy as np
 from ..checkpoint import StopFlag
 from ..config import Config, valid_keys
 from ..errors import InputError
-from ..files.lock import released_after
+from ..files.outputs import released_after
 from ..parallel.agree import agreed
 from ..parallel.comm import Communicator
 from ..results.hdf5 import read_numbers

@@ -55,7 +55,7 @@ from ..checkpoint import (
 from ..config import Config, to_toml, training_identity_keys
 from ..errors import InputError
 from ..files.atomic import write_atomic, write_text_atomic
-from ..files.lock import released_after
+from ..files.outputs import released_after
 from ..parallel.agree import agreed, collective
 from ..parallel.comm import Communicator
 from ..problem.data import Shard

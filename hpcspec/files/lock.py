@@ -19,7 +19,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import InputError
 from .atomic import TMP_PREFIX, cause, temporary_for
@@ -178,10 +177,6 @@ def release(folder: Path | str) -> None:
         lock.release()
 
 
-@contextlib.contextmanager
-def released_after(folder: Path | str) -> Iterator[None]:
-    """Release ``folder``'s lock when the block ends, however it ends (for a job's whole body)."""
-    try:
-        yield
-    finally:
-        release(folder)
+def is_held(folder: Path | str) -> bool:
+    """Whether this process holds ``folder``'s lock."""
+    return str(Path(folder).resolve()) in _HELD

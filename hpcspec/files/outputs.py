@@ -25,15 +25,18 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import InputError
 from .atomic import TMP_PREFIX, WriteFailed, cause, write_text_atomic
-from .lock import LOCK_FILE, acquire, release, timestamp
+from .lock import LOCK_FILE, acquire, is_held, release, timestamp
 
 #: A marker file inside every checkpoint step folder hpcspec creates.
 OWNED = ".hpcspec-owned"
 #: A marker file in every output folder hpcspec has claimed.
 RUN_MARKER = ".hpcspec-run"
+#: Output folders this process claimed new or empty, by resolved path: whether the claim made them.
+_FRESH: dict[str, bool] = {}
 #: Names of the temporaries earlier versions wrote in a checkpoint folder (exact names only).
 LEGACY_CHECKPOINT_TEMPORARIES = ("LATEST.tmp", "COMPLETE.tmp")
 #: What ``run`` (and ``--per-block``, ``track``) writes in its output folder: ``--overwrite`` removes
@@ -45,6 +48,10 @@ RUN_FOLDERS = ("checkpoints", "steps", "blocks")
 #: What ``train`` writes in its output folder (it counts as hpcspec's, but ``--overwrite`` keeps it).
 TRAIN_FILES = ("step_*.pt", "train.toml", "train_state.pt", "train_log.json")
 _STEP_FOLDER = re.compile(r"^step-\d{8}(\.tmp)?$")
+#: Any name of a step folder, committed, unfinished or damaged.
+_STEP_NAME = re.compile(r"^step-\d{8}(\.tmp|\.damaged)?$")
+#: The pointer files of a checkpoint folder.
+CHECKPOINT_POINTERS = ("LATEST", "COMPLETE")
 #: Temporaries of earlier versions: ``.results.h5.tmp-1234`` and ``.density.png.1234.tmp``.
 _LEGACY_TMP = re.compile(r"^\.(?P<name>.+?)(\.tmp-\d+|\.\d+\.tmp)$")
 
@@ -89,6 +96,50 @@ def owned_step(path: Path) -> bool:
     if not (_STEP_FOLDER.match(path.name) and path.is_dir() and not path.is_symlink()):
         return False
     return (path / OWNED).is_file() or (path.name.endswith(".tmp") and not any(path.iterdir()))
+
+
+def check_checkpoint_folder(directory: Path, *, force: bool = False) -> None:
+    """Refuse a checkpoint folder that holds what hpcspec did not write, as an output folder is:
+    always where a user's entry has a name hpcspec would write or delete (``LATEST``,
+    ``COMPLETE``, ``step-N``), else unless ``force``. Raises one :class:`InputError` line."""
+    if not directory.is_dir():
+        return
+    foreign = [path.name for path in sorted(directory.iterdir()) if not _checkpoint_entry(path)]
+    if not foreign:
+        return
+    clashing = [name for name in foreign if name in CHECKPOINT_POINTERS or _STEP_NAME.match(name)]
+    shown = ", ".join(repr(name) for name in (clashing or foreign)[:3]) + (" …" if len(clashing or foreign) > 3 else "")
+    if clashing:
+        raise InputError(f"checkpoint folder {str(directory)!r} holds {shown}, not written by hpcspec, under names "
+                         "its checkpoints use: choose another checkpoint.dir (or move them away)")
+    if not force:
+        raise InputError(f"checkpoint folder {str(directory)!r} holds files that are not hpcspec's checkpoints "
+                         f"({shown}); choose a new or empty checkpoint.dir, or add --force-output to write there "
+                         "anyway")
+
+
+def _checkpoint_entry(path: Path) -> bool:
+    """Whether ``path``, in a checkpoint folder, is something hpcspec wrote there."""
+    name = path.name
+    if path.is_symlink():
+        return False
+    if name.startswith(".hpcspec-") or name in LEGACY_CHECKPOINT_TEMPORARIES:
+        return path.is_file()
+    if name in CHECKPOINT_POINTERS:
+        return path.is_file() and _pointer_is_ours(path)
+    return owned_step(path) or (_STEP_NAME.match(name) is not None and (path / OWNED).is_file())
+
+
+def _pointer_is_ours(path: Path) -> bool:
+    """``LATEST`` names a step folder; ``COMPLETE`` is the JSON record of a finished run."""
+    try:
+        text = path.read_text()[:1 << 20]
+        if path.name == "LATEST":
+            return re.fullmatch(r"step-\d{8}\n?", text) is not None
+        record = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and "config_toml" in record
 
 
 def remove_temporaries(folder: Path, *, checkpoints: bool = False) -> list[str]:
@@ -140,7 +191,7 @@ def remove_checkpoints(directory: Path) -> list[str]:
     if not directory.is_dir():
         return removed
     for path in sorted(directory.iterdir()):
-        if path.name in ("LATEST", "COMPLETE") and path.is_file():
+        if path.name in CHECKPOINT_POINTERS and path.is_file() and _pointer_is_ours(path):
             path.unlink()
             removed.append(path.name)
         elif owned_step(path) or (path.name.endswith(".damaged") and (path / OWNED).is_file()):
@@ -162,6 +213,25 @@ def _rmdir_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
+def make_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` and its parents, or raise one :class:`InputError` line naming ``what`` it
+    is for and what stands in the way (a symbolic link to a missing path, a file, the OS's reason)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {what} {str(folder)!r} ({_in_the_way(folder) or cause(exc)})") from None
+
+
+def _in_the_way(folder: Path) -> str | None:
+    """Why ``folder`` cannot be made, where the OS's reason would mislead ("File exists")."""
+    for path in (folder, *folder.parents):
+        if path.is_symlink() and not path.exists():
+            return f"{str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        if path.exists() and not path.is_dir():
+            return f"{str(path)!r} is a file, not a folder"
+    return None
+
+
 def claim(folder: Path, *, force: bool = False, command: str = "run") -> None:
     """Rank 0: make ``folder`` this run's — create it, refuse a folder that is not an hpcspec run
     (unless ``force``), take its lock, write the run marker, and remove what a killed run left.
@@ -169,12 +239,9 @@ def claim(folder: Path, *, force: bool = False, command: str = "run") -> None:
     Raises :class:`InputError` with the reason (another run holds it, it holds a user's files,
     it cannot be created or written).
     """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output directory {str(folder)!r} ({cause(exc)})") from None
-    if not folder.is_dir():
-        raise InputError(f"output {str(folder)!r} exists and is not a directory")
+    made = not folder.exists()
+    make_folder(folder, "output directory")
+    fresh = made or not os.listdir(folder)
     foreign = foreign_entries(folder)
     if foreign and not force:
         shown = ", ".join(repr(name) for name in foreign[:3]) + (" …" if len(foreign) > 3 else "")
@@ -194,9 +261,54 @@ def claim(folder: Path, *, force: bool = False, command: str = "run") -> None:
     except BaseException:
         release(folder)
         raise
+    if fresh:
+        _FRESH[str(folder.resolve())] = made
     if stale:
         log.warning("removed %d unfinished write(s) left by a killed run in %s: %s", len(stale), folder,
                     ", ".join(stale))
+
+
+@contextlib.contextmanager
+def released_after(folder: Path | str) -> Iterator[None]:
+    """Release ``folder``'s lock when the block (a job's whole body) ends, however it ends.
+
+    A job that fails while the folder it claimed new or empty holds nothing but what the claim
+    wrote (the run marker, the lock file, an empty ``checkpoints/``) leaves nothing behind: a run
+    refused before it started does not leave an empty run folder with a lock in it.
+    """
+    folder = Path(folder)
+    try:
+        yield
+    except BaseException:
+        release(folder)
+        _withdraw(folder)
+        raise
+    release(folder)
+    if not is_held(folder):
+        _FRESH.pop(str(folder.resolve()), None)
+
+
+def _withdraw(folder: Path) -> None:
+    """Remove what :func:`claim` wrote in a fresh ``folder`` (and the folder, if it made it),
+    provided nothing else was written there since."""
+    if is_held(folder):  # a sweep's outer job still holds it
+        return
+    made = _FRESH.pop(str(folder.resolve()), None)
+    if made is None:
+        return
+    with contextlib.suppress(OSError):
+        names = set(os.listdir(folder))
+        checkpoints = folder / "checkpoints"
+        if not names <= {RUN_MARKER, LOCK_FILE, "checkpoints"}:
+            return
+        if "checkpoints" in names:
+            if checkpoints.is_symlink() or not checkpoints.is_dir() or os.listdir(checkpoints):
+                return
+            checkpoints.rmdir()
+        for name in (RUN_MARKER, LOCK_FILE):
+            (folder / name).unlink(missing_ok=True)
+        if made:
+            folder.rmdir()
 
 
 

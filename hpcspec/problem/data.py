@@ -180,10 +180,27 @@ def _check_fits(path: Path, datasets: tuple[Any, ...], rows: int, max_bytes: flo
     (the float64 conversion of the inputs)."""
     need = sum(rows * int(np.prod(d.shape[1:], dtype=np.float64)) * max(d.dtype.itemsize, 8) for d in datasets)
     if need > max_bytes:
+        needed, allowed = byte_sizes(need, max_bytes)
         raise InputError(f"data file {str(path)!r} declares {datasets[0].shape[0]:,} samples of shape "
-                         f"{tuple(datasets[0].shape[1:])}: this rank's share of {rows:,} needs {need / 2**30:.1f} GiB, "
-                         f"more than the {max_bytes / 2**30:.1f} GiB allowed (data.max_gb, or the rank's free memory "
+                         f"{tuple(datasets[0].shape[1:])}: this rank's share of {rows:,} needs {needed}, "
+                         f"more than the {allowed} allowed (data.max_gb, or the rank's free memory "
                          "when 0): use more ranks, a smaller file, or set data.max_gb")
+
+
+def byte_sizes(*sizes: float) -> list[str]:
+    """Byte counts in the binary unit that shows each, to 3 significant digits ("20.5 KiB",
+    "3.2 GiB"); exact byte counts when the rounded texts would not tell them apart."""
+    texts = [_byte_size(size) for size in sizes]
+    if len(set(texts)) < len(texts):
+        return [f"{size:,.0f} bytes" for size in sizes]
+    return texts
+
+
+def _byte_size(size: float) -> str:
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if size >= 1024 ** power:
+            return f"{size / 1024 ** power:.3g} {unit}"
+    return f"{size:,.0f} bytes"
 
 
 def memory_budget(max_gb: float, local_size: int = 1) -> float:

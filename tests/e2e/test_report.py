@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -136,3 +137,77 @@ def test_table_switches_and_density_links(finished_run: Path, tmp_path: Path, mo
     for cells in rows:
         assert cells[1] == "mlp" and cells[2] == "—" and cells[3] == "—"
         assert cells[-1] == f"{link} |"
+
+
+# -- where a report may write ---------------------------------------------------------------------
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("hpcspec: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_report_output_that_is_a_file_or_lies_below_one_is_one_line(finished_run: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    results = str(finished_run / "results.h5")
+    assert main(["report", results, "--output", str(notes)]) == 2
+    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert main(["report", results, "--output", str(notes / "sub")]) == 2
+    assert "cannot create the report folder" in _one_error_line(capsys)
+    assert notes.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["summary.json", "density.png", "landscape_1d.png", "landscape_2d.png"])
+def test_report_refuses_a_folder_holding_a_users_file_it_would_replace(finished_run: Path, tmp_path: Path,
+                                                                       capsys, name: str) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_bytes(b"the user's own")
+    results = str(finished_run / "results.h5")
+    assert main(["report", results, "--output", str(folder)]) == 2
+    line = _one_error_line(capsys)
+    assert name in line and "not written by a report" in line and "--force-output" in line
+    assert sorted(p.name for p in folder.iterdir()) == [name] and (folder / name).read_bytes() == b"the user's own"
+    assert main(["report", results, "--output", str(folder), "--force-output"]) == 0
+    assert json.loads((folder / "summary.json").read_text()) == json.loads((finished_run / "summary.json").read_text())
+
+
+def test_report_never_replaces_another_runs_summary(finished_run: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(finished_run, other)
+    (other / "summary.json").write_text('{"the other run": 1}')
+    assert main(["report", str(finished_run / "results.h5"), "--output", str(other)]) == 2
+    assert "another run's folder" in _one_error_line(capsys)
+    assert (other / "summary.json").read_text() == '{"the other run": 1}'
+    assert main(["report", str(other / "results.h5"), "--output", str(other)]) == 0  # its own folder: rewritten
+    assert json.loads((other / "summary.json").read_text()) == json.loads((finished_run / "summary.json").read_text())
+
+
+def test_a_reports_folder_takes_the_same_report_again_and_no_other(finished_run: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    folder = tmp_path / "report"
+    assert main(["report", str(finished_run / "results.h5"), "--output", str(folder)]) == 0
+    assert main(["report", str(finished_run / "results.h5"), "--output", str(folder)]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    capsys.readouterr()
+    assert main(["report", str(copy / "results.h5"), "--output", str(folder)]) == 2
+    assert "a report of another results file" in _one_error_line(capsys)
+
+
+def test_an_error_message_with_newlines_is_printed_on_one_line(finished_run: Path, capsys, monkeypatch) -> None:
+    """A cause quoted from elsewhere (HDF5's text, a user's exception) may carry newlines."""
+    from hpcspec.commands import report
+    from hpcspec.errors import InputError, one_line
+
+    def refuse(path):
+        raise InputError("cannot read it (file read failed: time = Mon Dec  7 17:32:34 2026\n, errno = 5)\n  more")
+
+    monkeypatch.setattr(report, "load_run", refuse)
+    assert main(["report", str(finished_run / "results.h5")]) == 2
+    line = _one_error_line(capsys)
+    assert line.endswith("cannot read it (file read failed: time = Mon Dec  7 17:32:34 2026 , errno = 5) more")
+    assert one_line("a\n\n  b\r\n c ") == "a b c" and one_line(OSError(5, "x")) == "[Errno 5] x"

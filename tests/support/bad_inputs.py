@@ -162,7 +162,7 @@ def _listed(folder: Path) -> list[tuple[str, list[str], str]]:
         ("hdf5 declaring 1e9 rows", ["run", "--data", str(folder / "huge.h5"), "--set", "data.max_gb=4", *out],
          "declares 1,000,000,000 samples"),
         ("hdf5 declaring 1e9 rows, free memory", ["run", "--data", str(folder / "huge.h5"), *out],
-         "GiB allowed (data.max_gb, or the rank's free memory"),
+         "allowed (data.max_gb, or the rank's free memory"),
         ("one SLQ step", ["run", "--density", "--steps", "1", *out], "density.steps = 1 is too few"),
         ("tolerance nan", ["run", "--tol", "nan", *out], "'eigen.tol' must be a finite number, got nan"),
         ("trace rtol inf", ["run", "--trace", "--set", "trace.rtol=inf", *out], "'trace.rtol' must be a finite number"),

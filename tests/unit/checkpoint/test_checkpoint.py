@@ -176,7 +176,7 @@ def test_resume_refuses_other_weights(tmp_path, capsys):
     with torch.no_grad():
         next(model.parameters())[0, 0] += 1e-3
     torch.save(model.state_dict(), weights)
-    with pytest.raises(AgreedInputError, match="the model differs"):
+    with pytest.raises(AgreedInputError, match="the model.s weights or buffers differ"):
         run_job(_cfg(tmp_path / "out", **{"model.weights": str(weights)}), SingleProcess(), resume=True)
 
 

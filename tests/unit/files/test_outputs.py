@@ -187,8 +187,7 @@ def test_start_up_removes_only_what_hpcspec_made(tmp_path, capsys):
     assert main(_args(out, "--top-k", "2")) == EXIT_OK
     checkpoints = out / "checkpoints"
     user = {out / "notes.tmp" / "thesis.txt": "mine", out / ".bashrc.tmp-old": "mine",
-            checkpoints / "notes.tmp" / "thesis.txt": "mine", checkpoints / ".bashrc.tmp-old": "mine",
-            checkpoints / "step-00000009.tmp" / "data.txt": "mine (no marker)"}
+            checkpoints / "notes.tmp" / "thesis.txt": "mine", checkpoints / ".bashrc.tmp-old": "mine"}
     for path, text in user.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -200,12 +199,15 @@ def test_start_up_removes_only_what_hpcspec_made(tmp_path, capsys):
     killed.mkdir()
     (killed / OWNED).write_text("")
     (killed / "rank-00000.h5").write_text("half")
-    assert main(_args(out, "--top-k", "2", "--resume")) == EXIT_OK  # finished: only the clean-up runs
+    # a checkpoint folder holding a user's files is refused unless forced (test_refused_runs.py)
+    assert main(_args(out, "--top-k", "2", "--resume")) == EXIT_BAD_INPUT
+    assert "not hpcspec's checkpoints" in _error(capsys)
+    assert main(_args(out, "--top-k", "2", "--resume", "--force-output")) == EXIT_OK  # finished: only the clean-up
     for path, text in user.items():
         assert path.read_text() == text, f"{path} was the user's"
     for path in [*ours, killed]:
         assert not path.exists(), f"{path} was hpcspec's leftover"
-    assert main(_args(out, "--overwrite")) == EXIT_OK  # --overwrite too removes only hpcspec's files
+    assert main(_args(out, "--overwrite", "--force-output")) == EXIT_OK  # --overwrite too removes only hpcspec's files
     for path, text in user.items():
         assert path.read_text() == text, f"{path} was the user's"
 
