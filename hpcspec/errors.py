@@ -21,6 +21,11 @@ class InputError(Exception):
     """
 
 
+class ArgumentError(InputError, ValueError):
+    """A bad argument to a library call: an :class:`InputError` (the CLI's one line, exit 2) that
+    is also the ``ValueError`` a Python caller expects from a function given a bad value."""
+
+
 class ConfigError(InputError):
     """A configuration value or key that does not validate."""
 

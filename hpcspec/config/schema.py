@@ -24,6 +24,7 @@ from ..choices import (
     HDF5_LOCKING,
     HVP_CHOICES,
     LOSSES,
+    MAX_TOL,
     MIN_TRACE_MATVECS,
     NORMALIZE,
     PLACEMENTS,
@@ -175,8 +176,12 @@ class EigenConfig:
                          flags=(Flag("--eigen-method", help="block (default: block Lanczos with restarts, right for "
                                      "repeated eigenvalues), lanczos (single vector) or power (PyHessian's power "
                                      "iteration)"),))
-    tol: float = non_negative(0.0, f"relative Ritz-residual tolerance (0: {_TOL}; power: 1e-3)", example=SHOW,
-                              flags=(Flag("--tol", help=f"relative Ritz-residual tolerance (0: {_TOL})"),))
+    tol: float = option(0.0, f"relative Ritz-residual tolerance (0: {_TOL}; power: 1e-3); looser than {MAX_TOL:g} "
+                             "certifies nothing and is refused", low=(0, True), high=(MAX_TOL, True),
+                        message="eigen.tol = {value!r} is outside " + f"[0, {MAX_TOL:g}]: a looser relative Ritz "
+                                "residual cannot tell the wanted eigenvalues from their neighbours, so it certifies "
+                                f"nothing (0: the compute dtype's default, {_TOL})", example=SHOW,
+                        flags=(Flag("--tol", help=f"relative Ritz-residual tolerance (0: {_TOL})"),))
     maxiter: int = non_negative(0, "block: products (0: max(1000, 100·top_k)); lanczos: Krylov dimension",
                                 example=SHOW,
                                 flags=(Flag("--maxiter", help="most products (block) or Lanczos steps (lanczos)"),))

@@ -167,7 +167,7 @@ def _eigen_lines(results: TaskResults) -> list[str]:
         lines.append(f"  {i:>3}  {value:>22.15e}  {residual:>9.2e}")
     if results.eigen_method == "block" and isinstance(result, LanczosResult):
         state = ("converged" if result.converged and result.complete else
-                 "converged, completeness NOT checked" if result.converged else
+                 "converged, completeness NOT established" if result.converged else
                  "NOT converged (raise eigen.maxiter or eigen.tol)")
         lines.append(f"  {state} after {result.data_passes} data passes, {result.num_matvecs} Hessian-vector products "
                      f"({result.restarts} restarts, {result.checks} completeness checks); eigenvalue error ≲ "

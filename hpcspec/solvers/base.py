@@ -32,7 +32,8 @@ from typing import Any, Callable, Dict, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from ..choices import default_tol
+from ..choices import default_tol, tolerance_problem
+from ..errors import ArgumentError
 from ..parallel.comm import Communicator
 from ..parallel.vectors import LocalSlice
 
@@ -114,6 +115,14 @@ def check_state(state: State, size: int) -> None:
                                  f"got {value.dtype} {tuple(value.shape)}")
         elif not isinstance(value, (np.ndarray, *SCALARS)):
             raise ValueError(f"state entry {key!r} has type {type(value).__name__}, which a checkpoint cannot hold")
+
+
+def check_tol(tol: float | None) -> None:
+    """Refuse (:class:`~hpcspec.errors.ArgumentError`) a tolerance too loose to certify an
+    eigenvalue, as ``eigen.tol`` is refused on the command line; None (the default) passes."""
+    problem = None if tol is None else tolerance_problem(tol)
+    if problem is not None:
+        raise ArgumentError(problem)
 
 
 def resolve_tol(tol: float | None, op: Any) -> float:

@@ -22,9 +22,12 @@ def guarantee(block_size: int, checks: int, complete: bool) -> str:
     """One line saying what a result guarantees about multiplicities (printed with it)."""
     if complete and checks == 0:
         return "the basis spanned the whole space: every eigenvalue found with its multiplicity"
-    if not complete:
+    if not complete and checks == 0:
         return (f"multiplicity <= {block_size} found by the block; completeness NOT checked "
-                "(stopped before a check round finished)")
+                "(stopped before a check round ran)")
+    if not complete:
+        return (f"multiplicity <= {block_size} found by the block; completeness NOT established: {checks} check "
+                "round(s) ran and the last stopped unfinished (products or basis ran out)")
     return (f"multiplicity <= {block_size} found by construction; higher multiplicity checked by {checks} "
             "round(s) from a fresh seeded vector deflated against the locked pairs (found with high probability)")
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..parallel.vectors import space_of
-from .base import IterativeSolver, LinearOperator, State, resolve_tol
+from .base import IterativeSolver, LinearOperator, State, check_tol, resolve_tol
 from .block_basis import BasisBuffer, as_block, checked_sizes, fresh_block, next_block, one_thread, orthogonalise
 from .block_check import beyond, check_which, guarantee, restart_priority, round_clear, wanted_indices
 from .lanczos import LanczosResult, check_request
@@ -410,5 +410,6 @@ def block_lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol
         :class:`~hpcspec.solvers.lanczos.LanczosResult` with ``block_size``, ``data_passes``,
         ``restarts``, ``locked``, ``checks``, ``complete`` and ``guarantee`` filled in.
     """
+    check_tol(tol)
     return BlockLanczos(op, k, which=which, tol=tol, block_size=block_size, max_basis=max_basis, maxiter=maxiter,
                         seed=seed, v0=v0, check=check, check_size=check_size, callback=callback).run()

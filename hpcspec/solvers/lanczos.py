@@ -24,7 +24,7 @@ from scipy.linalg import eigh_tridiagonal
 
 from ..choices import WHICH
 from ..parallel.vectors import VectorSpace, space_of
-from .base import IterativeSolver, LinearOperator, State, resolve_tol
+from .base import IterativeSolver, LinearOperator, State, check_tol, resolve_tol
 from .probes import probe
 
 STREAM = "lanczos"
@@ -283,4 +283,5 @@ def lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: floa
         :class:`LanczosResult`; ``converged`` is False if ``maxiter`` ran out first (the partial
         eigenpairs are still returned, with their residuals).
     """
+    check_tol(tol)
     return Lanczos(op, k, which=which, tol=tol, maxiter=maxiter, seed=seed, v0=v0, callback=callback).run()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..choices import POWER_MAXITER, POWER_TOL
-from .base import IterativeSolver, LinearOperator, State
+from .base import IterativeSolver, LinearOperator, State, check_tol
 from .orthogonal import project_out_
 from .probes import probe
 
@@ -190,4 +190,5 @@ def power_iteration(op: LinearOperator, k: int = 1, *, maxiter: int = POWER_MAXI
         :class:`PowerResult`; ``converged`` is False if some pair used up ``maxiter`` (its last
         iterate is still returned, with its residual).
     """
+    check_tol(tol)
     return PowerIteration(op, k, maxiter=maxiter, tol=tol, seed=seed).run()

@@ -8,8 +8,8 @@ from hpcspec.config import Config, ConfigError, load_config, parse_override, to_
 def test_layers_defaults_file_overrides(tmp_path):
     path = tmp_path / "job.toml"
     path.write_text('seed = 3\n[eigen]\ntop_k = 7\n[model]\nhidden = [4, 5]\n')
-    cfg = load_config(path, {"eigen.top_k": 2, "eigen.tol": 1})
-    assert (cfg.seed, cfg.eigen.top_k, cfg.model.hidden, cfg.eigen.tol) == (3, 2, (4, 5), 1.0)
+    cfg = load_config(path, {"eigen.top_k": 2, "eigen.tol": 0.01})
+    assert (cfg.seed, cfg.eigen.top_k, cfg.model.hidden, cfg.eigen.tol) == (3, 2, (4, 5), 0.01)
     assert cfg.data == Config().data
 
 
@@ -47,7 +47,7 @@ def test_unknown_key_in_file_and_section_errors(tmp_path):
     ("hessian.loss", "crossentropy", "did you mean 'cross_entropy'"),
     ("hessian.dtype", "float16", "is not supported: float16's range"), ("hessian.dtype", "half", "not one of"),
     ("model.hidden", [3, 0], "widths must be > 0"), ("model.hidden", "3", "list of integers"),
-    ("eigen.tol", -1.0, "must be >= 0"),
+    ("eigen.tol", -1.0, r"eigen.tol = -1.0 is outside \[0, 0.02\]"),
 ])
 def test_bad_values(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -127,8 +127,9 @@ def test_same_seed_same_bits_and_rank_zero_decides():
     ({"k": 0}, "k must be between 1"),
     ({"k": 201}, "k must be between 1"),
     ({"maxiter": 0}, "maxiter must be at least 1"),
-    ({"tol": -1e-3}, "tol must be >= 0"),
-    ({"tol": float("nan")}, "tol must be >= 0"),
+    ({"tol": -1e-3}, r"tol = -0.001 is outside \[0, 0.02\]"),
+    ({"tol": float("nan")}, "tol = nan is outside"),
+    ({"tol": 0.5}, "certifies nothing"),
 ])
 def test_argument_errors(kwargs, match):
     op, _ = rotated(OUTLIERS)
