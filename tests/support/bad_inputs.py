@@ -170,7 +170,7 @@ def _listed(folder: Path) -> list[tuple[str, list[str], str]]:
         ("tolerance just too loose", ["run", "--tol", "0.021", *out], "certifies nothing"),
         ("power tolerance 0.5", ["run", "--eigen-method", "power", "--which", "largest_magnitude", "--tol", "0.5",
                                  *out], "eigen.tol = 0.5 is outside"),
-        ("negative tolerance", ["run", "--tol", "-1e-9", *out], "eigen.tol = -1e-09 is outside [0, 0.02]"),
+        ("negative tolerance", ["run", "--tol=-1e-9", *out], "eigen.tol = -1e-09 is outside [0, 0.02]"),
         ("trace rtol inf", ["run", "--trace", "--set", "trace.rtol=inf", *out], "'trace.rtol' must be a finite number"),
         ("learning rate nan", ["run", "--set", "train.lr=nan", *out], "'train.lr' must be a finite number"),
         ("watchdog timeout 0", ["run", "--set", "comm.timeout_s=0", *out], "comm.timeout_s must be > 0"),
