@@ -26,6 +26,7 @@ from ..choices import (
 )
 from ..errors import InputError
 from ..parallel.comm import Communicator, SingleProcess
+from ..parallel.replicas import check_replicated
 from ..parallel.vectors import VectorSpace, make_space
 from ..problem.batches import BatchSource, Inputs, call_model, inputs_as_args
 from ..problem.losses import Loss, get_loss
@@ -139,6 +140,7 @@ class HessianOperator:
         if self.layout.size == 0:
             raise InputError("the model has no parameters that require gradients")
         self.size = self.layout.size
+        check_replicated(model, self.comm)
         self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)
         named = dict(model.named_parameters())
         self._params = [named[name] for name in self.layout.names]
