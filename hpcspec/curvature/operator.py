@@ -26,6 +26,7 @@ from ..choices import (
 )
 from ..errors import InputError
 from ..parallel.comm import Communicator, SingleProcess
+from ..parallel.finite import check_product
 from ..parallel.replicas import check_replicated
 from ..parallel.vectors import VectorSpace, make_space
 from ..problem.batches import BatchSource, Inputs, call_model, inputs_as_args
@@ -113,6 +114,8 @@ class HessianOperator:
     over the data (the count). Parameters that do not require gradients when it runs are excluded
     (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
     """
+
+    checks_products = True  #: finite products agreed on before reducing (:mod:`hpcspec.parallel.finite`)
 
     def __init__(self, model: nn.Module, loss: Loss | str | Callable, data: Any,
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
@@ -282,10 +285,10 @@ class HessianOperator:
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
         if self.reduction == "ordered":
-            parts = self._local_products(vectors, per_batch=True)
+            parts = self._checked_products(vectors, per_batch=True)
             total = exact_sum(self.comm, parts, self.size, self.num_samples > 0, None)
         else:
-            total = self.comm.allreduce_sum_(self._local_products(vectors)[0])
+            total = self.comm.allreduce_sum_(self._checked_products(vectors)[0])
         total /= self.total_count
         return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
 
@@ -294,12 +297,18 @@ class HessianOperator:
         """Rows ``bounds[rank]`` of ``H @ vectors`` (whole (P,) or (P, k) in, this rank's rows out):
         the partial products are reduce-scattered, so no rank receives the whole product."""
         if self.reduction == "ordered":
-            parts = self._local_products(vectors, per_batch=True)
+            parts = self._checked_products(vectors, per_batch=True)
             total = exact_sum(self.comm, parts, self.size, self.num_samples > 0, bounds)
         else:
-            total = self.comm.reduce_scatter_rows(self._local_products(vectors)[0].T.contiguous(), bounds)
+            total = self.comm.reduce_scatter_rows(self._checked_products(vectors)[0].T.contiguous(), bounds)
         total /= self.total_count
         return total.reshape(-1) if vectors.ndim == 1 else total
+
+    def _checked_products(self, vectors: torch.Tensor, per_batch: bool = False) -> list[torch.Tensor]:
+        """:meth:`_local_products`, agreed finite on every rank before they are reduced."""
+        parts, count = self._local_products(vectors, per_batch), 1 if vectors.ndim == 1 else vectors.shape[1]
+        check_product(self.comm, parts, first=self.num_matvecs - count + 1, count=count, shared=False)
+        return parts
 
     def _local_products(self, vectors: torch.Tensor, per_batch: bool = False) -> list[torch.Tensor]:
         """This rank's shard's share of ``H @ vectors`` times the count, as (k, P) float64 on the

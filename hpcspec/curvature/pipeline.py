@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..parallel.finite import check_product
 from ..parallel.grid import Grid
 from ..parallel.replicas import check_replicated
 from ..parallel.vectors import Sharded, all_bounds, stage_bounds
@@ -62,6 +63,8 @@ class PipelineHessianOperator:
     """
 
     method = "forward_over_reverse"
+    #: Each product's finiteness is agreed on before it is reduced (:mod:`hpcspec.parallel.finite`).
+    checks_products = True
     method_reason = "pipeline stages: forward over reverse, stage by stage"
     trial_products = 0
     bn_mode = "eval"
@@ -147,6 +150,7 @@ class PipelineHessianOperator:
         partial = torch.zeros(self.hi_stage - self.lo_stage, k, dtype=torch.float64)
         for j, parts in enumerate(products):
             partial[:, j] = torch.cat([part.reshape(-1).to("cpu", torch.float64) for part in parts])
+        check_product(self.comm, partial, first=self.num_matvecs - k + 1, count=k, shared=False)
         rows = self.grid.stage_comm.reduce_scatter_rows(partial, all_bounds(self.hi_stage - self.lo_stage,
                                                                             self.grid.shards))
         rows /= self.total_count

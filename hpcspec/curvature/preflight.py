@@ -123,7 +123,8 @@ def _verdict(first: torch.Tensor, second: torch.Tensor, error: float, tol: float
     skip = "or set hessian.check = false to skip this check"
     if not (torch.isfinite(first).all() and torch.isfinite(second).all()):
         return ("H·v contains NaN or infinite values; the loss, the model or the data overflow or are not finite "
-                "at these parameters — check the inputs and the model (a lower-precision dtype overflowing?), " + skip)
+                "at these parameters — check the weights, the inputs and the model (a lower-precision dtype "
+                "overflowing?); no setting can skip this, every product would carry it")
     if not torch.equal(first, second):
         return (f"H·v is not repeatable: two products of the same vectors differ (max relative difference "
                 f"{_relative_difference(first, second):.1e}); the model or data pipeline is non-deterministic "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .comm import Communicator
+from .finite import check_product, checked_apply
 
 
 def slice_bounds(size: int, rank: int, ranks: int) -> tuple[int, int]:
@@ -118,7 +119,7 @@ class Replicated:
         return local
 
     def apply(self, op: Operator, full: torch.Tensor) -> torch.Tensor:
-        return op.apply(full)
+        return checked_apply(op, full)
 
     def sum(self, partial: torch.Tensor) -> torch.Tensor:
         return partial
@@ -173,8 +174,13 @@ class Sharded:
     def apply(self, op: Operator, full: torch.Tensor) -> torch.Tensor:
         sharded_apply = getattr(op, "apply_sharded", None)
         if sharded_apply is None:  # an operator without a reduce-scatter: multiply whole, keep the slice
-            return op.apply(full)[self.lo:self.hi].clone()
-        return sharded_apply(full, self.bounds)
+            return checked_apply(op, full)[self.lo:self.hi].clone()
+        rows = sharded_apply(full, self.bounds)
+        if not getattr(op, "checks_products", False):  # each rank holds other rows: agree on them
+            count = 1 if full.ndim == 1 else full.shape[1]
+            done = int(getattr(op, "num_matvecs", count))
+            check_product(self.comm, rows, first=done - count + 1, count=count, shared=False, what="operator")
+        return rows
 
     def sum(self, partial: torch.Tensor) -> torch.Tensor:
         return self.comm.allreduce_sum_(partial.contiguous())

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..choices import POWER_MAXITER, POWER_TOL
+from ..parallel.finite import checked_apply
 from .base import IterativeSolver, LinearOperator, State, check_tol
 from .orthogonal import project_out_
 from .probes import probe
@@ -103,7 +104,7 @@ class PowerIteration(IterativeSolver[PowerResult]):
         j, step, v = self.pair, self.pair_step, self.v
         project_out_(v, self.found[:, :j])
         v /= torch.linalg.vector_norm(v)
-        w = self.op.apply(v)
+        w = checked_apply(self.op, v)
         self.num_matvecs += 1
         theta = float(v @ w)
         norm = float(torch.linalg.vector_norm(w))

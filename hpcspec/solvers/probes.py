@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..choices import DISTRIBUTIONS
+from ..parallel.finite import checked_apply
 from .base import LinearOperator
 
 
@@ -55,5 +56,6 @@ def apply_in_blocks(op: LinearOperator, vectors: torch.Tensor, block_size: int =
     """
     k = vectors.shape[1]
     if block_size <= 0 or block_size >= k:
-        return op.apply(vectors)
-    return torch.cat([op.apply(vectors[:, j:j + block_size].contiguous()) for j in range(0, k, block_size)], dim=1)
+        return checked_apply(op, vectors)
+    return torch.cat([checked_apply(op, vectors[:, j:j + block_size].contiguous()) for j in range(0, k, block_size)],
+                     dim=1)

@@ -78,11 +78,12 @@ def mpirun_available() -> bool:
     return shutil.which("mpirun") is not None
 
 
-def mpirun(n: int, args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def mpirun(n: int, args: list[str], cwd: Path, timeout: float = 120,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``mpirun -n n python ARGS`` with one thread per rank and a timeout, so a deadlock fails the
     test instead of hanging; the timeout (or any interruption) kills the ranks too (:mod:`spawn`)."""
     env = spawn.one_thread_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(cwd), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(REPO), str(cwd), os.environ.get("PYTHONPATH", "")]), **(env or {}))
     command = ["mpirun", "--oversubscribe", "-n", str(n), sys.executable, *args]
     return spawn.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

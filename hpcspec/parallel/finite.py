@@ -1,0 +1,70 @@
+"""Every product is finite, or every rank stops at it with the same one line.
+
+A NaN or an infinity in one Hessian-vector product (NaN weights, an overflowing loss, a model whose
+output turns NaN on one rank after some products) poisons every later number: orthogonalisation
+spreads it through the basis, and the small eigenproblem then fails deep in LAPACK on whichever
+rank computes it. So each product is checked where it is made, before it is reduced: a rank
+whose share is not finite says so, the ranks agree (one allreduce of one flag per rank, or
+none where every rank holds the same numbers), and every rank raises
+:class:`NonFiniteProduct` at the same point, naming the products and the ranks. A driver that
+checkpoints at step boundaries keeps its last checkpoint: the failing step never completes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .agree import AgreedInputError
+from .comm import Communicator
+
+
+class NonFiniteProduct(AgreedInputError):
+    """A product held NaN or infinite values (raised on every rank together)."""
+
+
+def _numbers(first: int, count: int) -> str:
+    return f"product {first} is" if count == 1 else f"products {first}–{first + count - 1} (one block) are"
+
+
+def check_product(comm: Communicator | None, share: torch.Tensor | Sequence[torch.Tensor], *, first: int, count: int, shared: bool,
+                  what: str = "Hessian-vector") -> None:
+    """Raise :class:`NonFiniteProduct` on every rank unless every rank's ``share`` is finite.
+
+    Args:
+        comm: the ranks that must agree (None or one rank: no communication).
+        share: this rank's part of the products (its partial sum before a reduction, or its rows).
+        first, count: the products' numbers (1-based) and how many ``share`` holds.
+        shared: whether every rank holds the same ``share`` (then the verdict needs no collective).
+        what: the operator's products in words.
+    """
+    shares = [share] if isinstance(share, torch.Tensor) else share
+    bad = not all(bool(torch.isfinite(part).all()) for part in shares)
+    if shared or comm is None or comm.size == 1:
+        if bad:
+            raise NonFiniteProduct(f"{what} {_numbers(first, count)} not finite (NaN or inf): the weights, the "
+                                   "data or the model's arithmetic (an overflow in a low precision?) give NaN or inf "
+                                   "at these parameters; fix the cause, no tolerance or check can skip it")
+        return
+    flags = torch.zeros(comm.size, dtype=torch.float64)
+    flags[comm.rank] = float(bad)
+    ranks = [rank for rank, flag in enumerate(comm.allreduce_sum_(flags).tolist()) if flag]
+    if ranks:
+        where = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+        raise NonFiniteProduct(f"{what} {_numbers(first, count)} not finite (NaN or inf) on {where}: the "
+                               f"weights, the data of {where} or the model's arithmetic (an overflow in a low "
+                               "precision?) give NaN or inf at these parameters; fix the cause, no tolerance or "
+                               "check can skip it")
+
+
+def checked_apply(op: Any, vectors: torch.Tensor) -> torch.Tensor:
+    """``op.apply(vectors)`` (a whole product on every rank), checked unless the operator checks
+    its own products (``op.checks_products``)."""
+    result = op.apply(vectors)
+    if not getattr(op, "checks_products", False):
+        count = 1 if vectors.ndim == 1 else vectors.shape[1]
+        done = int(getattr(op, "num_matvecs", count))
+        check_product(getattr(op, "comm", None), result, first=done - count + 1, count=count, shared=True,
+                      what="operator")
+    return result
