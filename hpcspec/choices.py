@@ -21,6 +21,10 @@ LOSS_WEIGHTS = ("samples", "tokens")
 DTYPES = ("float64", "float32", "bfloat16", "tf32")
 #: Dtype names refused with a reason, not merely as unknown.
 REFUSED_DTYPES = ("float16",)
+#: Why (the CLI's ``hessian.dtype`` and the library's model dtype say the same).
+FLOAT16_REASON = ("float16's range (largest 65504, smallest normal 6e-5) overflows batch loss sums and underflows "
+                  "second derivatives without the loss scaling an exact HVP cannot use; use bfloat16 (float32's "
+                  "range) or float32")
 #: Unit roundoff u (half the spacing of the numbers just above 1) of each compute precision: 2⁻⁵³,
 #: 2⁻²⁴, 2⁻⁸ (bfloat16's 7 stored mantissa bits), 2⁻¹¹ (TF32's 10).
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "tf32": 2.0**-11}

@@ -10,7 +10,7 @@ import difflib
 import math
 from typing import Any
 
-from ..choices import ADAPTIVE_TRACE_METHODS, REFUSED_DTYPES, TASKS
+from ..choices import ADAPTIVE_TRACE_METHODS, FLOAT16_REASON, REFUSED_DTYPES, TASKS
 from ..errors import ConfigError
 from .options import options
 from .schema import Config, TrainConfig
@@ -40,9 +40,7 @@ def _value(cfg: Config, key: str) -> Any:
 def validate(cfg: Config) -> Config:
     """Check every key's choices and bounds, then the rules between keys; returns ``cfg`` unchanged."""
     if cfg.hessian.dtype in REFUSED_DTYPES:
-        raise ConfigError(f"hessian.dtype = {cfg.hessian.dtype!r} is not supported: float16's range (largest 65504, "
-                          "smallest normal 6e-5) overflows batch loss sums and underflows second derivatives without "
-                          "the loss scaling an exact HVP cannot use; use bfloat16 (float32's range) or float32")
+        raise ConfigError(f"hessian.dtype = {cfg.hessian.dtype!r} is not supported: {FLOAT16_REASON}")
     for option in options():
         if option.meta.choices and option.kind is str:
             check_choice(option.key, _value(cfg, option.key), option.meta.choices)

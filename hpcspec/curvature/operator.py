@@ -21,6 +21,7 @@ from ..choices import (
     BN_MODES,
     DEFAULT_GRAPH_BUDGET_MB,
     DEFAULT_SHARD_VECTORS,
+    FLOAT16_REASON,
     HVP_METHODS,
     REDUCTIONS,
 )
@@ -29,7 +30,7 @@ from ..parallel.comm import Communicator, SingleProcess
 from ..parallel.finite import check_product
 from ..parallel.replicas import check_replicated
 from ..parallel.vectors import VectorSpace, make_space
-from ..problem.batches import BatchSource, Inputs, call_model, inputs_as_args
+from ..problem.batches import BatchSource, Inputs, call_model, count_batches, inputs_as_args
 from ..problem.losses import Loss, get_loss
 from ..problem.pairing import check_pairing, logits_of
 from ..problem.params import ParamLayout
@@ -144,6 +145,8 @@ class HessianOperator:
             raise InputError("the model has no parameters that require gradients")
         self.size = self.layout.size
         check_replicated(model, self.comm)
+        if any(p.dtype == torch.float16 for p in model.parameters()):  # the same on every rank: checked above
+            raise InputError(f"the model holds float16 parameters, which hpcspec refuses: {FLOAT16_REASON}")
         self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)
         named = dict(model.named_parameters())
         self._params = [named[name] for name in self.layout.names]
@@ -151,13 +154,8 @@ class HessianOperator:
         self.compute_dtype = self._params[0].dtype
         self._source = BatchSource(data, batch_size, self.device, self.compute_dtype, target_key)
         #: Batch sizes (samples: the targets' first dimension) of this rank's batches, in order.
-        self.batch_sizes: list[int] = []
-        count = torch.zeros(1, dtype=torch.float64)
-        for _, targets in self._source:  # one pass over the data
-            self.batch_sizes.append(len(targets) if targets.ndim else 1)
-            count += float(self.loss.count(targets))
+        self.batch_sizes, self.total_count = count_batches(self._source, self.loss, self.comm)
         self.num_samples = sum(self.batch_sizes)
-        self.total_count = float(self.comm.allreduce_sum_(count).item())
         if not self.total_count > 0:
             raise InputError("the data of all ranks holds no samples (the loss's count is 0)")
         self.num_matvecs = 0

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..parallel.agree import agree_on_failure
+from ..parallel.comm import Communicator
 from .shards import BatchShard, Shard
 
 #: A batch's model inputs: a tensor, positional tensors, or keyword tensors.
@@ -66,6 +68,20 @@ def describe(inputs: Inputs) -> str:
     if isinstance(inputs, (tuple, list)):
         return "(" + ", ".join(describe(value) for value in inputs) + ")"
     return str(tuple(inputs.shape[1:])) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+
+
+def non_finite(inputs: Inputs, targets: torch.Tensor, where: str = "inputs") -> str | None:
+    """Which part of a batch holds NaN or inf (``inputs``, ``inputs['mask']``, ``targets``), or None."""
+    if isinstance(inputs, Mapping):
+        parts = [non_finite(value, None, f"{where}[{key!r}]") for key, value in inputs.items()]  # type: ignore[arg-type]
+    elif isinstance(inputs, (tuple, list)):
+        parts = [non_finite(value, None, f"{where}[{i}]") for i, value in enumerate(inputs)]  # type: ignore[arg-type]
+    else:
+        bad = isinstance(inputs, torch.Tensor) and inputs.dtype.is_floating_point and not bool(torch.isfinite(inputs).all())
+        parts = [where if bad else None]
+    if targets is not None and targets.dtype.is_floating_point and not bool(torch.isfinite(targets).all()):
+        parts.append("targets")
+    return next((part for part in parts if part is not None), None)
 
 
 def _moved(inputs: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -162,3 +178,18 @@ class BatchSource:
             if len(targets):
                 return take(inputs, n), targets[:n]
         return None
+
+
+def count_batches(source: BatchSource, loss: Any, comm: Communicator) -> tuple[list[int], float]:
+    """This rank's batch sizes and the loss's count over every rank's batches (collective: one
+    agreement, one reduction). Data holding NaN or inf is refused here, on every rank and naming
+    where, before the first product could turn it into a NaN Hessian."""
+    sizes, count, error = [], torch.zeros(1, dtype=torch.float64), None
+    for index, (inputs, targets) in enumerate(source):
+        sizes.append(len(targets) if targets.ndim else 1)
+        count += float(loss.count(targets))
+        part = non_finite(inputs, targets) if error is None else None
+        if part is not None:
+            error = InputError(f"the data holds NaN or infinite values: {part} of batch {index} of this rank")
+    agree_on_failure(comm, error)
+    return sizes, float(comm.allreduce_sum_(count).item())

@@ -16,7 +16,7 @@ mean over its unmasked tokens) or a function ``weight(targets) -> int``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +60,12 @@ class Loss:
                              "(a per-sample loss has no single Hessian)")
         count = _weight_function(criterion, weight)
         name = getattr(criterion, "__name__", None) or type(criterion).__name__
+
+        def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return _scalar(name, criterion(outputs, targets))
         if reduction == "sum":
-            return cls(name, criterion, count)
-        return cls(name, lambda outputs, targets: criterion(outputs, targets) * count(targets), count)
+            return cls(name, batch_loss, count)
+        return cls(name, lambda outputs, targets: batch_loss(outputs, targets) * count(targets), count)
 
     @classmethod
     def causal_lm(cls, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, *,
@@ -99,12 +102,28 @@ class Loss:
         def total(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             _check_token_labels(labels)
             predicted = logits[:, :-1].reshape(-1, logits.shape[-1])
-            value = criterion(predicted, labels[:, 1:].reshape(-1))
+            value = _scalar(getattr(criterion, "__name__", None) or type(criterion).__name__,
+                            criterion(predicted, labels[:, 1:].reshape(-1)))
             if reduction == "sum":
                 return value
             tokens = count(labels)  # a mean criterion's divisor; a batch with none contributes 0 (not NaN)
             return value * tokens if tokens else predicted.sum() * 0.0
         return cls("causal_lm", total, count)
+
+
+def _scalar(name: str, value: Any) -> torch.Tensor:
+    """A criterion's value, refused unless it is one floating-point number as a tensor (an int, a
+    float or a per-sample vector has no Hessian, or not the one meant)."""
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"criterion {name} returned a {type(value).__name__}, not a tensor: it must return the batch's "
+                         "loss as a scalar floating-point tensor computed from the model's output")
+    if value.numel() != 1:
+        raise InputError(f"criterion {name} returned a tensor of shape {tuple(value.shape)}, not a scalar: reduce it "
+                         "over the batch (reduction 'mean' or 'sum'); a per-sample loss has no single Hessian")
+    if not value.dtype.is_floating_point:
+        raise InputError(f"criterion {name} returned a {str(value.dtype).removeprefix('torch.')} tensor: the loss must "
+                         "be a floating-point scalar computed from the model's output")
+    return value.reshape(())
 
 
 def _check_token_labels(labels: torch.Tensor) -> None:
