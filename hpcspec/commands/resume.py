@@ -20,7 +20,7 @@ from torch import nn
 from ..checkpoint import CheckpointStore, Loaded, describe_mismatch
 from ..config import Config, to_toml
 from ..errors import InputError
-from ..files.atomic import write_text_atomic
+from ..files.atomic import cause, file_digest, write_text_atomic
 from ..files.outputs import check_checkpoint_folder, make_folder, remove_run
 from ..parallel.agree import agreed, collective
 from ..parallel.comm import Communicator, SingleProcess
@@ -114,9 +114,18 @@ def finished_already(store: CheckpointStore, identity: dict[str, Any], output: P
     if not resume:
         raise InputError(f"{str(output)!r} holds a finished run of these settings (results.h5); add --resume to "
                          f"keep it (nothing to recompute), or {fix}")
-    if (output / "results.h5").is_file():
-        return True
-    marker.unlink()  # the results were deleted since: the same run computes them again
+    results = output / "results.h5"
+    if results.is_file():
+        recorded = saved.get("results_digest")
+        try:
+            found = file_digest(results)
+        except OSError as exc:
+            found = f"unreadable ({cause(exc)})"
+        if recorded is None or found == recorded:  # (markers of earlier versions record none)
+            return True
+        log.warning("%s is not the file this run finished with (size:CRC-32 %s recorded, %s now): damaged or "
+                    "changed since; computing the results again", results, recorded, found)
+    marker.unlink()  # the results were deleted or damaged since: the same run computes them again
     return False
 
 
@@ -159,8 +168,10 @@ def mark_complete(store: CheckpointStore, comm: Communicator, identity: dict[str
         return
     try:
         store.directory.mkdir(parents=True, exist_ok=True)
+        results = Path(cfg.output) / "results.h5"
+        digest = {"results_digest": file_digest(results)} if results.is_file() else {}
         write_text_atomic(store.directory / COMPLETE,
-                          json.dumps({**identity, "config_toml": to_toml(cfg)}, sort_keys=True))
+                          json.dumps({**identity, **digest, "config_toml": to_toml(cfg)}, sort_keys=True))
     except OSError as exc:
         raise InputError(f"cannot write {str(store.directory / COMPLETE)!r} ({exc.strerror})") from None
     store.clear_local()

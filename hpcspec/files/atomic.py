@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -81,3 +82,13 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """A small text file (a pointer, a marker, JSON), written atomically."""
     write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def file_digest(path: Path) -> str:
+    """``size:crc32`` of a file's bytes, read in 4 MiB chunks: what a finished run records of its
+    results.h5, so that a file damaged or truncated since is told apart from the one it wrote."""
+    crc, size = 0, 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+    return f"{size}:{crc:08x}"
