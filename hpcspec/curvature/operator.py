@@ -28,7 +28,7 @@ from ..choices import (
 from ..errors import InputError
 from ..parallel.comm import Communicator, SingleProcess
 from ..parallel.finite import check_product
-from ..parallel.replicas import check_replicated
+from ..parallel.replicas import check_weights
 from ..parallel.vectors import VectorSpace, make_space
 from ..problem.batches import BatchSource, Inputs, call_model, count_batches, inputs_as_args
 from ..problem.losses import Loss, get_loss
@@ -144,7 +144,7 @@ class HessianOperator:
         if self.layout.size == 0:
             raise InputError("the model has no parameters that require gradients")
         self.size = self.layout.size
-        check_replicated(model, self.comm)
+        check_weights(model, self.comm)
         if any(p.dtype == torch.float16 for p in model.parameters()):  # the same on every rank: checked above
             raise InputError(f"the model holds float16 parameters, which hpcspec refuses: {FLOAT16_REASON}")
         self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)

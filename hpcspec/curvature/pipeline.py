@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import InputError
 from ..parallel.finite import check_product
 from ..parallel.grid import Grid
-from ..parallel.replicas import check_replicated
+from ..parallel.replicas import check_weights
 from ..parallel.vectors import Sharded, all_bounds, stage_bounds
 from ..problem.batches import BatchSource
 from ..problem.losses import Loss, get_loss
@@ -78,7 +78,7 @@ class PipelineHessianOperator:
         if batch_size <= 0:
             raise InputError(f"batch_size must be > 0, got {batch_size}")
         self.grid, self.comm, self.model, self.layout = grid, grid.world, stage, layout
-        check_replicated(stage, grid.stage_comm, agree_comm=grid.world)
+        check_weights(stage, grid.stage_comm, agree_comm=grid.world)
         self.loss, self.output_fn, self.batch_size = get_loss(loss), output_fn, batch_size
         self.offsets = list(offsets)
         self.size = layout.size

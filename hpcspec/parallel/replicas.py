@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .agree import agree_on_failure
+from .agree import AgreedInputError, agree_on_failure
 from .comm import Communicator
 
 #: (kind, name, shape, dtype, CRC-32 of the bytes) of one tensor.
@@ -78,3 +78,23 @@ def check_replicated(module: nn.Module, comm: Communicator, agree_comm: Communic
         problem = first_difference(mine, reference)
         error = InputError(problem) if problem else None
     agree_on_failure(agree_comm, error)
+
+
+def check_weights(module: nn.Module, comm: Communicator, agree_comm: Communicator | None = None) -> None:
+    """:func:`check_replicated`, then refuse a parameter holding NaN or inf, naming it: every
+    product at such weights is NaN. The replicas agree by then, so over ``comm`` the verdict is
+    the same on every rank and needs no collective; ``agree_comm`` (a pipeline's world, whose
+    stages hold other parameters) agrees on it."""
+    check_replicated(module, comm, agree_comm)
+    error = None
+    for name, parameter in module.named_parameters():
+        bad = ~torch.isfinite(parameter.detach())
+        if parameter.dtype.is_floating_point and bool(bad.any()):
+            error = InputError(f"parameter {name!r} holds {int(bad.sum())} NaN or infinite value(s) of "
+                               f"{parameter.numel()}: every Hessian-vector product at these weights is NaN; load or "
+                               "train weights that are finite")
+            break
+    if agree_comm is not None and agree_comm is not comm:
+        agree_on_failure(agree_comm, error)
+    elif error is not None:
+        raise AgreedInputError(str(error))

@@ -29,6 +29,12 @@ def make_wide_data():
 
 not_callable = 3
 
+def nan_weights():
+    model = make_model()
+    with torch.no_grad():
+        model[2].weight[1, 3] = float("nan")
+    return model
+
 def frozen_model():
     model = make_model()
     model.requires_grad_(False)
@@ -165,6 +171,11 @@ def _listed(folder: Path) -> list[tuple[str, list[str], str]]:
          "allowed (data.max_gb, or the rank's free memory"),
         ("one SLQ step", ["run", "--density", "--steps", "1", *out], "density.steps = 1 is too few"),
         ("tolerance nan", ["run", "--tol", "nan", *out], "'eigen.tol' must be a finite number, got nan"),
+        ("NaN weights", ["run", "--model", "usermod:nan_weights", "--data", "usermod:make_data", "--loss", "mse",
+                         *out], "parameter '2.weight' holds 1 NaN or infinite value(s) of 12"),
+        ("NaN weights, unchecked", ["run", "--model", "usermod:nan_weights", "--data", "usermod:make_data", "--loss",
+                                    "mse", "--set", "hessian.check=false", *out],
+         "every Hessian-vector product at these weights is NaN"),
         ("tolerance 1e300", ["run", "--top-k", "2", "--tol", "1e300", *out], "eigen.tol = 1e+300 is outside [0, 0.02]"),
         ("tolerance 0.5", ["run", "--tol", "0.5", *out], "eigen.tol = 0.5 is outside [0, 0.02]"),
         ("tolerance just too loose", ["run", "--tol", "0.021", *out], "certifies nothing"),

@@ -54,13 +54,26 @@ def test_a_non_finite_product_is_one_line_naming_it(name, at, value):
     assert "check = false" not in message and "check=false" not in message
 
 
-def test_nan_weights_in_the_library_name_the_first_product():
+def model_and_data() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    return model, (torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nan_weights_in_the_library_name_the_parameter(value):
+    model, data = model_and_data()
+    with torch.no_grad():
+        model[2].weight[0, 0] = value
+    with pytest.raises(hpcspec.InputError, match=r"parameter '2.weight' holds 1 NaN or infinite value\(s\) of 8"):
+        hpcspec.HessianOperator(model, "cross_entropy", data)
+
+
+def test_weights_turned_nan_after_the_operator_was_built_name_the_first_product():
+    model, data = model_and_data()
+    op = hpcspec.HessianOperator(model, "cross_entropy", data, method="double_backward")
     with torch.no_grad():
         model[2].weight[0, 0] = math.nan
-    x, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
-    op = hpcspec.HessianOperator(model, "cross_entropy", (x, y), method="double_backward")
     with pytest.raises(NonFiniteProduct, match=r"Hessian-vector products 1–4 \(one block\) are not finite"):
         hpcspec.block_lanczos(op, 2)
     with pytest.raises(NonFiniteProduct, match=r"Hessian-vector product 5 is not finite"):
