@@ -131,7 +131,8 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
 
     With ``checkpoints``, also the checkpoint store (stale temporaries removed) and, with
     ``resume``, the checkpoint to continue from: its weights replace training. ``overwrite``
-    first removes the files of the run already in the output folder (only hpcspec's).
+    removes the files of the run already in the output folder (only hpcspec's), but only once
+    everything that can refuse this run (data, model, sizes, the operator check) has passed.
     """
     started = time.perf_counter()
     threads, device = start_rank(cfg, comm)
@@ -143,17 +144,8 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         store = CheckpointStore(checkpoint_dir(cfg), comm, keep=cfg.checkpoint.keep,
                                 locking=cfg.checkpoint.hdf5_locking)
         agreed(comm, checkpoint_dir_ready, store, comm, cfg.force_output)
-        if overwrite:
-            removed = comm.bcast_object(agreed(comm, remove_previous_run, output, store, comm))
-            log.warning("--overwrite: removed %d file(s) of the previous run in %s%s", len(removed), output,
-                        f" ({', '.join(removed[:8])}{' …' if len(removed) > 8 else ''})" if removed else "")
-            agreed(comm, checkpoint_dir_ready, store, comm, cfg.force_output)
-        stale = collective(comm, store.remove_stale)
-        if stale:
-            log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(stale),
-                        ", ".join(stale))
-        if not resume:
-            agreed(comm, check_fresh_start, store, comm)
+        if not overwrite:  # --overwrite deletes the previous run only once this one can start (below)
+            _clean_start(store, comm, resume)
     staged = None
     if cfg.model.stages > 1:
         work, staged = collective(comm, build_staged_workload, cfg, comm, threads)
@@ -173,7 +165,7 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         size = sum(p.numel() for p in model.parameters() if p.requires_grad)
         identity = {"config": config_identity(cfg), "model": model_fingerprint(model),
                     "data": data_fingerprint(shard, comm), "num_params": size}
-        if comm.bcast_object(agreed(comm, finished_already, store, identity, output, resume, comm)):
+        if not overwrite and comm.bcast_object(agreed(comm, finished_already, store, identity, output, resume, comm)):
             log.info("this run already finished: results in %s", output / "results.h5")
             return Problem(cfg=cfg, comm=comm, output=output, shard=shard, op=None, loss_value=float("nan"),  # type: ignore[arg-type]
                            device=device, started=started, store=store, identity=identity, complete=True)
@@ -218,8 +210,23 @@ def prepare(cfg: Config, comm: Communicator, *, checkpoints: bool = False, resum
         log.info("operator check: H·v repeatable bitwise, symmetry error %.1e (%d products)",
                  check.symmetry_error, check.num_matvecs)
     loss_value, _ = op.loss_and_gradient()
+    if overwrite and store is not None:  # everything that can refuse this run has passed: now replace the old one
+        removed = comm.bcast_object(agreed(comm, remove_previous_run, output, store, comm))
+        log.warning("--overwrite: removed %d file(s) of the previous run in %s%s", len(removed), output,
+                    f" ({', '.join(removed[:8])}{' …' if len(removed) > 8 else ''})" if removed else "")
+        agreed(comm, checkpoint_dir_ready, store, comm, cfg.force_output)
+        _clean_start(store, comm, resume=False)
     return Problem(cfg=cfg, comm=comm, output=output, shard=shard, op=op, loss_value=loss_value, device=device,
                    started=started, store=store, identity=identity, loaded=loaded)
+
+
+def _clean_start(store: CheckpointStore, comm: Communicator, resume: bool) -> None:
+    """Remove the temporaries a killed run left; refuse to start afresh over a resumable run."""
+    stale = collective(comm, store.remove_stale)
+    if stale:
+        log.warning("removed %d unfinished checkpoint write(s) left by a killed run: %s", len(stale), ", ".join(stale))
+    if not resume:
+        agreed(comm, check_fresh_start, store, comm)
 
 
 def record_method(op: HessianOperator, reason: str, trials: int) -> None:

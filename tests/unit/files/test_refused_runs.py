@@ -122,3 +122,37 @@ def test_a_users_other_file_in_a_checkpoint_folder_is_refused_unless_forced_and_
                                                  "eigen.top_k": 3}), "--force-output"]) == EXIT_OK
     assert (folder / "notes.txt").read_text() == "the user's own\n"
     assert sorted(p.name for p in folder.iterdir()) == ["COMPLETE", "notes.txt"]
+
+
+# -- --overwrite deletes the previous run only once the new one can start ------------------------
+
+OVERWRITE_REFUSALS = {**REFUSALS, "a loose tolerance": ({"eigen.tol": 0.5}, [], "certifies nothing"),
+                      "NaN data": ({"data.spec": "nan.h5"}, [], "NaN or infinite")}
+
+
+@pytest.mark.parametrize("why", [why for why in OVERWRITE_REFUSALS if why != "a checkpoint.dir below a file"])
+@pytest.mark.parametrize("previous", ["finished", "stopped"])
+def test_overwrite_keeps_the_previous_run_when_the_new_one_is_refused(tmp_path, capsys, monkeypatch, why, previous):
+    import h5py
+    import numpy as np
+    monkeypatch.chdir(tmp_path)
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        x = np.ones((20, 3))
+        x[7, 1] = np.nan
+        f["x"], f["y"] = x, np.zeros(20, dtype=np.int64)
+    out = tmp_path / "out"
+    if previous == "finished":
+        assert main(_args(out, [])) == EXIT_OK
+    else:
+        cfg = load_config(overrides={**SMALL, "output": str(out), "checkpoint.every_iters": 1, "eigen.top_k": 3,
+                                     "hessian.check": False})
+        with pytest.raises(StopRequested):
+            run_job(cfg, SingleProcess(), flag=StopAfter(2))
+    before = _snapshot(out)
+    changes, extra, words = OVERWRITE_REFUSALS[why]
+    _refused(capsys, _args(out, ["--overwrite", *extra], **changes), words)
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if ".hpcspec-lock" not in k} == \
+        {k: v for k, v in before.items() if ".hpcspec-lock" not in k}
+    assert main(_args(out, ["--overwrite"], **{"eigen.top_k": 2})) == EXIT_OK  # then it does replace it
+    assert (out / "checkpoints" / "COMPLETE").is_file() and not list((out / "checkpoints").glob("step-*"))
