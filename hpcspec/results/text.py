@@ -161,7 +161,10 @@ def _eigen_lines(results: TaskResults) -> list[str]:
     assert result is not None
     method = {"block": f"block Lanczos (block size {getattr(result, 'block_size', 1)})",
               "lanczos": "single-vector Lanczos"}.get(results.eigen_method, "power iteration (PyHessian rule)")
-    lines = [f"top-{len(result.eigenvalues)} Hessian eigenvalues ({results.eigen_which}), {method}:",
+    k = len(result.eigenvalues)
+    title = (f"top-{k} Hessian eigenvalues" if result.converged else  # unconverged: not certified as the top-k
+             f"{k} Ritz values, NOT certified as the top-{k} Hessian eigenvalues")
+    lines = [f"{title} ({results.eigen_which}), {method}:",
              f"  {'i':>3}  {'eigenvalue':>22}  {'residual':>9}"]
     for i, (value, residual) in enumerate(zip(result.eigenvalues, result.residuals), start=1):
         lines.append(f"  {i:>3}  {value:>22.15e}  {residual:>9.2e}")

@@ -163,3 +163,14 @@ def test_debug_keeps_the_user_frames_of_a_raising_factory(workdir, capsys):
     assert 'usermod.py", line' in err and "in _helper" in err and "return 1 / 0" in err  # the user's own frames
     errors = [line for line in err.splitlines() if line.startswith("hpcspec: error:")]
     assert len(errors) == 1 and "usermod:raising_model raised ZeroDivisionError" in errors[0]
+
+
+@pytest.mark.parametrize("method", ["block", "lanczos"])
+def test_an_unconverged_result_is_not_called_the_top_k(workdir, capsys, method):
+    argv = ["run", "--model", "usermod:make_model", "--data", "usermod:make_data", "--loss", "mse", "--top-k", "3",
+            "--eigen-method", method, "--maxiter", "4" if method == "lanczos" else "6", "--tol", "1e-14",
+            "--set", "hessian.check=false", "--output", "unconverged"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 Ritz values, NOT certified as the top-3 Hessian eigenvalues" in out and "NOT converged" in out, out
+    assert "top-3 Hessian eigenvalues (" not in out.replace("as the top-3 Hessian eigenvalues (", "")
