@@ -24,12 +24,16 @@ class NonFiniteProduct(AgreedInputError):
     """A product held NaN or infinite values (raised on every rank together)."""
 
 
-def _numbers(first: int, count: int) -> str:
-    return f"product {first} is" if count == 1 else f"products {first}–{first + count - 1} (one block) are"
+def _message(what: str, first: int, count: int, where: str | None) -> str:
+    numbers = f"product {first} is" if count == 1 else f"products {first}–{first + count - 1} (one block) are"
+    on, data = (f" on {where}", f"the data of {where}") if where else ("", "the data")
+    return (f"{what} {numbers} not finite (NaN or inf){on}: the weights, {data} or the model's arithmetic (an "
+            "overflow in a low precision?) give NaN or inf at these parameters; fix the cause, no tolerance or check "
+            "can skip it")
 
 
-def check_product(comm: Communicator | None, share: torch.Tensor | Sequence[torch.Tensor], *, first: int, count: int, shared: bool,
-                  what: str = "Hessian-vector") -> None:
+def check_product(comm: Communicator | None, share: torch.Tensor | Sequence[torch.Tensor], *, first: int,
+                  count: int, shared: bool, what: str = "Hessian-vector") -> None:
     """Raise :class:`NonFiniteProduct` on every rank unless every rank's ``share`` is finite.
 
     Args:
@@ -43,28 +47,29 @@ def check_product(comm: Communicator | None, share: torch.Tensor | Sequence[torc
     bad = not all(bool(torch.isfinite(part).all()) for part in shares)
     if shared or comm is None or comm.size == 1:
         if bad:
-            raise NonFiniteProduct(f"{what} {_numbers(first, count)} not finite (NaN or inf): the weights, the "
-                                   "data or the model's arithmetic (an overflow in a low precision?) give NaN or inf "
-                                   "at these parameters; fix the cause, no tolerance or check can skip it")
+            raise NonFiniteProduct(_message(what, first, count, None))
         return
     flags = torch.zeros(comm.size, dtype=torch.float64)
     flags[comm.rank] = float(bad)
     ranks = [rank for rank, flag in enumerate(comm.allreduce_sum_(flags).tolist()) if flag]
     if ranks:
         where = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
-        raise NonFiniteProduct(f"{what} {_numbers(first, count)} not finite (NaN or inf) on {where}: the "
-                               f"weights, the data of {where} or the model's arithmetic (an overflow in a low "
-                               "precision?) give NaN or inf at these parameters; fix the cause, no tolerance or "
-                               "check can skip it")
+        raise NonFiniteProduct(_message(what, first, count, where))
+
+
+def check_operator_product(op: Any, vectors: torch.Tensor, result: torch.Tensor, comm: Communicator | None, *,
+                           shared: bool) -> None:
+    """:func:`check_product` for the product ``result = op · vectors`` of any operator, numbered by
+    its ``num_matvecs``; nothing for an operator that checks its own (``op.checks_products``)."""
+    if getattr(op, "checks_products", False):
+        return
+    count = 1 if vectors.ndim == 1 else vectors.shape[1]
+    done = int(getattr(op, "num_matvecs", count))
+    check_product(comm, result, first=done - count + 1, count=count, shared=shared, what="operator")
 
 
 def checked_apply(op: Any, vectors: torch.Tensor) -> torch.Tensor:
-    """``op.apply(vectors)`` (a whole product on every rank), checked unless the operator checks
-    its own products (``op.checks_products``)."""
+    """``op.apply(vectors)``: a whole product, the same on every rank, checked (no collective)."""
     result = op.apply(vectors)
-    if not getattr(op, "checks_products", False):
-        count = 1 if vectors.ndim == 1 else vectors.shape[1]
-        done = int(getattr(op, "num_matvecs", count))
-        check_product(getattr(op, "comm", None), result, first=done - count + 1, count=count, shared=True,
-                      what="operator")
+    check_operator_product(op, vectors, result, getattr(op, "comm", None), shared=True)
     return result

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .comm import Communicator
-from .finite import check_product, checked_apply
+from .finite import check_operator_product, checked_apply
 
 
 def slice_bounds(size: int, rank: int, ranks: int) -> tuple[int, int]:
@@ -176,10 +176,7 @@ class Sharded:
         if sharded_apply is None:  # an operator without a reduce-scatter: multiply whole, keep the slice
             return checked_apply(op, full)[self.lo:self.hi].clone()
         rows = sharded_apply(full, self.bounds)
-        if not getattr(op, "checks_products", False):  # each rank holds other rows: agree on them
-            count = 1 if full.ndim == 1 else full.shape[1]
-            done = int(getattr(op, "num_matvecs", count))
-            check_product(self.comm, rows, first=done - count + 1, count=count, shared=False, what="operator")
+        check_operator_product(op, full, rows, self.comm, shared=False)  # each rank holds other rows: agree
         return rows
 
     def sum(self, partial: torch.Tensor) -> torch.Tensor:
