@@ -12,7 +12,8 @@ difference to the first solver of the row (all find the same pairs on these mode
 eigenvalues are simple). Then the memory of a top-50 run with a bounded basis: the most vectors
 held and their bytes on one rank (``peak_basis · P · 8``).
 
-Models: the default job's trained digits MLP (3,466 parameters, float64) and a CIFAR-style
+Models: the default job's trained digits MLP (3,466 parameters, float64; ``mlp-untrained``: the same
+at its initialisation) and a CIFAR-style
 ResNet-20 of width 16 on digits images (1797 × 1 × 8 × 8, float32 products, float64 solver).
 
 Run: ``PYTHONPATH=. python benchmarks/block_lanczos.py [--models mlp resnet20] [--ks 5 20]
@@ -50,8 +51,9 @@ def resnet20_operator() -> HessianOperator:
                            graph_budget_mb=1024.0)
 
 
-OPERATORS: dict[str, Callable[[], HessianOperator]] = {"mlp": digits_mlp_operator, "resnet20": resnet20_operator}
-DTYPES = {"mlp": "float64", "resnet20": "float32"}
+OPERATORS: dict[str, Callable[[], HessianOperator]] = {"mlp": digits_mlp_operator, "resnet20": resnet20_operator,
+                                                        "mlp-untrained": lambda: digits_mlp_operator(train_steps=0)}
+DTYPES = {"mlp": "float64", "resnet20": "float32", "mlp-untrained": "float64"}
 
 
 def solve(op: HessianOperator, k: int, solver: str, tol: float, wide_check: bool = False) -> dict:

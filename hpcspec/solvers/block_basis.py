@@ -101,6 +101,16 @@ def next_block(space: VectorSpace, w: torch.Tensor, width: int, held: torch.Tens
     return block[:count], r[:count]
 
 
+def rotate_rows(rows: torch.Tensor, start: int, stop: int, shift: int, chunk: int = 1 << 16) -> None:
+    """Rotate ``rows[start:stop]`` in place so that row ``start + shift`` comes first, a chunk of
+    columns at a time (the transient copy stays ``(stop - start) × chunk`` numbers)."""
+    if stop - start < 2 or shift % (stop - start) == 0:
+        return
+    for first in range(0, rows.shape[1], chunk):
+        columns = slice(first, first + chunk)
+        rows[start:stop, columns] = torch.roll(rows[start:stop, columns], -shift, dims=0)
+
+
 # ------------------------------------------------------------------------------------ sizes
 def default_max_basis(size: int, k: int, block_size: int) -> int:
     """``max_basis`` when none is given: at least 64 vectors and room for 2k + 4b (capped at P)."""

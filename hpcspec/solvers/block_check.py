@@ -18,8 +18,9 @@ import numpy as np
 from .lanczos import select
 
 
-def guarantee(block_size: int, checks: int, complete: bool) -> str:
-    """One line saying what a result guarantees about multiplicities (printed with it)."""
+def guarantee(block_size: int, checks: int, complete: bool, deflated: bool = False) -> str:
+    """One line saying what a result guarantees about multiplicities (printed with it); ``deflated``:
+    the last check round was also deflated against the search's Krylov basis."""
     if complete and checks == 0:
         return "the basis spanned the whole space: every eigenvalue found with its multiplicity"
     if not complete and checks == 0:
@@ -28,8 +29,17 @@ def guarantee(block_size: int, checks: int, complete: bool) -> str:
     if not complete:
         return (f"multiplicity <= {block_size} found by the block; completeness NOT established: {checks} check "
                 "round(s) ran and the last stopped unfinished (products or basis ran out)")
+    against = "the locked pairs and the search's Krylov basis" if deflated else "the locked pairs"
     return (f"multiplicity <= {block_size} found by construction; higher multiplicity checked by {checks} "
-            "round(s) from a fresh seeded vector deflated against the locked pairs (found with high probability)")
+            f"round(s) from a fresh seeded vector deflated against {against} (found with high probability)")
+
+
+def full_residuals(residuals: np.ndarray, coupling: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Ritz residuals for H itself in a check round deflated against the search basis D:
+    ``‖H y − θ y‖² = ‖(compressed residual)‖² + ‖Dᵀ H y‖²`` with ``Dᵀ H Y = coupling · s``."""
+    if coupling.size == 0:
+        return residuals
+    return np.sqrt(residuals ** 2 + np.linalg.norm(coupling @ s, axis=0) ** 2)
 
 
 def wanted_indices(values: np.ndarray, k: int, which: str) -> np.ndarray:

@@ -46,7 +46,8 @@ import torch
 from ..parallel.vectors import space_of
 from .base import IterativeSolver, LinearOperator, State, check_tol, resolve_tol
 from .block_basis import BasisBuffer, as_block, checked_sizes, fresh_block, next_block, one_thread, orthogonalise
-from .block_check import beyond, check_which, guarantee, restart_priority, round_clear, wanted_indices
+from .block_check import beyond, check_which, full_residuals, guarantee, restart_priority, round_clear, wanted_indices
+from .block_rows import BasisRows
 from .lanczos import LanczosResult, check_request
 from .probes import probe
 
@@ -55,12 +56,22 @@ STREAM = "block_lanczos"
 #: ResNet-20 (``benchmarks/block_lanczos.py``), 4 costs fewer data passes than 1 or 2 and fewer
 #: products than 8 at top-5 and top-20 (see docs/performance.md, "Top-k eigenpairs").
 DEFAULT_BLOCK_SIZE = 4
-#: Columns of the basis recombined at a time at a restart (bounds the transient memory).
-CHUNK = 1 << 16
 PHASES = ("search", "check")
+#: A check pair whose compressed residual is below SPURIOUS · tol while its residual for H stays
+#: above tol is no eigenpair of H: the round falls back to deflating the locked pairs only.
+SPURIOUS = 1e-3
+#: The solver's scalar state: checkpoint key → (attribute, type, default for a state saved without it).
+COUNTERS: dict[str, tuple[str, type, object]] = {
+    "locked": ("nl", int, None), "active": ("m", int, None), "pending": ("w", int, None), "phase": ("phase", str, None),
+    "checks": ("checks", int, None), "round_passes": ("round_passes", int, None),
+    "search_passes": ("search_passes", int, None), "restarts": ("restarts", int, None), "draws": ("draws", int, None),
+    "num_matvecs": ("num_matvecs", int, None), "passes": ("passes", int, None), "scale": ("scale", float, None),
+    "low": ("low", float, None), "high": ("high", float, None), "peak_rows": ("peak_rows", int, None),
+    "converged": ("converged", bool, None), "complete": ("complete", bool, None), "done": ("done", bool, None),
+    "deflation": ("nd", int, 0), "deflated": ("deflated", bool, False), "breakdowns": ("breakdowns", int, 0)}
 
 
-class BlockLanczos(IterativeSolver[LanczosResult]):
+class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
     """Block Lanczos with thick restart, locking and a completeness check, as a resumable solver.
 
     One :meth:`step` is one data pass: the operator applied to one block of up to ``block_size``
@@ -86,6 +97,10 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self.buffer = BasisBuffer(self.space.local_size, basis, 2 * b + k)
         self.peak_rows = 0  # the most vectors ever held (locked + active + pending): ≤ max_basis
         self.nl = self.m = self.w = 0  # locked, active and pending rows of the buffer, in that order
+        self.nd = 0  # in a check round, the search's basis rows held between the locked and active rows
+        self.coupling = np.zeros((0, 0))  # (nd, m): those rows' coefficients of H times each active row
+        self.deflated = False  # whether the last check round was deflated against the search basis
+        self.breakdowns = 0  # search passes that drew a fresh probe: the basis is then no single Krylov space
         self.T = np.zeros((0, 0))  # projected matrix on the active rows
         self.locked_values = np.zeros(0)
         self.locked_residuals = np.zeros(0)
@@ -100,27 +115,6 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         start = [] if v0 is None else list(self.space.local(as_block(v0, n)).T.clone())
         with one_thread():
             self._place(self._fresh(min(b, n), [], start))
-
-    @property
-    def _rows(self) -> torch.Tensor:
-        return self.buffer.data
-
-    def _ensure(self, rows: int) -> None:
-        """Room for ``rows`` vectors in the buffer (the held rows kept)."""
-        self.buffer.ensure(rows, self.nl + self.m + self.w)
-        self.peak_rows = max(self.peak_rows, rows)
-
-    @property
-    def buffer_rows(self) -> int:
-        """Rows allocated for the basis (what memory the solver holds; ≤ ``max_basis``)."""
-        return self._rows.shape[0]
-
-    def _place(self, block: torch.Tensor) -> None:
-        """Make ``block`` (rows, local) the pending block, after the locked and active rows."""
-        start = self.nl + self.m
-        self._ensure(start + block.shape[0])
-        self._rows[start:start + block.shape[0]] = block
-        self.w = block.shape[0]
 
     def _width(self) -> int:
         """Columns of the next block: ``block_size`` in the search, ``check_size`` in a check round."""
@@ -139,49 +133,56 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
 
     def _next_block(self, w: torch.Tensor, width: int) -> tuple[torch.Tensor, np.ndarray]:
         """The next block X and its coupling R (``w ≈ Rᵀ X``), orthogonal to the locked and active rows."""
-        return next_block(self.space, w, width, self._rows[: self.nl + self.m], self.scale, self._draw)
+        return next_block(self.space, w, width, self._rows[: self._held + self.m], self.scale, self._draw)
 
     # ---------------------------------------------------------------------------------- one pass
     def step(self) -> None:
-        space, nl = self.space, self.nl
-        x = self._rows[nl + self.m: nl + self.m + self.w]
+        start = self._held + self.m
+        x = self._rows[start: start + self.w]
+        space = self.space
         product = space.apply(self.op, space.gather(x.T.contiguous()))  # this rank's rows of H X
         with one_thread():
             self._absorb(product, x.shape[0])
 
     def _absorb(self, product: torch.Tensor, width: int) -> None:
         """Everything of a pass after the product: the projected matrix, the next block, the decisions."""
-        space, n, nl = self.space, self.op.size, self.nl
+        space, n, nl, held = self.space, self.op.size, self.nl, self._held
         w = (product[:, None] if product.ndim == 1 else product).T.contiguous()
         self.num_matvecs += width
         self.passes += 1
         self.m, self.w = self.m + width, 0  # X joins the active basis
         m = self.m
         self.scale = max(self.scale, float(space.norms(w).max()))
-        coefficients = orthogonalise(space, w, self._rows[: nl + m])[nl:].numpy()  # (m, width); locked: deflated
+        everything = orthogonalise(space, w, self._rows[: held + m]).numpy()  # the locked part: deflated
+        coefficients = everything[held:]  # (m, width)
+        self.coupling = np.concatenate([self.coupling.reshape(self.nd, m - width), everything[nl:held]], axis=1)
         t = np.zeros((m, m))
         t[: m - width, : m - width] = self.T
         t[:, m - width:] = coefficients
         t[m - width:, :] = coefficients.T
         diagonal = coefficients[m - width:]
         t[m - width:, m - width:] = (diagonal + diagonal.T) / 2
-        x_next, r = self._next_block(w, min(self._width(), n - nl - m))
+        draws = self.draws
+        x_next, r = self._next_block(w, min(self._width(), n - held - m))
+        self.breakdowns += int(self.phase == "search" and self.draws > draws)
         theta, s = np.linalg.eigh(t)
-        residuals = np.linalg.norm(r @ s[m - width:], axis=0) if r.size else np.zeros(m)
+        compressed = np.linalg.norm(r @ s[m - width:], axis=0) if r.size else np.zeros(m)
+        residuals = full_residuals(compressed, self.coupling, s)
         # rank 0's numbers for every rank: all take the same decisions from the same bits
-        self.T, theta, s, residuals = self.op.comm.bcast_object((t, theta, s, residuals))
+        self.T, theta, s, residuals, compressed = self.op.comm.bcast_object((t, theta, s, residuals, compressed))
         self.low, self.high = min(self.low, float(theta[0])), max(self.high, float(theta[-1]))
-        self._decide(theta, s, residuals, x_next, exhausted=x_next.shape[0] == 0)
+        self._decide(theta, s, residuals, x_next, exhausted=x_next.shape[0] == 0, compressed=compressed)
 
     def _tolerance(self, theta: np.ndarray) -> float:
         values = np.concatenate([np.abs(theta), np.abs(self.locked_values), [np.finfo(float).tiny]])
         return self.tol * float(values.max())
 
     def _decide(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, x_next: torch.Tensor,
-                exhausted: bool) -> None:
-        """Lock, restart, start a check round or finish, from this pass's Ritz pairs."""
+                exhausted: bool, compressed: np.ndarray) -> None:
+        """Lock, restart, start a check round or finish, from this pass's Ritz pairs (``residuals``: for
+        H; ``compressed``: for H compressed to the complement of the held rows, the same without them)."""
         tol = self._tolerance(theta)
-        converged = (residuals <= tol) | exhausted
+        converged = (residuals <= tol) | (exhausted and self.nd == 0)
         values = np.concatenate([self.locked_values, theta])
         wanted = wanted_indices(values, self.k, self.which)
         active_wanted = wanted[wanted >= self.nl] - self.nl
@@ -189,16 +190,24 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
             self.callback(self.passes, values[wanted], np.concatenate([self.locked_residuals, residuals])[wanted])
         if self.phase == "search":
             if len(wanted) == self.k and bool(np.all(converged[active_wanted])):
-                self._recombine(theta, s, residuals, lock=active_wanted, keep=np.zeros(0, dtype=int))
-                if self.check and not exhausted and self.nl < self.op.size:
+                if self.check and not exhausted and self.nl + len(active_wanted) < self.op.size:
+                    self._keep_search_basis(theta, s, residuals, active_wanted, x_next)
                     self._start_check()
                 else:
+                    self._recombine(theta, s, residuals, lock=active_wanted, keep=np.zeros(0, dtype=int))
                     self._finish(converged=True, complete=exhausted or self.nl == self.op.size)
                 return
             lock = active_wanted[converged[active_wanted]]
         else:
             self.round_passes += 1
-            missed = np.flatnonzero(converged & beyond(theta, self.locked_values, self.k, self.which, tol))
+            ahead = beyond(theta, self.locked_values, self.k, self.which, tol)
+            if self.nd and bool(np.any(ahead & (compressed <= SPURIOUS * tol) & (residuals > tol))):
+                # the compressed operator has a pair ahead that is no eigenpair of H (a missed copy's
+                # residual for H falls with its compressed one): check without the search basis
+                self.nd, self.coupling = 0, np.zeros((0, 0))
+                self._start_check()
+                return
+            missed = np.flatnonzero(converged & ahead)
             if len(missed):  # a copy the search did not see: lock it, then check again from scratch
                 self._recombine(theta, s, residuals, lock=missed, keep=np.zeros(0, dtype=int))
                 self._drop_unwanted(tol)
@@ -209,17 +218,17 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                 else:
                     self._start_check()
                 return
-            if exhausted or round_clear(theta, residuals, tol, locked=self.locked_values, k=self.k,
-                                           which=self.which, size=self.op.size, check_size=self.check_size,
-                                           low=self.low, high=self.high, round_passes=self.round_passes,
-                                           search_passes=self.search_passes):
+            if exhausted or round_clear(theta, compressed, tol, locked=self.locked_values, k=self.k,
+                                        which=self.which, size=self.op.size, check_size=self.check_size,
+                                        low=self.low, high=self.high, round_passes=self.round_passes,
+                                        search_passes=self.search_passes):
                 self._finish(converged=True, complete=True)
                 return
             lock = missed
         if self.num_matvecs >= self.maxiter:
             self._finish_partial(theta, s, residuals)
             return
-        if self.nl + self.m + x_next.shape[0] > self.max_basis:
+        if self._held + self.m + x_next.shape[0] > self.max_basis:
             if self._full(len(lock)):  # locked pairs fill the basis
                 self._finish_partial(theta, s, residuals)
                 return
@@ -234,7 +243,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
 
     def _restart(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, lock: np.ndarray) -> None:
         """Thick restart: lock ``lock``, keep the best unconverged Ritz vectors, drop the rest."""
-        free = self.max_basis - self.nl - len(lock)
+        free = self.max_basis - self._held - len(lock)
         remaining = max(self.k - self.nl - len(lock), 0)
         keep_count = min(free - 2 * self.block_size, max(remaining + self.block_size, free // 2))
         order = restart_priority(theta, self.which if self.phase == "search" else check_which(self.which))
@@ -243,41 +252,19 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self._recombine(theta, s, residuals, lock=lock, keep=keep)
         self.restarts += 1
 
-    def _recombine(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, *, lock: np.ndarray,
-                   keep: np.ndarray) -> None:
-        """Replace the active rows by the Ritz vectors ``lock`` (appended to the locked rows) and
-        ``keep`` (the new active rows, T = diag θ), in place, a chunk of columns at a time."""
-        nl, m = self.nl, self.m
-        chosen = np.concatenate([lock, keep]).astype(int)
-        coefficients = torch.from_numpy(np.ascontiguousarray(s[:, chosen].T))  # (len(chosen), m)
-        active = self._rows[nl:nl + m]
-        for start in range(0, active.shape[1], CHUNK):
-            columns = slice(start, start + CHUNK)
-            self._rows[nl:nl + len(chosen), columns] = coefficients @ active[:, columns]
-        self.locked_values = np.concatenate([self.locked_values, theta[lock]])
-        self.locked_residuals = np.concatenate([self.locked_residuals, residuals[lock]])
-        self.nl, self.m, self.w = nl + len(lock), len(keep), 0
-        self.T = np.diag(theta[keep])
-
-    def _drop_unwanted(self, tol: float) -> None:
-        """Unlock the locked pairs that a missed copy pushed clearly out of the wanted k."""
-        wanted = wanted_indices(self.locked_values, self.k, self.which)
-        keep = np.zeros(self.nl, dtype=bool)
-        keep[wanted] = True
-        keep |= beyond(self.locked_values, self.locked_values[wanted], self.k, self.which, tol)
-        for new, old in enumerate(np.flatnonzero(keep)):
-            if new != old:
-                self._rows[new] = self._rows[old]
-        self.locked_values, self.locked_residuals = self.locked_values[keep], self.locked_residuals[keep]
-        self.nl = int(keep.sum())
-
     def _start_check(self) -> None:
-        """A completeness round: a fresh seeded block deflated against the locked pairs, nothing else."""
+        """A completeness round: a fresh seeded block deflated against the locked pairs and the
+        deflation rows the search left (at most half the free basis, so the round has room to grow)."""
         if self.phase == "search":
             self.search_passes = self.passes
         self.phase, self.checks, self.round_passes = "check", self.checks + 1, 0
-        self.m, self.w, self.T = 0, 0, np.zeros((0, 0))
-        fresh = self._fresh(min(self._width(), self.op.size - self.nl), [self._rows[: self.nl]])
+        self.nd = min(self.nd, max((self.max_basis - self.nl) // 2, 0))
+        self.m, self.w, self.T, self.coupling = 0, 0, np.zeros((0, 0)), np.zeros((self.nd, 0))
+        fresh = self._fresh(min(self._width(), self.op.size - self._held), [self._rows[: self._held]])
+        if fresh.shape[0] == 0 and self.nd:  # the held rows span the space: check against the locked only
+            self.nd, self.coupling = 0, np.zeros((0, 0))
+            fresh = self._fresh(min(self._width(), self.op.size - self.nl), [self._rows[: self.nl]])
+        self.deflated = self.nd > 0
         if fresh.shape[0] == 0:  # the locked vectors span the space (to working precision)
             self._finish(converged=True, complete=True)
             return
@@ -293,7 +280,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         """Out of budget: the best k of the locked and active pairs, residuals as they stand."""
         values = np.concatenate([self.locked_values, theta])
         wanted = wanted_indices(values, self.k, self.which)
-        active = self._rows[self.nl:self.nl + self.m]
+        active = self._rows[self._held:self._held + self.m]
         columns = [self._rows[i] if i < self.nl else torch.from_numpy(np.ascontiguousarray(s[:, i - self.nl])) @ active
                    for i in wanted]
         vectors = torch.stack(columns, dim=1)
@@ -306,8 +293,8 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         self._final = (values.copy(), residuals.copy(), vectors)
         self.converged, self.complete, self.done = converged, complete, True
         self.buffer.data = self._rows[:0].clone()  # the basis is no longer needed: free it for the next task
-        self.nl = self.m = self.w = 0
-        self.T = np.zeros((0, 0))
+        self.nl = self.m = self.w = self.nd = 0
+        self.T, self.coupling = np.zeros((0, 0)), np.zeros((0, 0))
 
     # ------------------------------------------------------------------------------ checkpoints
     def planned_matvecs(self) -> tuple[int, bool]:
@@ -316,16 +303,10 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
 
     def state_dict(self) -> State:
         space = self.space
-        state: State = {
-            "kind": self.kind, "rows": space.export(self._rows[: self.nl + self.m + self.w].clone()),
-            "locked": self.nl, "active": self.m, "pending": self.w, "T": self.T.copy(),
-            "locked_values": self.locked_values.copy(), "locked_residuals": self.locked_residuals.copy(),
-            "phase": self.phase, "checks": self.checks, "round_passes": self.round_passes,
-            "search_passes": self.search_passes, "restarts": self.restarts, "draws": self.draws,
-            "num_matvecs": self.num_matvecs, "passes": self.passes, "scale": self.scale, "low": self.low,
-            "high": self.high, "peak_rows": self.peak_rows,
-            "converged": self.converged, "complete": self.complete, "done": self.done,
-        }
+        state: State = {"kind": self.kind, "rows": space.export(self._rows[: self._held + self.m + self.w].clone()),
+                        "T": self.T.copy(), "locked_values": self.locked_values.copy(),
+                        "locked_residuals": self.locked_residuals.copy(), "coupling": self.coupling.ravel().copy()}
+        state.update({key: getattr(self, name) for key, (name, _, _) in COUNTERS.items()})
         if self._final is not None:
             values, residuals, vectors = self._final
             state.update({"values": values, "residuals": residuals, "vectors": space.export(vectors.T.contiguous())})
@@ -338,24 +319,19 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
         if rows.shape[0] > self.max_basis:  # saved by a solver with a larger basis
             raise ValueError(f"the block Lanczos state holds {rows.shape[0]} basis vectors, more than max_basis = "
                              f"{self.max_basis}: resume with max_basis >= {rows.shape[0]}, as the saved run had")
+        if str(state["phase"]) not in PHASES:
+            raise ValueError(f"block Lanczos state has phase {state['phase']!r}, not one of {', '.join(PHASES)}")
         self.buffer.data = torch.empty(0, space.local_size, dtype=torch.float64)
-        self.nl = self.m = self.w = 0
+        self.nl = self.m = self.w = self.nd = 0
         if rows.shape[0]:
             self._ensure(rows.shape[0])
             self._rows[: rows.shape[0]] = rows
-        self.nl, self.m, self.w = int(state["locked"]), int(state["active"]), int(state["pending"])
+        for key, (name, cast, default) in COUNTERS.items():  # a state saved before a key existed: its default
+            setattr(self, name, cast(state[key] if key in state or default is None else default))
+        self.coupling = np.array(state.get("coupling", np.zeros(0)), dtype=np.float64).reshape(self.nd, self.m)
         self.T = np.array(state["T"], dtype=np.float64).reshape(self.m, self.m)
         self.locked_values = np.array(state["locked_values"], dtype=np.float64)
         self.locked_residuals = np.array(state["locked_residuals"], dtype=np.float64)
-        if str(state["phase"]) not in PHASES:
-            raise ValueError(f"block Lanczos state has phase {state['phase']!r}, not one of {', '.join(PHASES)}")
-        self.phase, self.checks, self.restarts = str(state["phase"]), int(state["checks"]), int(state["restarts"])
-        self.round_passes, self.search_passes = int(state["round_passes"]), int(state["search_passes"])
-        self.draws, self.num_matvecs, self.passes = int(state["draws"]), int(state["num_matvecs"]), int(state["passes"])
-        self.scale, self.peak_rows = float(state["scale"]), int(state["peak_rows"])
-        self.low, self.high = float(state["low"]), float(state["high"])
-        self.converged, self.complete = bool(state["converged"]), bool(state["complete"])
-        self.done = bool(state["done"])
         self._final = None
         if "vectors" in state:
             self._final = (np.array(state["values"], dtype=np.float64), np.array(state["residuals"], dtype=np.float64),
@@ -373,7 +349,7 @@ class BlockLanczos(IterativeSolver[LanczosResult]):
                              restarts=self.restarts, locked=len(self.locked_values),
                              checks=self.checks, complete=self.complete, max_basis=self.max_basis,
                              peak_basis=self.peak_rows,
-                             guarantee=guarantee(self.block_size, self.checks, self.complete))
+                             guarantee=guarantee(self.block_size, self.checks, self.complete, self.deflated))
 
 
 def block_lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,

@@ -134,6 +134,11 @@ CASES: dict[str, tuple[Callable[[], Operator], MakeSolver]] = {
                             lambda op: BlockLanczos(op, 6, block_size=2, max_basis=14, tol=1e-10)),
     "block-both-ends": (matrix_op(MATRIX), lambda op: BlockLanczos(op, 3, which="both_ends", block_size=3,
                                                                     max_basis=14, tol=1e-8)),
+    # single vector: a 3-fold value the search sees once, found by check rounds deflated against the
+    # search's Krylov basis (the default hand-over from the search to the check)
+    "block-deflated-check": (matrix_op(random_symmetric(80, 4, torch.cat([torch.tensor([5.0, 5.0, 5.0, 3.0]),
+                                                                           torch.linspace(-1.0, 1.0, 76)]))),
+                             lambda op: BlockLanczos(op, 4, block_size=1, max_basis=30, tol=1e-10)),
     "block-budget": (matrix_op(MATRIX), lambda op: BlockLanczos(op, 4, block_size=2, max_basis=12, maxiter=20)),
     "block-hessian": (hessian_op, lambda op: BlockLanczos(op, 3, block_size=2, max_basis=10, tol=1e-6)),
     # SLQ: probes breaking down at different steps, some reaching the step limit

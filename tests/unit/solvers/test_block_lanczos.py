@@ -88,6 +88,34 @@ def test_single_vector_lanczos_misses_copies_the_block_solver_finds():
     assert np.allclose(block.eigenvalues, [4, 4, 4, 3, 3], atol=1e-9)
 
 
+def test_the_check_is_deflated_against_the_search_basis():
+    """Single vector on outliers over a bulk: the check round, deflated against the search's Krylov
+    basis, works on an operator whose top lies in the bulk, so it is far shorter than the search;
+    a 3-fold value the search sees once is still found, the copies spanning the eigenspace."""
+    op, spectrum = designed([5.0, 4.5, 4.0, 3.5, 3.0], seed=3)
+    solver = BlockLanczos(op, 5, tol=1e-10, block_size=1)
+    result = solver.run()
+    assert result.complete and np.allclose(result.eigenvalues, [5, 4.5, 4, 3.5, 3], atol=1e-9)
+    assert "the search's Krylov basis" in result.guarantee and result.checks == 1
+    assert solver.passes - solver.search_passes <= solver.search_passes // 2, (solver.passes, solver.search_passes)
+    op, _ = designed([5.0] * 3 + [4.0, 3.5], seed=4)
+    result = block_lanczos(op, 5, tol=1e-10, block_size=1)
+    assert result.complete and np.allclose(result.eigenvalues, [5, 5, 5, 4, 3.5], atol=1e-9), result.eigenvalues
+    assert "the search's Krylov basis" in result.guarantee
+    assert sin_angle(result.eigenvectors[:, :3], eigenspace(op.matrix, 5.0)) <= 1e-6
+
+
+def test_a_search_that_broke_down_checks_against_the_locked_pairs_only():
+    """Few distinct values: the single-vector search meets an invariant subspace and draws a fresh
+    probe, so its basis is no single Krylov space; the check then deflates the locked pairs only."""
+    values = torch.tensor([5.0, 5.0, 5.0, 2.0, 1.0, -1.0], dtype=torch.float64).repeat(10)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
+    op = MatrixOperator((q * values) @ q.T)
+    result = block_lanczos(op, 4, tol=1e-10, block_size=1)
+    assert result.complete and np.allclose(result.eigenvalues, [5, 5, 5, 5], atol=1e-9), result.eigenvalues
+    assert "the search's Krylov basis" not in result.guarantee
+
+
 def test_k_cutting_through_a_multiplet():
     """k = 4 of a 3-fold value and a 2-fold one: three copies span the first eigenspace, the fourth
     vector lies in the second."""
