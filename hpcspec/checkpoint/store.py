@@ -46,7 +46,7 @@ import torch
 
 from ..files.atomic import WriteFailed, cause, fsync_dir, fsync_file, write_text_atomic
 from ..files.hdf5 import create_hdf5
-from ..files.outputs import mark_owned, owned_step, remove_temporaries
+from ..files.outputs import mark_owned, owned_step, remove_step, remove_temporaries
 from ..parallel.agree import AgreedInputError, agreed
 from ..parallel.comm import Communicator
 from ..parallel.vectors import LocalSlice, slice_bounds
@@ -261,7 +261,7 @@ class CheckpointStore:
         _fsync_dir(self.directory)
         for _, old in self.committed()[self.keep:]:
             if owned_step(old):
-                shutil.rmtree(old, ignore_errors=True)
+                remove_step(old)
 
     def clear_local(self) -> None:
         """Delete every committed checkpoint and LATEST (rank 0 only, no collective): for after the
@@ -271,7 +271,7 @@ class CheckpointStore:
         (self.directory / LATEST).unlink(missing_ok=True)
         for _, path in self.committed():
             if owned_step(path):
-                shutil.rmtree(path, ignore_errors=True)
+                remove_step(path)
 
     # -- load ---------------------------------------------------------------------------------
 

@@ -91,11 +91,28 @@ def mark_owned(folder: Path) -> None:
 
 
 def owned_step(path: Path) -> bool:
-    """A checkpoint step folder hpcspec made: the name pattern and the marker (or, for a
-    temporary killed before its marker, empty)."""
+    """A checkpoint step folder hpcspec made: the name pattern and the marker (or empty: a
+    temporary killed before its marker, or a step whose removal was killed after its marker)."""
     if not (_STEP_FOLDER.match(path.name) and path.is_dir() and not path.is_symlink()):
         return False
-    return (path / OWNED).is_file() or (path.name.endswith(".tmp") and not any(path.iterdir()))
+    return (path / OWNED).is_file() or not any(path.iterdir())
+
+
+def remove_step(path: Path) -> None:
+    """Delete a step folder hpcspec made so that a kill at any moment leaves it recognisably
+    hpcspec's: the manifest first (the step stops being loadable), then its files, the ownership
+    marker last, then the folder. A plain recursive delete removes entries in directory order, and
+    a kill that left files without the marker made the next resume refuse the folder as a user's."""
+    try:
+        entries = sorted(path.iterdir(), key=lambda entry: (entry.name != "manifest.json", entry.name == OWNED))
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        path.rmdir()
+    except OSError:  # what is left stays marked, or empty: the next prune takes it
+        pass
 
 
 def check_checkpoint_folder(directory: Path, *, force: bool = False) -> None:

@@ -18,9 +18,15 @@ import numpy as np
 from .lanczos import select
 
 
-def guarantee(block_size: int, checks: int, complete: bool, deflated: bool = False) -> str:
+def guarantee(block_size: int, checks: int, complete: bool, deflated: bool = False, needless: bool = False) -> str:
     """One line saying what a result guarantees about multiplicities (printed with it); ``deflated``:
-    the last check round was also deflated against the search's Krylov basis."""
+    the last check round was also deflated against the search's Krylov basis; ``needless``: no copy
+    could change the reported values (:func:`copy_limits`), so the run checked no further."""
+    if complete and needless:
+        found = (f"multiplicity <= {block_size} found by construction" +
+                 (f"; higher multiplicity checked by {checks} round(s)" if checks else ""))
+        return (f"{found}; no further check needed: a copy of a reported value would not change the reported "
+                "values (none lies more than tol beyond the k-th)")
     if complete and checks == 0:
         return "the basis spanned the whole space: every eigenvalue found with its multiplicity"
     if not complete and checks == 0:
@@ -90,6 +96,20 @@ def thresholds(locked: np.ndarray, k: int, which: str) -> list[tuple[int, float]
     return sides + ([(-1, float(ordered[: k // 2].max()))] if k // 2 else [])
 
 
+def copy_limits(locked: np.ndarray, k: int, which: str, tol: float) -> list[tuple[int, float]]:
+    """The sides a check round must search, as ``(sign, limit)``: a missed eigenvalue beyond
+    ``limit`` (the side's k-th value, less tol) on a side is looked for.
+
+    A missed copy repeats a reported value, and it changes the reported values only when that value
+    lies more than tol beyond the side's k-th (a copy of the k-th itself leaves them as they are), so
+    a side where no reported value does needs no check (top-1 never does). Where one does, the round
+    still looks from the k-th value on: a copy's Ritz value climbs from below, and the lower limit
+    sees it sooner."""
+    chosen = locked[wanted_indices(locked, k, which)]
+    return [(sign, threshold - sign * tol) for sign, threshold in thresholds(locked, k, which)
+            if np.any(sign * chosen > sign * threshold + tol)]
+
+
 def check_which(which: str) -> str:
     """The ``which`` a check round keeps at a restart: both ends where both can hold a missed copy."""
     return "both_ends" if which == "largest_magnitude" else which
@@ -109,10 +129,10 @@ def beyond(candidates: np.ndarray, locked: np.ndarray, k: int, which: str, margi
 def round_clear(theta: np.ndarray, residuals: np.ndarray, tol: float, *, locked: np.ndarray, k: int, which: str,
                 size: int, check_size: int, low: float, high: float, round_passes: int, search_passes: int) -> bool:
     """Whether a check round shows, with high probability, that no missed eigenvalue lies
-    beyond the k-th wanted value of ``locked`` on any side (``low``/``high``: the extreme Ritz
-    values ever seen, the spectrum's span; ``size``: the operator's).
+    beyond the k-th wanted value of ``locked`` on a side that needs a check (:func:`copy_limits`;
+    ``low``/``high``: the extreme Ritz values ever seen, the spectrum's span; ``size``: the operator's).
 
-    On each side, the extreme Ritz value of the fresh space must stand clear of the threshold
+    On each side, the extreme Ritz value of the fresh space must stand clear of the limit
     (its residual interval too), and the round must have run long enough that a missed
     eigenvalue λ* at the threshold would already show: by the Kaniel–Paige–Saad bound,
     ``λ* − θ ≤ (λ* − λ_far) tan²Φ / T_{j−1}(1 + 2γ)²`` with γ the relative gap between λ* and the
@@ -122,10 +142,10 @@ def round_clear(theta: np.ndarray, residuals: np.ndarray, tol: float, *, locked:
     a random start, and the deflated operator's spectrum beyond it is a subset of the original's.
     """
     far_low, far_high = low, high
-    for sign, threshold in thresholds(locked, k, which):
+    for sign, side_limit in copy_limits(locked, k, which, tol):
         index = int(np.argmax(sign * theta))
         extreme, far = sign * theta[index], sign * (far_low if sign > 0 else far_high)
-        limit = sign * threshold - tol
+        limit = sign * side_limit
         if extreme + residuals[index] >= limit:
             return False
         gap = limit - extreme

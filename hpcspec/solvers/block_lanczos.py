@@ -46,16 +46,18 @@ import torch
 from ..parallel.vectors import space_of
 from .base import IterativeSolver, LinearOperator, State, check_tol, resolve_tol
 from .block_basis import BasisBuffer, as_block, checked_sizes, fresh_block, next_block, one_thread, orthogonalise
-from .block_check import beyond, check_which, full_residuals, guarantee, restart_priority, round_clear, wanted_indices
+from .block_check import (beyond, check_which, copy_limits, full_residuals, guarantee, restart_priority, round_clear,
+                          wanted_indices)
 from .block_rows import BasisRows
 from .lanczos import LanczosResult, check_request
 from .probes import probe
 
 STREAM = "block_lanczos"
-#: Default block size: multiplicity ≤ 4 is found by construction; measured on the digits MLP and
-#: ResNet-20 (``benchmarks/block_lanczos.py``), 4 costs fewer data passes than 1 or 2 and fewer
-#: products than 8 at top-5 and top-20 (see docs/performance.md, "Top-k eigenpairs").
-DEFAULT_BLOCK_SIZE = 4
+#: Default block size: one vector per pass, the fewest products (what a large model pays for): the
+#: completeness check, deflated against the search's Krylov basis, finds the copies a single vector
+#: cannot see. A wider block finds multiplicity ≤ b by construction and takes fewer data passes for
+#: more products (``benchmarks/block_lanczos.py``; docs/performance.md, "Top-k eigenpairs").
+DEFAULT_BLOCK_SIZE = 1
 PHASES = ("search", "check")
 #: A check pair whose compressed residual is below SPURIOUS · tol while its residual for H stays
 #: above tol is no eigenpair of H: the round falls back to deflating the locked pairs only.
@@ -68,7 +70,8 @@ COUNTERS: dict[str, tuple[str, type, object]] = {
     "num_matvecs": ("num_matvecs", int, None), "passes": ("passes", int, None), "scale": ("scale", float, None),
     "low": ("low", float, None), "high": ("high", float, None), "peak_rows": ("peak_rows", int, None),
     "converged": ("converged", bool, None), "complete": ("complete", bool, None), "done": ("done", bool, None),
-    "deflation": ("nd", int, 0), "deflated": ("deflated", bool, False), "breakdowns": ("breakdowns", int, 0)}
+    "deflation": ("nd", int, 0), "deflated": ("deflated", bool, False), "breakdowns": ("breakdowns", int, 0),
+    "needless": ("needless", bool, False)}
 
 
 class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
@@ -100,6 +103,7 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
         self.nd = 0  # in a check round, the search's basis rows held between the locked and active rows
         self.coupling = np.zeros((0, 0))  # (nd, m): those rows' coefficients of H times each active row
         self.deflated = False  # whether the last check round was deflated against the search basis
+        self.needless = False  # whether no copy could change the reported values (no check then needed)
         self.breakdowns = 0  # search passes that drew a fresh probe: the basis is then no single Krylov space
         self.T = np.zeros((0, 0))  # projected matrix on the active rows
         self.locked_values = np.zeros(0)
@@ -173,9 +177,12 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
         self.low, self.high = min(self.low, float(theta[0])), max(self.high, float(theta[-1]))
         self._decide(theta, s, residuals, x_next, exhausted=x_next.shape[0] == 0, compressed=compressed)
 
+    def _scale(self, theta: np.ndarray) -> float:
+        """The yardstick of the relative tolerance: the largest |Ritz value| yet."""
+        return float(np.concatenate([np.abs(theta), np.abs(self.locked_values), [np.finfo(float).tiny]]).max())
+
     def _tolerance(self, theta: np.ndarray) -> float:
-        values = np.concatenate([np.abs(theta), np.abs(self.locked_values), [np.finfo(float).tiny]])
-        return self.tol * float(values.max())
+        return self.tol * self._scale(theta)
 
     def _decide(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, x_next: torch.Tensor,
                 exhausted: bool, compressed: np.ndarray) -> None:
@@ -190,12 +197,15 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
             self.callback(self.passes, values[wanted], np.concatenate([self.locked_residuals, residuals])[wanted])
         if self.phase == "search":
             if len(wanted) == self.k and bool(np.all(converged[active_wanted])):
-                if self.check and not exhausted and self.nl + len(active_wanted) < self.op.size:
-                    self._keep_search_basis(theta, s, residuals, active_wanted, x_next)
+                reported = np.concatenate([self.locked_values, theta[active_wanted]])
+                self.needless = not copy_limits(reported, self.k, self.which, tol)
+                if self.check and not exhausted and self.nl + len(active_wanted) < self.op.size and not self.needless:
+                    self._keep_search_basis(theta, s, residuals, active_wanted, bound=math.sqrt(tol * self._scale(theta)))
                     self._start_check()
                 else:
                     self._recombine(theta, s, residuals, lock=active_wanted, keep=np.zeros(0, dtype=int))
-                    self._finish(converged=True, complete=exhausted or self.nl == self.op.size)
+                    complete = exhausted or self.nl == self.op.size or (self.check and self.needless)
+                    self._finish(converged=True, complete=complete)
                 return
             lock = active_wanted[converged[active_wanted]]
         else:
@@ -211,7 +221,8 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
             if len(missed):  # a copy the search did not see: lock it, then check again from scratch
                 self._recombine(theta, s, residuals, lock=missed, keep=np.zeros(0, dtype=int))
                 self._drop_unwanted(tol)
-                if exhausted or self.nl >= self.op.size:
+                self.needless = not copy_limits(self.locked_values, self.k, self.which, tol)
+                if exhausted or self.nl >= self.op.size or self.needless:
                     self._finish(converged=True, complete=True)
                 elif self._full():  # copies within tol of the k-th value fill the basis: no room to check on
                     self._finish(converged=True, complete=False)
@@ -349,7 +360,8 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
                              restarts=self.restarts, locked=len(self.locked_values),
                              checks=self.checks, complete=self.complete, max_basis=self.max_basis,
                              peak_basis=self.peak_rows,
-                             guarantee=guarantee(self.block_size, self.checks, self.complete, self.deflated))
+                             guarantee=guarantee(self.block_size, self.checks, self.complete, self.deflated,
+                                                 self.needless))
 
 
 def block_lanczos(op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,

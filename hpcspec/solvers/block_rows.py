@@ -85,29 +85,32 @@ class BasisRows:
         self.nl, self.m, self.w = self.nl + len(lock), len(keep), 0
         self.T = np.diag(theta[keep])
 
-    def _keep_search_basis(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, lock: np.ndarray,
-                           x_next: torch.Tensor) -> None:
-        """At the end of the search: lock ``lock`` and keep the search's next block and its most wanted
-        other Ritz vectors as deflation rows for the check (none after a breakdown).
+    def _keep_search_basis(self, theta: np.ndarray, s: np.ndarray, residuals: np.ndarray, lock: np.ndarray, *,
+                           bound: float) -> None:
+        """At the end of the search: lock ``lock`` and keep the search's most wanted other Ritz
+        vectors whose residual is at most ``bound`` (up to half the free basis) as deflation rows for
+        the check (none after a breakdown).
 
-        Why. With ``H Q = Q T + X Rᵀ`` (Q the search basis, X its next block), a vector y orthogonal to
-        Q and X has ``Qᵀ H y = 0``: a check round deflated against them works on H compressed to their
-        complement, whose eigenpairs include every eigenvector orthogonal to the search's Krylov space
-        (every missed copy), while the part of the spectrum the search already resolved is gone. So the
-        compressed top lies far below the k-th value and the round's length, set by that gap, is short.
-        After a breakdown (a fresh probe joined the search) the basis is no single Krylov space and a
-        missed copy may lie partly in it: the check is deflated against the locked pairs only."""
-        room = (self.max_basis - self.nl - len(lock)) // 2 - x_next.shape[0]
+        Why. The Ritz vectors Y of the search's Krylov space satisfy ``H Y = Y Θ + X Rᵀ`` (X its next
+        block), so for an eigenvector z of H orthogonal to that space (a missed copy), z stays an
+        exact eigenvector of H compressed to the complement of Y: a check round deflated against Y
+        keeps every missed copy, with its eigenvalue, while the part of the spectrum the search
+        resolved is gone. So the compressed top lies far below the k-th value and the round's
+        length, set by that gap, is short. Only nearly converged Ritz vectors are kept (``bound`` =
+        √tol · scale: a missed copy then loses at most about tol of itself to them), and X is
+        not deflated: a copy that rounding has begun to pull into the search's space lies along the
+        newest, unconverged directions, and deflating those would bend it out of the compressed
+        operator's eigenvectors. After a breakdown (a fresh probe joined the search) the basis is no
+        single Krylov space: the check is deflated against the locked pairs only."""
+        room = (self.max_basis - self.nl - len(lock)) // 2
         if self.breakdowns or room <= 0:
             self._recombine(theta, s, residuals, lock=lock, keep=np.zeros(0, dtype=int))
             return
         locked = set(lock.tolist())
-        keep = np.array([i for i in restart_priority(theta, self.which) if i not in locked][:room], dtype=int)
+        keep = np.array([i for i in restart_priority(theta, self.which) if i not in locked and residuals[i] <= bound]
+                        [:room], dtype=int)
         self._recombine(theta, s, residuals, lock=lock, keep=keep)
-        width, start = x_next.shape[0], self.nl
-        self._place(x_next)
-        rotate_rows(self._rows, start, start + self.m + width, self.m, CHUNK)  # the next block first
-        self.nd, self.m, self.w = self.m + width, 0, 0
+        self.nd, self.m, self.w = self.m, 0, 0
         self.coupling = np.zeros((self.nd, 0))
 
     def _drop_unwanted(self, tol: float) -> None:

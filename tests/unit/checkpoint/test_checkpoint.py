@@ -249,6 +249,40 @@ def test_store_roundtrip_all_value_kinds_and_pruning(tmp_path, locking):
     assert loaded.state["none"] is None and loaded.state["name"] == "lanczos" and np.isnan(loaded.state["nan"])
 
 
+@pytest.mark.parametrize("killed_after", [0, 1, 2])
+def test_a_prune_killed_midway_leaves_a_folder_the_resume_accepts(tmp_path, monkeypatch, killed_after):
+    """SIGKILL while an old step is pruned: whatever entries are gone, the folder left behind is
+    still recognisably hpcspec's (marker removed last, or empty), so the resume loads the newest
+    step and a later prune takes the rest; a plain recursive delete could leave files without the
+    marker, and the resume then refused the folder as a user's."""
+    from hpcspec.files import outputs
+    store = CheckpointStore(tmp_path, SingleProcess(), keep=1)
+    state = {"v": torch.randn(2, 5, dtype=torch.float64), "n": 3}
+    store.save(state, 5, {})
+    real_unlink, calls = Path.unlink, []
+
+    def killed(self, missing_ok=False):
+        if self.parent.name == "step-00000001":
+            calls.append(self.name)
+        if len(calls) > killed_after:
+            raise KeyboardInterrupt  # the kill: nothing after it runs
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(state, 5, {})  # commits step 2, then prunes step 1
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert calls[0] == "manifest.json" and outputs.OWNED not in calls[:killed_after]
+    outputs.check_checkpoint_folder(tmp_path)  # no "not written by hpcspec"
+    loaded = CheckpointStore(tmp_path, SingleProcess(), keep=1).load()
+    assert loaded.number == 2 and torch.equal(loaded.state["v"], state["v"])
+    store.save(state, 5, {})
+    assert [n for n, _ in store.committed()] == [3]
+    empty = tmp_path / "step-00000009"
+    empty.mkdir()  # a removal killed between the marker and the folder
+    outputs.check_checkpoint_folder(tmp_path)
+
+
 def test_time_cadence_stretches_to_the_overhead_budget(tmp_path):
     now = [0.0]
     store = CheckpointStore(tmp_path, SingleProcess())

@@ -75,6 +75,6 @@ def test_weights_turned_nan_after_the_operator_was_built_name_the_first_product(
     with torch.no_grad():
         model[2].weight[0, 0] = math.nan
     with pytest.raises(NonFiniteProduct, match=r"Hessian-vector products 1–4 \(one block\) are not finite"):
-        hpcspec.block_lanczos(op, 2)
+        hpcspec.block_lanczos(op, 2, block_size=4)
     with pytest.raises(NonFiniteProduct, match=r"Hessian-vector product 5 is not finite"):
         hpcspec.lanczos(op, 2)
