@@ -4,9 +4,9 @@ For each model and k, in one process and one thread, interleaved over ``--rounds
 
 * ``lanczos``: single-vector Lanczos, full reorthogonalisation, no restarts (``eigen.method = lanczos``);
 * ``block-b``: block Lanczos with thick restart, locking and the completeness check, block size b
-  (``eigen.method = block``, default b = 4), default ``max_basis``;
+  (``eigen.method = block``, default b = 1), default ``max_basis``;
 
-each at the default tolerance of the operator's dtype (1e-8 in float64). Printed per solver: products,
+each at the default tolerance of the operator's dtype (1e-8 in float64) or ``--tol``. Printed per solver: products,
 data passes, wall time (median over rounds), restarts and check rounds, and the largest eigenvalue
 difference to the first solver of the row (all find the same pairs on these models, whose top
 eigenvalues are simple). Then the memory of a top-50 run with a bounded basis: the most vectors
@@ -17,7 +17,7 @@ at its initialisation) and a CIFAR-style
 ResNet-20 of width 16 on digits images (1797 × 1 × 8 × 8, float32 products, float64 solver).
 
 Run: ``PYTHONPATH=. python benchmarks/block_lanczos.py [--models mlp resnet20] [--ks 5 20]
-[--blocks 1 2 4 8] [--rounds 3] [--wide-check] [--json PATH]``.
+[--blocks 1 2 4 8] [--rounds 3] [--tol T] [--wide-check] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-k", type=int, default=50)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--tol", type=float, default=0.0,
+                        help="relative residual tolerance (0: the default of the model's dtype, 1e-8 in float64)")
     parser.add_argument("--wide-check", action="store_true",
                         help="check rounds with a block of b vectors instead of one (the design alternative)")
     args = parser.parse_args()
@@ -85,7 +87,7 @@ def main() -> None:
     record: dict = {}
     for name in args.models:
         op = OPERATORS[name]()
-        tol = DEFAULT_TOL[DTYPES[name]]
+        tol = args.tol or DEFAULT_TOL[DTYPES[name]]
         print(f"\n{name}: {op.size:,} parameters, tol {tol:g}")
         print(f"  {'k':>3}  {'solver':>9}  {'products':>8}  {'passes':>6}  {'seconds':>8}  {'restarts':>8}  "
               f"{'checks':>6}  {'complete':>8}  {'max |Δλ|':>9}")
@@ -105,7 +107,8 @@ def main() -> None:
         solver = BlockLanczos(op, args.memory_k, tol=tol)
         result = solver.run()
         bytes_ = result.peak_basis * op.size * 8
-        print(f"  top-{args.memory_k}, block-4, default max_basis {solver.max_basis}: peak {result.peak_basis} "
+        print(f"  top-{args.memory_k}, default block ({solver.block_size}) and max_basis {solver.max_basis}: peak "
+              f"{result.peak_basis} "
               f"vectors = {bytes_ / 2**20:.1f} MiB per rank (replicated; / R when sharded), {result.num_matvecs} products, "
               f"{result.data_passes} passes, {result.restarts} restarts, complete {result.complete}")
         record[name]["memory"] = {"k": args.memory_k, "max_basis": solver.max_basis, "peak_basis": result.peak_basis,
