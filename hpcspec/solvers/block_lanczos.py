@@ -20,9 +20,11 @@ for Large Eigenvalue Problems*, 2nd ed., §5.3 and ch. on deflation). Memory per
 
 Why a completeness check. A missed copy is invisible: the wanted pairs converge with small
 residuals whether or not a copy is missing, so once the k wanted pairs are locked, fresh seeded
-blocks deflated against them look for more until a round finds nothing beyond the k-th value
-(:mod:`hpcspec.solvers.block_check`); copies within tol of the k-th value are locked too, and when
-they fill the basis (at a loose tol) the check stops, incomplete. Guarantee: multiplicity ≤ b is
+blocks deflated against them (and against the search's nearly converged Ritz vectors, which keep
+every missed copy while removing the resolved spectrum: :mod:`hpcspec.solvers.block_rows`) look for
+more until a round finds nothing beyond the k-th value (:mod:`hpcspec.solvers.block_check`); no
+round runs when no copy could change the reported values (top-1); copies within tol of the k-th
+value are locked too, and when they fill the basis (at a loose tol) the check stops, incomplete. Guarantee: multiplicity ≤ b is
 found in exact arithmetic from any start block in general position; higher multiplicity is found
 with high probability.
 
@@ -201,7 +203,8 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
                 reported = np.concatenate([self.locked_values, theta[active_wanted]])
                 self.needless = not copy_limits(reported, self.k, self.which, tol)
                 if self.check and not exhausted and self.nl + len(active_wanted) < self.op.size and not self.needless:
-                    self._keep_search_basis(theta, s, residuals, active_wanted, bound=math.sqrt(tol * self._scale(theta)))
+                    bound = math.sqrt(tol * self._scale(theta))  # √tol · scale: nearly converged
+                    self._keep_search_basis(theta, s, residuals, active_wanted, bound=bound)
                     self._start_check()
                 else:
                     self._recombine(theta, s, residuals, lock=active_wanted, keep=np.zeros(0, dtype=int))

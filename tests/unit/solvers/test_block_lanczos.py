@@ -56,7 +56,8 @@ def eigenspace(matrix: torch.Tensor, value: float, width: float = 1e-9) -> torch
 @pytest.mark.parametrize("multiplicity", [2, 3, 5, 8])
 @pytest.mark.parametrize("cluster", [False, True], ids=["exact", "cluster-1e-7"])
 @pytest.mark.parametrize("which", WHICH)
-def test_repeated_eigenvalues_are_all_found(multiplicity, cluster, which):
+@pytest.mark.parametrize("block_size", [DEFAULT_BLOCK_SIZE, 1], ids=["default-block", "one-vector"])
+def test_repeated_eigenvalues_are_all_found(multiplicity, cluster, which, block_size):
     """m copies of ±4 (8 > the default block size), optionally a value 1e-7 (relative) below +4, and
     a pair ±3; k takes every copy on the side(s) asked for, and one more value where it fits."""
     top = [4.0] * multiplicity + ([4.0 * (1 - 1e-7)] if cluster else []) + [3.0, 3.0]
@@ -64,7 +65,7 @@ def test_repeated_eigenvalues_are_all_found(multiplicity, cluster, which):
     op, spectrum = designed(values, seed=multiplicity)
     k = {"largest": multiplicity + 1, "smallest": multiplicity + 1, "largest_magnitude": 2 * multiplicity,
          "both_ends": 2 * multiplicity}[which]
-    result = block_lanczos(op, k, which=which, tol=1e-10)
+    result = block_lanczos(op, k, which=which, tol=1e-10, block_size=block_size)
     assert result.converged and result.complete, result
     want = expected(spectrum, k, which)
     assert np.allclose(np.sort(result.eigenvalues), np.sort(want), rtol=0, atol=1e-8 * 4), (result.eigenvalues, want)
