@@ -185,10 +185,10 @@ class EigenConfig:
     maxiter: int = non_negative(0, "block: products (0: max(1000, 100·top_k)); lanczos: Krylov dimension",
                                 example=SHOW,
                                 flags=(Flag("--maxiter", help="most products (block) or Lanczos steps (lanczos)"),))
-    block_size: int = option(4, "vectors per data pass; multiplicity ≤ block_size found by construction, higher by "
+    block_size: int = option(1, "vectors per data pass; multiplicity ≤ block_size found by construction, higher by "
                                 "the completeness check", example=SHOW,
-                             flags=(Flag("--block-size", help="vectors per data pass of the block solver (default 4; 1 "
-                                                             "takes the fewest products, a wider block fewer passes): "
+                             flags=(Flag("--block-size", help="vectors per data pass of the block solver (default 1, the "
+                                                             "fewest products; a wider block takes fewer passes): "
                                                              "multiplicity up to it is found by construction"),))
     max_basis: int = option(0, "most vectors held per rank (0: max(64, 2·top_k + 4·block_size))", example=SHOW,
                             flags=(Flag("--max-basis", help="most vectors the block solver holds (0: max(64, 2k + "

@@ -55,12 +55,11 @@ from .lanczos import LanczosResult, check_request
 from .probes import probe
 
 STREAM = "block_lanczos"
-#: Default block size: multiplicity ≤ 4 is found by construction, in a quarter of the data passes of
-#: one vector. One vector per pass (``block_size=1``) takes the fewest products (1.0–1.7x
-#: single-vector Lanczos on the digits MLP, against 1.5–2.4x for 4; ``benchmarks/block_lanczos.py``);
-#: it is not yet the default because its results differ in the last bits between the MPI and
-#: torch.distributed backends on 2 ranks, which must agree bitwise.
-DEFAULT_BLOCK_SIZE = 4
+#: Default block size: one vector per pass takes the fewest products (1.0–1.7x single-vector
+#: Lanczos on the digits MLP, against 1.5–2.4x for 4; ``benchmarks/block_lanczos.py``), and
+#: products are what a large model pays for; a wider block takes fewer data passes (what a GPU or
+#: many ranks pay for) and finds multiplicity up to its width by construction.
+DEFAULT_BLOCK_SIZE = 1
 PHASES = ("search", "check")
 #: A check pair whose compressed residual is below SPURIOUS · tol while its residual for H stays
 #: above tol is no eigenpair of H: the round falls back to deflating the locked pairs only.
@@ -154,7 +153,9 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
     def _absorb(self, product: torch.Tensor, width: int) -> None:
         """Everything of a pass after the product: the projected matrix, the next block, the decisions."""
         space, n, nl, held = self.space, self.op.size, self.nl, self._held
-        w = (product[:, None] if product.ndim == 1 else product).T.contiguous()
+        # row-major strides whatever the operator returned: a BLAS product picks its summation
+        # order from the strides, and the bits must not depend on the backend or the operator
+        w = (product[:, None] if product.ndim == 1 else product).T.clone(memory_format=torch.contiguous_format)
         self.num_matvecs += width
         self.passes += 1
         self.m, self.w = self.m + width, 0  # X joins the active basis

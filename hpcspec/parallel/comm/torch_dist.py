@@ -71,9 +71,11 @@ class TorchDistributedCommunicator:
         return tensor
 
     def reduce_scatter_rows(self, tensor: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
-        # gloo has no uneven reduce-scatter: reduce everything, keep this rank's rows
+        # gloo has no uneven reduce-scatter: reduce everything, keep this rank's rows, in row-major
+        # strides as MPI's are (a (P, 1) tensor may carry column strides that a BLAS product reads
+        # as transposed, adding in another order: the bits would depend on the backend)
         lo, hi = bounds[self.rank]
-        return self.allreduce_sum_(tensor.clone())[lo:hi].clone()
+        return self.allreduce_sum_(tensor.clone())[lo:hi].clone(memory_format=torch.contiguous_format)
 
     def allgather_rows(self, rows: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
         widest = max(hi - lo for lo, hi in bounds)
