@@ -14,16 +14,17 @@ EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """Bad user input: a missing file, a wrong shape, an unknown name, a config typo.
 
-    The message is a single line that names the problem and, where possible, the fix.
+    The message is a single line that names the problem and, where possible, the fix. A
+    ``ValueError``, so that a library caller catches every refusal of a bad value as one family.
     """
 
 
-class ArgumentError(InputError, ValueError):
-    """A bad argument to a library call: an :class:`InputError` (the CLI's one line, exit 2) that
-    is also the ``ValueError`` a Python caller expects from a function given a bad value."""
+class ArgumentError(InputError):
+    """A bad argument to a library call (the CLI's one line, exit 2; a ``ValueError`` like every
+    :class:`InputError`)."""
 
 
 class ConfigError(InputError):

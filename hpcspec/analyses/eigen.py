@@ -17,7 +17,6 @@ from typing import Any, Callable
 import torch
 
 from ..config import Config
-from ..parallel.vectors import space_of
 from .gradient import GradientOverlap, gradient_overlap
 from .landscape import Landscape, loss_landscape
 
@@ -51,7 +50,7 @@ def eigen_analyses(op: Any, cfg: Config, eigen: Any,
     land = cfg.landscape
     wanted = 2 if land.points_2d else 1
     columns = eigen.eigenvectors[:, :wanted].to(torch.float64).contiguous()
-    top = space_of(op).gather(columns) if rows is not None else columns
+    top = op.space.gather(columns) if rows is not None else columns
     slope = float(torch.dot(top[:, 0], g.to(torch.float64)))  # g·v₁, with its sign (overlaps keep squares)
     landscape = loss_landscape(op, top, eigen.eigenvalues, radius=land.radius, points=land.points,
                                points_2d=land.points_2d, random=land.random, seed=cfg.seed, slope=slope)

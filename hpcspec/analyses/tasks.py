@@ -17,6 +17,7 @@ import numpy as np
 
 from ..choices import POWER_MAXITER, POWER_TOL, default_tol
 from ..config import Config
+from ..curvature.base import CurvatureOperator
 from ..parallel.progress import ProgressDisplay
 from ..solvers import (
     DensityResult,
@@ -202,7 +203,7 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
             progress(f"{label} finished in {results.seconds[name]:.2f} s{resumed}")
     if finished is not None:
         finished(job_state)
-    if results.eigen is not None and hasattr(op, "loss_and_gradient"):  # a Hessian of a loss, not a matrix
+    if results.eigen is not None and isinstance(op, CurvatureOperator):  # a curvature of a loss, not a matrix
         from .eigen import eigen_analyses
 
         results.gradient, results.landscape, seconds = eigen_analyses(op, cfg, results.eigen, progress)

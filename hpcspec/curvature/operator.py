@@ -8,10 +8,9 @@ across ranks in one message per application, and the result is divided once by C
 
 from __future__ import annotations
 
-import functools
 import logging
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -27,33 +26,18 @@ from ..choices import (
 )
 from ..errors import InputError
 from ..parallel.comm import Communicator, SingleProcess
-from ..parallel.finite import check_product
 from ..parallel.replicas import check_weights
-from ..parallel.vectors import VectorSpace, make_space
-from ..problem.batches import BatchSource, Inputs, call_model, count_batches, inputs_as_args
+from ..parallel.vectors import make_space
+from ..problem.batches import Inputs, inputs_as_args
 from ..problem.losses import Loss, get_loss
-from ..problem.pairing import check_pairing, logits_of
+from ..problem.pairing import logits_of
 from ..problem.params import ParamLayout
 from .affine import affine_norms, frozen_running_stats
+from .base import BatchCurvature, BatchProducts, in_modes
 from .graphs import SavedBytes
 from .method import DEFAULT_HVP_METHOD, rule
-from .ordered import exact_sum
 
 log = logging.getLogger(__name__)
-#: Parameter counts up to which :meth:`HessianOperator._accumulate` joins a product's parts first
-#: (a temporary of P numbers in the compute dtype).
-JOIN_LIMIT = 2**20
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _in_modes(method: F) -> F:
-    """Run an operator method with the model in the operator's :meth:`~HessianOperator.modes`."""
-
-    @functools.wraps(method)
-    def wrapped(self: "HessianOperator", *args: Any, **kwargs: Any) -> Any:
-        with self.modes():
-            return method(self, *args, **kwargs)
-    return wrapped  # type: ignore[return-value]
 
 
 def check_bn_mode(bn_mode: str) -> None:
@@ -62,7 +46,7 @@ def check_bn_mode(bn_mode: str) -> None:
         raise InputError(f"unknown bn_mode {bn_mode!r}: use eval (running statistics) or train (batch statistics)")
 
 
-class HessianOperator:
+class HessianOperator(BatchCurvature):
     """Exact Hessian-vector products of the mean loss over a data set sharded across ranks.
 
     Args:
@@ -116,49 +100,35 @@ class HessianOperator:
     (``layout.excluded``); a parameter the loss does not depend on gets a zero block.
     """
 
-    checks_products = True  #: finite products agreed on before reducing (:mod:`hpcspec.parallel.finite`)
-
     def __init__(self, model: nn.Module, loss: Loss | str | Callable, data: Any,
                  comm: Communicator | None = None, *, batch_size: int = 256, method: str = "auto",
                  bn_mode: str = "eval", graph_budget_mb: float = DEFAULT_GRAPH_BUDGET_MB,
                  shard_vectors: bool = DEFAULT_SHARD_VECTORS, reduction: str = "fast",
                  output_fn: Callable[[Any], torch.Tensor] = logits_of, target_key: str = "labels") -> None:
-        self.comm = comm or SingleProcess()
+        comm = comm or SingleProcess()
         if reduction not in REDUCTIONS:
             raise InputError(f"unknown reduction {reduction!r}: use {' or '.join(REDUCTIONS)}")
-        self.reduction = reduction
         check_bn_mode(bn_mode)
-        self.bn_mode = bn_mode
-        self.model = model
-        self.output_fn = output_fn
-        #: BatchNorm layers normalising with batch statistics (bn_mode "train"); their running
-        #: statistics are frozen during the operator's forwards by :func:`~hpcspec.curvature.affine.frozen_running_stats`.
-        self._batch_stat_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)] if bn_mode == "train" else []
-        self.loss = get_loss(loss)
+        loss = get_loss(loss)
         if method != "auto" and method not in HVP_METHODS:
             raise InputError(f"unknown HVP method {method!r}: use auto or one of {', '.join(HVP_METHODS)}")
         if batch_size <= 0:
             raise InputError(f"batch_size must be > 0, got {batch_size}")
-        self.batch_size = batch_size
-        self.layout = ParamLayout.of(model)
-        if self.layout.size == 0:
+        layout = ParamLayout.of(model)
+        if layout.size == 0:
             raise InputError("the model has no parameters that require gradients")
-        self.size = self.layout.size
-        check_weights(model, self.comm)
+        check_weights(model, comm)
         if any(p.dtype == torch.float16 for p in model.parameters()):  # the same on every rank: checked above
             raise InputError(f"the model holds float16 parameters, which hpcspec refuses: {FLOAT16_REASON}")
-        self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)
+        super().__init__(layout.size, comm, make_space(comm, layout.size, shard_vectors))
+        self.reduction, self.bn_mode, self.model, self.output_fn, self.layout = reduction, bn_mode, model, output_fn, layout
+        #: BatchNorm layers normalising with batch statistics (bn_mode "train"); their running
+        #: statistics are frozen during the operator's forwards by :func:`~hpcspec.curvature.affine.frozen_running_stats`.
+        self._batch_stat_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)] if bn_mode == "train" else []
+        self.loss = loss
         named = dict(model.named_parameters())
-        self._params = [named[name] for name in self.layout.names]
-        self.device = self._params[0].device
-        self.compute_dtype = self._params[0].dtype
-        self._source = BatchSource(data, batch_size, self.device, self.compute_dtype, target_key)
-        #: Batch sizes (samples: the targets' first dimension) of this rank's batches, in order.
-        self.batch_sizes, self.total_count = count_batches(self._source, self.loss, self.comm)
-        self.num_samples = sum(self.batch_sizes)
-        if not self.total_count > 0:
-            raise InputError("the data of all ranks holds no samples (the loss's count is 0)")
-        self.num_matvecs = 0
+        self._params = [named[name] for name in layout.names]
+        self._take_data(data, batch_size, target_key)
         if not graph_budget_mb >= 0:
             raise InputError(f"graph_budget_mb must be >= 0, got {graph_budget_mb}")
         self.graph_budget_bytes = int(graph_budget_mb * 2**20)
@@ -175,7 +145,7 @@ class HessianOperator:
             self.method, self.method_reason, self.trial_products = self.comm.bcast_object(self._auto_method())
             log.info("hvp auto: %s — %s; %d trial product(s)", self.method, self.method_reason, self.trial_products)
 
-    @_in_modes
+    @in_modes
     def _auto_method(self) -> tuple[str, str, int]:
         """Rank 0's ``(method, reason, trial products)`` by :func:`hpcspec.curvature.method.rule`:
         forward-over-reverse is tried on two samples, and double backward used if it fails."""
@@ -191,26 +161,6 @@ class HessianOperator:
         return choice, reason, 1
 
     @contextmanager
-    def modes(self) -> Iterator[None]:
-        """Inside: the model in eval mode (BatchNorm in training mode for bn_mode "train") and the
-        flat vector's parameters requiring gradients; afterwards every module's ``training`` flag
-        and every parameter's ``requires_grad`` are back as they were (re-entrant)."""
-        training = [(module, module.training) for module in self.model.modules()]
-        flags = [(param, param.requires_grad) for param in self._params]
-        self.model.eval()  # the model's own eval(): a model may override what it switches
-        for module in self._batch_stat_norms:
-            module.train()
-        for param in self._params:
-            param.requires_grad_(True)
-        try:
-            yield
-        finally:
-            for module, mode in training:
-                module.training = mode
-            for param, flag in flags:
-                param.requires_grad_(flag)
-
-    @contextmanager
     def recomputing(self) -> Iterator[None]:
         """Products inside recompute every forward and gradient (no kept graphs): what a check of
         the data pipeline's determinism needs, since a kept graph freezes one random draw."""
@@ -219,38 +169,6 @@ class HessianOperator:
             yield
         finally:
             self.graph_budget_bytes = budget
-
-    @property
-    def parameters(self) -> list[torch.nn.Parameter]:
-        """The model parameters the flat vector covers, in layout order."""
-        return list(self._params)
-
-    @_in_modes
-    def check_data(self) -> None:
-        """Raise :class:`InputError` if the model cannot take this rank's inputs or the loss its targets.
-
-        Local (no collective): call it where failures are agreed on.
-        """
-        first = self._source.first(2 if self._batch_stat_norms else 1)
-        if first is None:
-            return
-        if self._batch_stat_norms and 1 in self.batch_sizes:
-            raise InputError(f"bn_mode = 'train' needs at least 2 samples in every batch, but this rank's "
-                             f"{self.num_samples} samples in batches of {self.batch_size} leave a batch of 1: "
-                             "change data.batch_size")
-        targets = self._source.all_targets()
-        targets = first[1] if targets is None else targets  # tensor data: every label is checked
-        with frozen_running_stats(self._batch_stat_norms):
-            # batch statistics need two samples (BatchNorm1d refuses one in training mode)
-            check_pairing(self.model, self.loss, first[0], targets, self.output_fn)
-
-    def _batches(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
-        return iter(self._source)
-
-    def _batch_loss(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
-        """The batch's summed loss (its mean times its weight), batch statistics frozen."""
-        with frozen_running_stats(self._batch_stat_norms):
-            return self.loss.sum(self.output_fn(call_model(self.model, inputs)), targets)
 
     def _weights_key(self) -> tuple:
         """Changes whenever a parameter or buffer is modified or replaced (invalidates the graphs)."""
@@ -279,66 +197,17 @@ class HessianOperator:
         self._graphs = graphs
         return graphs
 
-    @_in_modes
-    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``H @ vectors`` for a float64 vector (P,) or block (P, k); float64 on the CPU."""
-        if self.reduction == "ordered":
-            parts = self._checked_products(vectors, per_batch=True)
-            total = exact_sum(self.comm, parts, self.size, self.num_samples > 0, None)
-        else:
-            total = self.comm.allreduce_sum_(self._checked_products(vectors)[0])
-        total /= self.total_count
-        return total.T.reshape(vectors.shape) if vectors.ndim == 1 else total.T.contiguous()
+    def _batch_products(self, inputs: Inputs, targets: torch.Tensor,
+                        tangents: list[list[torch.Tensor]]) -> BatchProducts:
+        hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
+        return hvp(inputs, targets, tangents)
 
-    @_in_modes
-    def apply_sharded(self, vectors: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """Rows ``bounds[rank]`` of ``H @ vectors`` (whole (P,) or (P, k) in, this rank's rows out):
-        the partial products are reduce-scattered, so no rank receives the whole product."""
-        if self.reduction == "ordered":
-            parts = self._checked_products(vectors, per_batch=True)
-            total = exact_sum(self.comm, parts, self.size, self.num_samples > 0, bounds)
-        else:
-            total = self.comm.reduce_scatter_rows(self._checked_products(vectors)[0].T.contiguous(), bounds)
-        total /= self.total_count
-        return total.reshape(-1) if vectors.ndim == 1 else total
-
-    def _checked_products(self, vectors: torch.Tensor, per_batch: bool = False) -> list[torch.Tensor]:
-        """:meth:`_local_products`, agreed finite on every rank before they are reduced."""
-        parts, count = self._local_products(vectors, per_batch), 1 if vectors.ndim == 1 else vectors.shape[1]
-        check_product(self.comm, parts, first=self.num_matvecs - count + 1, count=count, shared=False)
-        return parts
-
-    def _local_products(self, vectors: torch.Tensor, per_batch: bool = False) -> list[torch.Tensor]:
-        """This rank's shard's share of ``H @ vectors`` times the count, as (k, P) float64 on the
-        CPU: one sum (``[total]``), or one term per batch in batch order (``per_batch``)."""
-        block = vectors.reshape(self.size, -1)
-        k = block.shape[1]
-        tangents = [self.layout.split(block[:, j].to(self.device, self.compute_dtype)) for j in range(k)]
-        totals = [torch.zeros(k, self.size, dtype=torch.float64, device=self.device)]
+    def _product_stream(self, tangents: list[list[torch.Tensor]]) -> Iterable[BatchProducts]:
+        """From the kept first-order graphs when they fit (only the second backward per product)."""
         graphs = self._cached_graphs()
-        if graphs is not None:
-            products = (self._second_order(grads, live, tangents, keep=True) for grads, live in graphs)
-        else:
-            hvp = self._hvp_double_backward if self.method == "double_backward" else self._hvp_forward_over_reverse
-            products = (hvp(inputs, targets, tangents) for inputs, targets in self._batches())
-        for count, batch_products in enumerate(products):
-            if per_batch and count:
-                totals.append(torch.zeros(k, self.size, dtype=torch.float64, device=self.device))
-            for j, product in enumerate(batch_products):
-                self._accumulate(totals[-1][j], product)
-        self.num_matvecs += k
-        return [total.cpu() if total.device.type != "cpu" else total for total in totals]
-
-    def _accumulate(self, flat: torch.Tensor, parts: Sequence[torch.Tensor | None]) -> None:
-        """``flat += parts`` (float64), skipping parameters with no contribution. A small model's
-        parts are joined first (one add instead of one per parameter: the per-product overhead
-        that a 2 ms product notices); the sums are the same either way, element by element."""
-        if self.size <= JOIN_LIMIT and all(part is not None for part in parts):
-            flat += torch.cat([part.reshape(-1) for part in parts])  # type: ignore[union-attr]
-            return
-        for begin, end, part in zip(self.layout.offsets[:-1], self.layout.offsets[1:], parts):
-            if part is not None:
-                flat[begin:end] += part.reshape(-1)
+        if graphs is None:
+            return super()._product_stream(tangents)
+        return (self._second_order(grads, live, tangents, keep=True) for grads, live in graphs)
 
     def _first_order(self, inputs: Inputs, targets: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], list[int]]:
         """The batch's gradient with its graph, and which of its parts depend on the parameters."""
@@ -383,36 +252,3 @@ class HessianOperator:
 
         gradient = grad(batch_loss, argnums=tuple(range(len(primals))))
         return [list(jvp(gradient, primals, tuple(tangent))[1]) for tangent in tangents]
-
-    @_in_modes
-    def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
-        """The mean loss over the whole data set and its flat float64 gradient (one reduction)."""
-        local = torch.zeros(self.size + 1, dtype=torch.float64, device=self.device)
-        for inputs, targets in self._batches():
-            batch_loss = self._batch_loss(inputs, targets)
-            grads = torch.autograd.grad(batch_loss, self._params, allow_unused=True)
-            self._accumulate(local[:-1], grads)
-            local[-1] += batch_loss.detach().to(torch.float64)
-        local = self.comm.allreduce_sum_(local.cpu() if local.device.type != "cpu" else local)
-        local /= self.total_count
-        return float(local[-1]), local[:-1]
-
-    @_in_modes
-    def local_loss_sum(self) -> torch.Tensor:
-        """This rank's summed (not averaged) loss at the current parameters: a float64 scalar on
-        the CPU, with no gradient and no reduction (local).
-
-        For callers that batch many evaluations into one reduction (:mod:`hpcspec.analyses.landscape`):
-        reduce the sums, divide by :attr:`total_count`. The batches, the BatchNorm handling and
-        the float64 accumulation are those of :meth:`loss_and_gradient`, so at the same
-        parameters the reduced mean is its loss.
-        """
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        with torch.no_grad():
-            for inputs, targets in self._batches():
-                total += self._batch_loss(inputs, targets).to(torch.float64)
-        return total.cpu()
-
-    def mean_loss(self) -> float:
-        """The mean loss over the whole data set at the current parameters (one reduction; no gradient)."""
-        return float(self.comm.allreduce_sum_(self.local_loss_sum().reshape(1))[0]) / self.total_count

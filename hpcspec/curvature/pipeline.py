@@ -26,26 +26,24 @@ over its D data shards (the stage communicator), so rank (s, d) receives its sli
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import InputError
-from ..parallel.finite import check_product
 from ..parallel.grid import Grid
 from ..parallel.replicas import check_weights
 from ..parallel.vectors import Sharded, all_bounds, stage_bounds
-from ..problem.batches import BatchSource
 from ..problem.losses import Loss, get_loss
 from ..problem.pairing import logits_of
 from ..problem.params import ParamLayout
+from .base import CurvatureOperator
 
 Params = tuple[torch.Tensor, ...]
 
 
-class PipelineHessianOperator:
+class PipelineHessianOperator(CurvatureOperator):
     """H·v of the mean loss with this rank holding one pipeline stage of one data shard.
 
     Args:
@@ -59,16 +57,14 @@ class PipelineHessianOperator:
         batch_size: samples per micro-batch (the last may be shorter).
         output_fn: what of the last stage's output the loss takes.
 
-    The constructor is collective over the world (the global count).
+    The constructor is collective over the world (the global count). A product is not a sum of
+    independent batch terms here (the stages exchange every micro-batch), so this operator
+    supplies the whole pass (:meth:`_local_products`) and the contract the rest: the partial
+    products of stage s's rows are reduce-scattered over its D data shards.
     """
 
     method = "forward_over_reverse"
-    #: Each product's finiteness is agreed on before it is reduced (:mod:`hpcspec.parallel.finite`).
-    checks_products = True
     method_reason = "pipeline stages: forward over reverse, stage by stage"
-    trial_products = 0
-    bn_mode = "eval"
-    graph_bytes = None
 
     def __init__(self, stage: nn.Module, layout: ParamLayout, offsets: Sequence[int], grid: Grid,
                  loss: Loss | str | Callable, data: Any, *, batch_size: int = 256,
@@ -77,30 +73,21 @@ class PipelineHessianOperator:
             raise InputError(f"{len(offsets) - 1} stage ranges for {grid.stages} stages of {layout.size} parameters")
         if batch_size <= 0:
             raise InputError(f"batch_size must be > 0, got {batch_size}")
-        self.grid, self.comm, self.model, self.layout = grid, grid.world, stage, layout
         check_weights(stage, grid.stage_comm, agree_comm=grid.world)
-        self.loss, self.output_fn, self.batch_size = get_loss(loss), output_fn, batch_size
         self.offsets = list(offsets)
-        self.size = layout.size
-        self.lo_stage, self.hi_stage = self.offsets[grid.stage], self.offsets[grid.stage + 1]
-        self.space = Sharded(grid.world, self.size, stage_bounds(self.offsets, grid.shards))
+        lo, hi = self.offsets[grid.stage], self.offsets[grid.stage + 1]
+        super().__init__(layout.size, grid.world, Sharded(grid.world, layout.size, stage_bounds(self.offsets, grid.shards)),
+                         covered=(lo, hi), reduce_comm=grid.stage_comm)
+        self.grid, self.model, self.layout = grid, stage, layout
+        self.loss, self.output_fn = get_loss(loss), output_fn
+        self.lo_stage, self.hi_stage = lo, hi
         self._names = [name for name, p in stage.named_parameters() if p.requires_grad]
         self._params = [p for p in stage.parameters() if p.requires_grad]
         self._shapes = [tuple(p.shape) for p in self._params]
-        if sum(p.numel() for p in self._params) != self.hi_stage - self.lo_stage:
+        if sum(p.numel() for p in self._params) != hi - lo:
             raise InputError(f"stage {grid.stage} holds {sum(p.numel() for p in self._params)} parameters, "
-                             f"not the {self.hi_stage - self.lo_stage} of its range of the flat vector")
-        self.device, self.compute_dtype = self._params[0].device, self._params[0].dtype
-        self._source = BatchSource(data, batch_size, self.device, self.compute_dtype, target_key)
-        self.batch_sizes = [len(targets) for _, targets in self._source]
-        self.num_samples = sum(self.batch_sizes)
-        count = torch.zeros(1, dtype=torch.float64)
-        for _, targets in self._source:
-            count += float(self.loss.count(targets))
-        self.total_count = float(grid.stage_comm.allreduce_sum_(count).item())
-        if not self.total_count > 0:
-            raise InputError("the data of all ranks holds no samples (the loss's count is 0)")
-        self.num_matvecs = 0
+                             f"not the {hi - lo} of its range of the flat vector")
+        self._take_data(data, batch_size, target_key)
         #: Of the last product: ``(busy seconds, wall seconds)`` of this stage; idle share 1 − busy/wall.
         self.timing = (0.0, 0.0)
 
@@ -110,51 +97,16 @@ class PipelineHessianOperator:
         busy, wall = self.timing
         return 1.0 - busy / wall if wall > 0 else 0.0
 
-    @property
-    def parameters(self) -> list[torch.nn.Parameter]:
-        """This stage's parameters in flat-vector order."""
-        return list(self._params)
-
-    @contextmanager
-    def modes(self) -> Iterator[None]:
-        """Inside: the stage in eval mode (deterministic H·v); its modes are back afterwards."""
-        training = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for module, mode in training:
-                module.training = mode
-
-    @contextmanager
-    def recomputing(self) -> Iterator[None]:
-        """Every product recomputes its forwards already (no graph is kept): nothing to change."""
-        yield
-
-    def check_data(self) -> None:
-        """Local: a pipelined run's stage shapes are checked when the stages are built."""
-
     # -- products --------------------------------------------------------------------------------
 
     def apply_sharded(self, vectors: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
         """Rows ``bounds[rank]`` (this rank's slice of its stage) of ``H @ vectors``: float64 (P,) or (P, k) in."""
         if [tuple(b) for b in bounds] != self.space.bounds:
             raise ValueError("a pipelined operator multiplies in its own space's slices (op.space.bounds)")
-        block = vectors.reshape(self.size, -1)
-        k = block.shape[1]
-        mine = block[self.lo_stage:self.hi_stage].to(self.device, self.compute_dtype)
-        tangents = [self._split(mine[:, j]) for j in range(k)]
-        with self.modes():
-            products, _, _ = self._pipeline(tangents)
-        self.num_matvecs += k
-        partial = torch.zeros(self.hi_stage - self.lo_stage, k, dtype=torch.float64)
-        for j, parts in enumerate(products):
-            partial[:, j] = torch.cat([part.reshape(-1).to("cpu", torch.float64) for part in parts])
-        check_product(self.comm, partial, first=self.num_matvecs - k + 1, count=k, shared=False)
-        rows = self.grid.stage_comm.reduce_scatter_rows(partial, all_bounds(self.hi_stage - self.lo_stage,
-                                                                            self.grid.shards))
-        rows /= self.total_count
-        return rows.reshape(-1) if vectors.ndim == 1 else rows
+        return super().apply_sharded(vectors, bounds)
+
+    def _reduced_bounds(self, bounds: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        return all_bounds(self.hi_stage - self.lo_stage, self.grid.shards)
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` whole on every rank (each rank's slice, then one allgather)."""
@@ -162,21 +114,23 @@ class PipelineHessianOperator:
         full = self.comm.allgather_rows(rows.reshape(len(rows), -1).contiguous(), self.space.bounds)
         return full.reshape(vectors.shape)
 
-    def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
-        """The mean loss over the whole data set and its whole flat float64 gradient, on every rank."""
-        with self.modes():
-            _, gradient, loss_sum = self._pipeline([])
-        local = torch.zeros(self.size + 1, dtype=torch.float64)
-        if gradient is not None:
-            local[self.lo_stage:self.hi_stage] = torch.cat([g.reshape(-1).to("cpu", torch.float64) for g in gradient])
-        local[-1] = loss_sum
-        local = self.comm.allreduce_sum_(local)
-        local /= self.total_count
-        return float(local[-1]), local[:-1]
+    def _local_products(self, vectors: torch.Tensor, per_batch: bool = False) -> list[torch.Tensor]:
+        block = vectors.reshape(self.size, -1)
+        k = block.shape[1]
+        mine = block[self.lo_stage:self.hi_stage].to(self.device, self.compute_dtype)
+        products, _, _ = self._pipeline([self._split(mine[:, j]) for j in range(k)])
+        self.num_matvecs += k
+        partial = torch.zeros(k, self.hi_stage - self.lo_stage, dtype=torch.float64)
+        for j, parts in enumerate(products):
+            partial[j] = torch.cat([part.reshape(-1).to("cpu", torch.float64) for part in parts])
+        return [partial]
 
-    def mean_loss(self) -> float:
-        """The mean loss over the whole data set (one pipeline pass and one reduction)."""
-        return self.loss_and_gradient()[0]
+    def _local_gradient(self) -> torch.Tensor:
+        _, gradient, loss_sum = self._pipeline([])
+        local = torch.zeros(self.hi_stage - self.lo_stage + 1, dtype=torch.float64)
+        local[:-1] = torch.cat([g.reshape(-1).to("cpu", torch.float64) for g in gradient])
+        local[-1] = loss_sum
+        return local
 
     # -- one pass of every micro-batch through the pipeline --------------------------------------
 
@@ -193,7 +147,7 @@ class PipelineHessianOperator:
 
         return functional_call(self.model, dict(zip(self._names, params)), (x,))
 
-    def _pipeline(self, tangents: list[Params]) -> tuple[list[list[torch.Tensor]], list[torch.Tensor] | None, float]:
+    def _pipeline(self, tangents: list[Params]) -> tuple[list[list[torch.Tensor]], list[torch.Tensor], float]:
         """Every micro-batch forward, then backward: per vector this stage's summed (H v)_s (times
         the count), the summed gradient (times the count) and, on the last stage, the loss sum."""
         grid, pipe, k = self.grid, self.grid.pipe_comm, len(tangents)

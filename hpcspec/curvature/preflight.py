@@ -12,7 +12,7 @@ checks refuse such a model up front, for a few products, with a message that say
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -23,7 +23,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from ..errors import InputError
 from ..parallel.agree import AgreedInputError
-from ..solvers.base import LinearOperator
+from ..solvers.base import LinearOperator, as_operator
 from ..solvers.probes import probe_block, probe_generator
 from .operator import HessianOperator, check_bn_mode
 
@@ -100,9 +100,8 @@ def _seeded_rng(op: LinearOperator, seed: int) -> Iterator[None]:
     forward sees different draws each time — even if something between the two products had
     reset the global RNG — and the user's RNG stream is left as it was.
     """
-    device = getattr(op, "device", None)
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if isinstance(device, torch.device) and device.type == "cuda" else []
+    device = op.device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.default_generator.manual_seed(seed)
         for index in cuda:
@@ -149,20 +148,20 @@ def check_operator(op: LinearOperator, *, seed: int = 0, symmetry_tol: float | N
     like); the first result gives the symmetry error (see :class:`OperatorCheck`).
 
     Args:
-        op: the operator (``op.compute_dtype``, when present, sets the default tolerance).
+        op: the operator (its ``compute_dtype`` sets the default tolerance).
         seed: seeds the probes.
         symmetry_tol: largest accepted symmetry error; default :data:`SYMMETRY_TOL` for the
             compute dtype (float64 when the operator has none).
     """
-    dtype = getattr(op, "compute_dtype", None)
+    op = as_operator(op)
+    dtype = op.compute_dtype
     tol = default_symmetry_tol(dtype) if symmetry_tol is None else symmetry_tol
     block = probe_block(op.size, seed, "check", [0, 1], "gaussian")
     first_seed, second_seed = (probe_generator(seed, "check rng", i).initial_seed() for i in (0, 1))
     # Kept first-order graphs would freeze one draw of a random forward: recompute for the check.
-    recomputing = getattr(op, "recomputing", nullcontext)
-    with recomputing(), _seeded_rng(op, first_seed):
+    with op.recomputing(), _seeded_rng(op, first_seed):
         first = op.apply(block)
-    with recomputing(), _seeded_rng(op, second_seed if second_seed != first_seed else first_seed + 1):
+    with op.recomputing(), _seeded_rng(op, second_seed if second_seed != first_seed else first_seed + 1):
         second = op.apply(block)
     error = symmetry_error(block[:, 0], block[:, 1], first[:, 0], first[:, 1])
     message = None

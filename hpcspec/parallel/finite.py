@@ -61,15 +61,15 @@ def check_operator_product(op: Any, vectors: torch.Tensor, result: torch.Tensor,
                            shared: bool) -> None:
     """:func:`check_product` for the product ``result = op · vectors`` of any operator, numbered by
     its ``num_matvecs``; nothing for an operator that checks its own (``op.checks_products``)."""
-    if getattr(op, "checks_products", False):
+    if op.checks_products:
         return
     count = 1 if vectors.ndim == 1 else vectors.shape[1]
-    done = int(getattr(op, "num_matvecs", count))
+    done = int(op.num_matvecs)
     check_product(comm, result, first=done - count + 1, count=count, shared=shared, what="operator")
 
 
 def checked_apply(op: Any, vectors: torch.Tensor) -> torch.Tensor:
     """``op.apply(vectors)``: a whole product, the same on every rank, checked (no collective)."""
     result = op.apply(vectors)
-    check_operator_product(op, vectors, result, getattr(op, "comm", None), shared=True)
+    check_operator_product(op, vectors, result, op.comm, shared=True)
     return result

@@ -56,12 +56,16 @@ class LocalSlice:
 
 
 class Operator(Protocol):
-    """The part of :class:`~hpcspec.curvature.operator.LinearOperator` a space needs."""
+    """The part of :class:`~hpcspec.solvers.operator.LinearOperator` a space needs."""
 
     size: int
     comm: Communicator
+    num_matvecs: int
+    checks_products: bool
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor: ...
+
+    def apply_sharded(self, vectors: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor: ...
 
 
 class VectorSpace(Protocol):
@@ -172,10 +176,7 @@ class Sharded:
         return self.comm.allgather_rows(local.contiguous(), self.bounds)
 
     def apply(self, op: Operator, full: torch.Tensor) -> torch.Tensor:
-        sharded_apply = getattr(op, "apply_sharded", None)
-        if sharded_apply is None:  # an operator without a reduce-scatter: multiply whole, keep the slice
-            return checked_apply(op, full)[self.lo:self.hi].clone()
-        rows = sharded_apply(full, self.bounds)
+        rows = op.apply_sharded(full, self.bounds)
         check_operator_product(op, full, rows, self.comm, shared=False)  # each rank holds other rows: agree
         return rows
 
@@ -217,12 +218,6 @@ def stage_bounds(offsets: list[int], shards: int) -> list[tuple[int, int]]:
     tile ``[0, P)``."""
     return [(begin + lo, begin + hi) for begin, end in zip(offsets[:-1], offsets[1:])
             for lo, hi in all_bounds(end - begin, shards)]
-
-
-def space_of(op: Any) -> VectorSpace:
-    """The operator's vector space (``op.space``), replicated when it names none."""
-    space = getattr(op, "space", None)
-    return space if space is not None else Replicated(op.size, getattr(op, "comm", None))
 
 
 def make_space(comm: Communicator, size: int, shard: bool) -> VectorSpace:

@@ -27,15 +27,18 @@ many probes a stream has used, never a generator's internal state.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Generic, Protocol, TypeVar
+from typing import Any, Callable, Dict, Generic, TypeVar
 
 import numpy as np
 import torch
 
 from ..choices import default_tol, tolerance_problem
 from ..errors import ArgumentError
-from ..parallel.comm import Communicator
 from ..parallel.vectors import LocalSlice
+from .operator import LinearOperator, as_operator
+
+__all__ = ["Boundary", "IterativeSolver", "LinearOperator", "ProgressHook", "State", "as_operator", "check_state",
+           "check_tol", "resolve_tol"]
 
 R = TypeVar("R")
 State = Dict[str, Any]
@@ -44,16 +47,6 @@ Boundary = Callable[["IterativeSolver"], None]
 #: Called after every step with the products done so far (``num_matvecs``); reads, never changes.
 ProgressHook = Callable[[int], None]
 SCALARS = (bool, int, float, str, type(None))
-
-
-class LinearOperator(Protocol):
-    """What the solvers need: a symmetric operator on float64 vectors of length ``size``."""
-
-    size: int
-    comm: Communicator
-
-    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``H @ vectors`` for a (size,) vector or a (size, k) block."""
 
 
 class IterativeSolver(ABC, Generic[R]):
@@ -125,8 +118,7 @@ def check_tol(tol: float | None) -> None:
         raise ArgumentError(problem)
 
 
-def resolve_tol(tol: float | None, op: Any) -> float:
-    """``tol``, or when it is None the Lanczos default for the operator's compute dtype (its
-    ``compute_dtype``, as a :class:`~hpcspec.curvature.operator.HessianOperator` has; float64's
-    when it has none): the library and ``eigen.tol = 0`` on the command line agree."""
-    return default_tol(getattr(op, "compute_dtype", None)) if tol is None else float(tol)
+def resolve_tol(tol: float | None, op: LinearOperator) -> float:
+    """``tol``, or when it is None the Lanczos default for the operator's ``compute_dtype``
+    (float64's when it has none): the library and ``eigen.tol = 0`` on the command line agree."""
+    return default_tol(op.compute_dtype) if tol is None else float(tol)

@@ -45,8 +45,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..parallel.vectors import space_of
-from .base import IterativeSolver, LinearOperator, State, check_tol, resolve_tol
+from .base import IterativeSolver, LinearOperator, State, as_operator, check_tol, resolve_tol
 from .block_basis import BasisBuffer, as_block, checked_sizes, fresh_block, next_block, one_thread, orthogonalise
 from .block_check import (beyond, check_which, copy_limits, full_residuals, guarantee, restart_priority, round_clear,
                           wanted_indices)
@@ -91,6 +90,7 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
                  block_size: int = DEFAULT_BLOCK_SIZE, max_basis: int | None = None, maxiter: int | None = None,
                  seed: int = 0, v0: torch.Tensor | None = None, check: bool = True, check_size: int = 1,
                  callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
+        op = as_operator(op)
         n = op.size
         check_request(n, k, which)
         tol = resolve_tol(tol, op)
@@ -98,7 +98,7 @@ class BlockLanczos(BasisRows, IterativeSolver[LanczosResult]):
         self.op, self.k, self.which, self.tol, self.seed = op, k, which, float(tol), seed
         self.block_size, self.max_basis, self.check, self.callback = b, basis, check, callback
         self.check_size = check_size
-        self.space = space_of(op)
+        self.space = op.space
         self.buffer = BasisBuffer(self.space.local_size, basis, 2 * b + k)
         self.peak_rows = 0  # the most vectors ever held (locked + active + pending): ≤ max_basis
         self.nl = self.m = self.w = 0  # locked, active and pending rows of the buffer, in that order

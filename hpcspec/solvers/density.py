@@ -31,8 +31,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from ..parallel.vectors import space_of
-from .base import IterativeSolver, LinearOperator, State
+from .base import IterativeSolver, LinearOperator, State, as_operator
 from .probes import DISTRIBUTIONS, probe_block
 
 STREAM = "density"
@@ -97,6 +96,7 @@ class SLQ(IterativeSolver[DensityResult]):
 
     def __init__(self, op: LinearOperator, *, probes: int = 4, steps: int = 80, seed: int = 0,
                  distribution: str = "rademacher") -> None:
+        op = as_operator(op)
         n = op.size
         if probes < 1:
             raise ValueError(f"probes must be at least 1, got {probes}")
@@ -105,7 +105,7 @@ class SLQ(IterativeSolver[DensityResult]):
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"probe distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
         self.op, self.probes = op, probes
-        self.space = space = space_of(op)
+        self.space = space = op.space
         self.m = m = min(steps, n)
         start = probe_block(n, seed, STREAM, range(probes), distribution)  # (P, probes)
         start /= torch.linalg.vector_norm(start, dim=0, keepdim=True)

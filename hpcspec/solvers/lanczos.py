@@ -23,8 +23,8 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from ..choices import WHICH
-from ..parallel.vectors import VectorSpace, space_of
-from .base import IterativeSolver, LinearOperator, State, check_tol, resolve_tol
+from ..parallel.vectors import VectorSpace
+from .base import IterativeSolver, LinearOperator, State, as_operator, check_tol, resolve_tol
 from .probes import probe
 
 STREAM = "lanczos"
@@ -149,13 +149,14 @@ class Lanczos(IterativeSolver[LanczosResult]):
     def __init__(self, op: LinearOperator, k: int = 5, *, which: str = "largest", tol: float | None = None,
                  maxiter: int | None = None, seed: int = 0, v0: torch.Tensor | None = None,
                  callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> None:
+        op = as_operator(op)
         n = op.size
         check_request(n, k, which)
         self.maxiter = min(n, maxiter if maxiter else max(200, 30 * k))
         if self.maxiter < k:
             raise ValueError(f"maxiter ({self.maxiter}) must be at least k ({k})")
         self.op, self.k, self.which, self.tol, self.seed, self.callback = op, k, which, resolve_tol(tol, op), seed, callback
-        self.space = space_of(op)
+        self.space = op.space
         self.basis = KrylovBasis(self.space, min(self.maxiter, 64), self.maxiter)
         q = v0.to(torch.float64).clone() if v0 is not None else probe(n, seed, STREAM, 0, "gaussian")
         self.q = q / torch.linalg.vector_norm(q)  # whole on every rank: the next vector to multiply

@@ -8,20 +8,19 @@ from typing import Sequence
 import torch
 
 from ..parallel.comm import Communicator, SingleProcess
-from ..parallel.vectors import VectorSpace, make_space
+from ..parallel.vectors import make_space
+from .operator import LinearOperator
 
 
-class MatrixOperator:
+class MatrixOperator(LinearOperator):
     """A dense symmetric matrix as an operator: ground truth for tests and validation."""
 
     def __init__(self, matrix: torch.Tensor, comm: Communicator | None = None, *, shard_vectors: bool = False) -> None:
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}")
+        comm = comm or SingleProcess()
+        super().__init__(matrix.shape[0], comm, make_space(comm, matrix.shape[0], shard_vectors))
         self.matrix = matrix.to(torch.float64)
-        self.size = matrix.shape[0]
-        self.comm = comm or SingleProcess()
-        self.space: VectorSpace = make_space(self.comm, self.size, shard_vectors)
-        self.num_matvecs = 0
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         self.num_matvecs += 1 if vectors.ndim == 1 else vectors.shape[1]

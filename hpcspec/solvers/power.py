@@ -27,7 +27,7 @@ import torch
 
 from ..choices import POWER_MAXITER, POWER_TOL
 from ..parallel.finite import checked_apply
-from .base import IterativeSolver, LinearOperator, State, check_tol
+from .base import IterativeSolver, LinearOperator, State, as_operator, check_tol
 from .orthogonal import project_out_
 from .probes import probe
 
@@ -75,6 +75,7 @@ class PowerIteration(IterativeSolver[PowerResult]):
 
     def __init__(self, op: LinearOperator, k: int = 1, *, maxiter: int = POWER_MAXITER, tol: float = POWER_TOL,
                  seed: int = 0) -> None:
+        op = as_operator(op)
         n = op.size
         if not 1 <= k <= n:
             raise ValueError(f"k must be between 1 and the operator size {n}, got {k}")

@@ -49,7 +49,7 @@ import torch
 # (module docstring); ADAPTIVE_METHODS support ``rtol`` (XTrace needs its whole sketch first).
 from ...choices import ADAPTIVE_TRACE_METHODS as ADAPTIVE_METHODS
 from ...choices import DEFAULT_TRACE_METHOD, TRACE_METHODS
-from ..base import IterativeSolver, LinearOperator, State
+from ..base import IterativeSolver, LinearOperator, State, as_operator
 from ..probes import DISTRIBUTIONS, apply_in_blocks
 from .base import TraceResult, make_result, standard_error
 from .hutchinson import residual_samples
@@ -147,6 +147,7 @@ class TraceEstimator(IterativeSolver[TraceResult]):
             fix = " or lower sketch" if method in ("hutchpp", "krylov") else ""
             raise ValueError(f"matvecs = {matvecs} is too small for {method}: it needs at least {needed} "
                              f"({detail}); raise matvecs{fix}")
+        op = as_operator(op)
         n = op.size
         self.op, self.method, self.matvecs, self.rtol = op, method, int(matvecs), rtol
         self.seed, self.distribution, self.block_size = int(seed), distribution, int(block_size)
