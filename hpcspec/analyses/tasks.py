@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -40,11 +40,6 @@ EigenResult = Union[LanczosResult, PowerResult]
 Progress = Callable[[str], None]
 #: A checkpoint hook: given a function that returns the job state, commit it and/or stop.
 Checkpoint = Callable[[Callable[[], State]], None]
-TASK_ORDER = ("eigen", "trace", "density")
-#: How each task is named in log lines and progress displays.
-TASK_LABELS: dict[str, Callable[[Config], str]] = {"eigen": lambda cfg: f"eigen ({cfg.eigen.method})",
-                                                   "trace": lambda cfg: f"trace ({cfg.trace.method})",
-                                                   "density": lambda cfg: "density (SLQ)"}
 
 
 @dataclass(frozen=True)
@@ -138,6 +133,39 @@ def broaden(result: DensityResult, sigma_fraction: float, points: int) -> Densit
                    sigma_fraction=sigma_fraction)
 
 
+def _keep_eigen(results: TaskResults, result: EigenResult, cfg: Config) -> None:
+    results.eigen, results.eigen_method = result, cfg.eigen.method
+    results.eigen_which, results.eigen_tol = eigen_settings(cfg)[:2]
+
+
+def _keep_trace(results: TaskResults, result: TraceResult, cfg: Config) -> None:
+    results.trace, results.trace_rtol = result, cfg.trace.rtol
+
+
+def _keep_density(results: TaskResults, result: DensityResult, cfg: Config) -> None:
+    results.density = broaden(result, cfg.density.sigma, cfg.density.grid)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One estimator a run can ask for (``tasks`` in the config): how log lines and progress
+    displays name it, its solver on an operator, and what of its result the run keeps. A new
+    estimator is one entry of :data:`TASKS` (and its writers in :mod:`hpcspec.results`)."""
+
+    name: str
+    label: Callable[[Config], str]
+    solver: Callable[[LinearOperator, Config, Progress | None], IterativeSolver]
+    keep: Callable[[TaskResults, Any, Config], None]
+
+
+#: Every task, in the order a run takes them.
+TASKS: dict[str, Task] = {task.name: task for task in (
+    Task("eigen", lambda cfg: f"eigen ({cfg.eigen.method})", eigen_solver, _keep_eigen),
+    Task("trace", lambda cfg: f"trace ({cfg.trace.method})", lambda op, cfg, _: trace_solver(op, cfg), _keep_trace),
+    Task("density", lambda cfg: "density (SLQ)", lambda op, cfg, _: density_solver(op, cfg), _keep_density),
+)}
+
+
 def substate(state: State | None, prefix: str) -> State | None:
     """The entries of a job state under ``prefix/``, prefix removed (None if there are none)."""
     if not state:
@@ -169,8 +197,6 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
         progress = display.around(progress)
     results = TaskResults()
     solvers: dict[str, IterativeSolver] = {}
-    builders = {"eigen": lambda: eigen_solver(op, cfg, progress), "trace": lambda: trace_solver(op, cfg),
-                "density": lambda: density_solver(op, cfg)}
 
     def job_state() -> State:
         state = dict(extra_state() if extra_state is not None else {})
@@ -179,25 +205,19 @@ def run_tasks(op: LinearOperator, cfg: Config, progress: Progress | None = None,
         return state
 
     boundary = (lambda solver: checkpoint(job_state)) if checkpoint is not None else None
-    for name in TASK_ORDER:
+    for name, task in TASKS.items():
         if name not in cfg.tasks:
             continue
-        solver = builders[name]()
+        solver = task.solver(op, cfg, progress)
         saved = substate(resume, name)
         if saved is not None:
             solver.load_state_dict(saved)
         solvers[name] = solver
         started = time.perf_counter()
-        result = solver.run(boundary) if display is None else display.run(solver, TASK_LABELS[name](cfg), boundary)
+        label = task.label(cfg)
+        result = solver.run(boundary) if display is None else display.run(solver, label, boundary)
         results.seconds[name] = time.perf_counter() - started
-        if name == "eigen":
-            results.eigen, results.eigen_method = result, cfg.eigen.method
-            results.eigen_which, results.eigen_tol = eigen_settings(cfg)[:2]
-        elif name == "trace":
-            results.trace, results.trace_rtol = result, cfg.trace.rtol
-        else:
-            results.density = broaden(result, cfg.density.sigma, cfg.density.grid)
-        label = TASK_LABELS[name](cfg)
+        task.keep(results, result, cfg)
         if progress is not None:
             resumed = " (resumed)" if saved is not None else ""
             progress(f"{label} finished in {results.seconds[name]:.2f} s{resumed}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 
 from ..analyses.gradient import GradientOverlap
 from ..analyses.landscape import Landscape
-from ..analyses.tasks import Density, TaskResults, broaden
+from ..analyses.tasks import TaskResults, broaden
 from ..analyses.validation import Validation
 from ..errors import InputError
 from ..files.atomic import atomic_path
@@ -49,16 +49,9 @@ def write_results(path: Path, results: TaskResults, layout: ParamLayout, info: R
                         "loss_value": info.loss_value, "world_size": info.world_size, "hvp_method": info.hvp_method,
                         "hvp_reason": info.hvp_reason, "hvp_trial_products": info.hvp_trial_products,
                         "seconds": info.seconds})
-        if results.eigen is not None:
-            _write_eigen(f, results, layout, info)
-        if results.trace is not None:
-            _write_trace(f, results)
-        if results.density is not None:
-            _write_density(f, results.density, results.seconds.get("density", 0.0))
-        if results.gradient is not None:
-            _write_gradient(f, results)
-        if results.landscape is not None:
-            _write_landscape(f, results)
+        for name, write in GROUPS.items():
+            if getattr(results, name) is not None:
+                write(f, results, layout, info)
         _write_params(f, layout)
         if validation is not None:
             _write_validation(f, validation)
@@ -88,7 +81,7 @@ def _write_eigen(f: h5py.File, results: TaskResults, layout: ParamLayout, info: 
     eigen.attrs.update(attrs)
 
 
-def _write_trace(f: h5py.File, results: TaskResults) -> None:
+def _write_trace(f: h5py.File, results: TaskResults, layout: ParamLayout, info: RunInfo) -> None:
     result = results.trace
     assert result is not None
     group = f.create_group("trace")
@@ -100,7 +93,9 @@ def _write_trace(f: h5py.File, results: TaskResults) -> None:
         group.attrs["converged"] = result.converged
 
 
-def _write_density(f: h5py.File, density: Density, seconds: float) -> None:
+def _write_density(f: h5py.File, results: TaskResults, layout: ParamLayout, info: RunInfo) -> None:
+    density, seconds = results.density, results.seconds.get("density", 0.0)
+    assert density is not None
     result = density.result
     group = f.create_group("density")
     group.create_dataset("nodes", data=result.nodes)
@@ -117,7 +112,7 @@ def _write_density(f: h5py.File, density: Density, seconds: float) -> None:
     lanczos.create_dataset("steps", data=result.steps)
 
 
-def _write_gradient(f: h5py.File, results: TaskResults) -> None:
+def _write_gradient(f: h5py.File, results: TaskResults, layout: ParamLayout, info: RunInfo) -> None:
     """``/gradient``: the gradient's share ‖Vᵀg‖²/‖g‖² of the eigen task's eigenspace."""
     overlap = results.gradient
     assert overlap is not None
@@ -129,7 +124,7 @@ def _write_gradient(f: h5py.File, results: TaskResults) -> None:
                         "which": results.eigen_which, "seconds": results.seconds.get("gradient", 0.0)})
 
 
-def _write_landscape(f: h5py.File, results: TaskResults) -> None:
+def _write_landscape(f: h5py.File, results: TaskResults, layout: ParamLayout, info: RunInfo) -> None:
     """``/landscape``: the loss along v₁ (and a random direction), and over the plane of v₁, v₂."""
     land = results.landscape
     assert land is not None
@@ -144,6 +139,13 @@ def _write_landscape(f: h5py.File, results: TaskResults) -> None:
     group.attrs.update({"eigenvalues": land.eigenvalues, "loss": land.loss, "slope": land.slope,
                         "random_seed": land.seed, "which": results.eigen_which,
                         "seconds": results.seconds.get("landscape", 0.0)})
+
+
+#: Each result's group of results.h5, in file order: the :class:`TaskResults` field it is written
+#: from (when the run has it) and its writer. A new task's results are one entry here.
+GROUPS: dict[str, Callable[[h5py.File, TaskResults, ParamLayout, RunInfo], None]] = {
+    "eigen": _write_eigen, "trace": _write_trace, "density": _write_density, "gradient": _write_gradient,
+    "landscape": _write_landscape}
 
 
 def _write_params(f: h5py.File, layout: ParamLayout) -> None:

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,6 +38,60 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _eigen_record(results: TaskResults) -> dict[str, Any]:
+    eigen = results.eigen
+    assert eigen is not None
+    record = {"method": results.eigen_method, "which": results.eigen_which,
+              "values": eigen.eigenvalues.tolist(), "residuals": eigen.residuals.tolist(),
+              "converged": eigen.converged, "iterations": eigen_iterations(eigen),
+              "num_matvecs": eigen.num_matvecs, "data_passes": data_passes(eigen), "tol": results.eigen_tol}
+    if isinstance(eigen, LanczosResult):
+        record.update({"block_size": eigen.block_size, "restarts": eigen.restarts, "checks": eigen.checks,
+                       "complete": eigen.complete, "guarantee": eigen.guarantee})
+    return record
+
+
+def _trace_record(results: TaskResults) -> dict[str, Any]:
+    t = results.trace
+    assert t is not None
+    record = {"method": t.method, "estimate": t.estimate, "stderr": t.stderr, "num_matvecs": t.num_matvecs,
+              "rtol": results.trace_rtol}
+    if results.trace_rtol > 0:  # with no rtol there was no stop test (docs/results.md)
+        record["converged"] = t.converged
+    return record
+
+
+def _density_record(results: TaskResults) -> dict[str, Any]:
+    d = results.density
+    assert d is not None
+    return {"probes": int(d.result.nodes.shape[0]), "steps": int(d.result.nodes.shape[1]),
+            "num_matvecs": d.result.num_matvecs, "sigma": d.sigma, "sigma_fraction": d.sigma_fraction,
+            "range": [float(d.grid[0]), float(d.grid[-1])], "l1_stderr": d.l1_stderr}
+
+
+def _gradient_record(results: TaskResults) -> dict[str, Any]:
+    g = results.gradient
+    assert g is not None
+    return {"fraction": g.fraction, "norm": g.norm, "overlaps": g.overlaps.tolist()}
+
+
+def _landscape_record(results: TaskResults) -> dict[str, Any]:
+    land = results.landscape
+    assert land is not None
+    return {"radius": float(land.alphas[-1]), "points": len(land.alphas),
+            "points_2d": 0 if land.betas is None else len(land.betas), "loss": land.loss,
+            "loss_top_range": [float(land.loss_top.min()), float(land.loss_top.max())],
+            "loss_random_range": (None if land.loss_random is None else
+                                  [float(land.loss_random.min()), float(land.loss_random.max())])}
+
+
+#: Each result's entry of summary.json, in order: the :class:`TaskResults` field it is made from
+#: (when the run has it) and its record. A new task's results are one entry here.
+RECORDS: dict[str, Callable[[TaskResults], dict[str, Any]]] = {
+    "eigen": _eigen_record, "trace": _trace_record, "density": _density_record, "gradient": _gradient_record,
+    "landscape": _landscape_record}
+
+
 def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
             validation: Validation | None = None) -> dict[str, Any]:
     """The small human-readable record written to ``summary.json`` (no vectors, no grids)."""
@@ -49,38 +103,9 @@ def summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
         "seconds": round(info.seconds, 3), "hpcspec_version": info.provenance["hpcspec"],
         "excluded_params": list(layout.excluded),
     }
-    eigen = results.eigen
-    if eigen is not None:
-        record["eigen"] = {"method": results.eigen_method, "which": results.eigen_which,
-                           "values": eigen.eigenvalues.tolist(), "residuals": eigen.residuals.tolist(),
-                           "converged": eigen.converged, "iterations": eigen_iterations(eigen),
-                           "num_matvecs": eigen.num_matvecs, "data_passes": data_passes(eigen),
-                           "tol": results.eigen_tol}
-        if isinstance(eigen, LanczosResult):
-            record["eigen"].update({"block_size": eigen.block_size, "restarts": eigen.restarts,
-                                    "checks": eigen.checks, "complete": eigen.complete, "guarantee": eigen.guarantee})
-    if results.trace is not None:
-        t = results.trace
-        record["trace"] = {"method": t.method, "estimate": t.estimate, "stderr": t.stderr,
-                           "num_matvecs": t.num_matvecs, "rtol": results.trace_rtol}
-        if results.trace_rtol > 0:  # with no rtol there was no stop test (docs/results.md)
-            record["trace"]["converged"] = t.converged
-    if results.density is not None:
-        d = results.density
-        record["density"] = {"probes": int(d.result.nodes.shape[0]), "steps": int(d.result.nodes.shape[1]),
-                             "num_matvecs": d.result.num_matvecs, "sigma": d.sigma, "sigma_fraction": d.sigma_fraction,
-                             "range": [float(d.grid[0]), float(d.grid[-1])], "l1_stderr": d.l1_stderr}
-    if results.gradient is not None:
-        g = results.gradient
-        record["gradient"] = {"fraction": g.fraction, "norm": g.norm, "overlaps": g.overlaps.tolist()}
-    if results.landscape is not None:
-        land = results.landscape
-        record["landscape"] = {"radius": float(land.alphas[-1]), "points": len(land.alphas),
-                               "points_2d": 0 if land.betas is None else len(land.betas),
-                               "loss": land.loss,
-                               "loss_top_range": [float(land.loss_top.min()), float(land.loss_top.max())],
-                               "loss_random_range": (None if land.loss_random is None else
-                                                     [float(land.loss_random.min()), float(land.loss_random.max())])}
+    for name, part in RECORDS.items():
+        if getattr(results, name) is not None:
+            record[name] = part(results)
     if validation is not None:
         record["validation"] = _jsonable({"exact_trace": validation.exact_trace,
                                           "exact_range": list(validation.exact_range),
@@ -109,41 +134,54 @@ def console_summary(results: TaskResults, layout: ParamLayout, info: RunInfo,
     lines = [f"hpcspec: {info.model} on {info.data}: {info.num_samples} samples, {layout.size:,} parameters, "
              f"{info.world_size} rank{'s' if info.world_size > 1 else ''}, loss {info.loss_value:.6g}, "
              f"{info.dtype}, {info.hvp_method}{method_note(info)}"]
-    if results.eigen is not None:
-        lines += _eigen_lines(results)
-    if results.trace is not None:
-        t = results.trace
-        low, high = t.estimate - 2 * t.stderr, t.estimate + 2 * t.stderr
-        state = "" if t.converged else " (trace.rtol NOT reached)"
-        lines.append(f"trace ({t.method}, {t.num_matvecs} products): {t.estimate:.10g} ± {t.stderr:.3g} standard "
-                     f"error ({100 * t.stderr / max(abs(t.estimate), 1e-300):.2f}%); ±2σ interval "
-                     f"[{low:.6g}, {high:.6g}]{state}")
-    if results.density is not None:
-        d = results.density
-        atoms, _ = d.result.measure()
-        spread = f"{d.l1_stderr:.3g}" if d.result.nodes.shape[0] > 1 else "n/a (one probe)"
-        lines.append(f"density (SLQ, {d.result.nodes.shape[0]} probes × {d.result.nodes.shape[1]} steps, "
-                     f"{d.result.num_matvecs} products): quadrature nodes in [{atoms.min():.6g}, {atoms.max():.6g}], "
-                     f"broadened by σ = {d.sigma:.3g}; between-probe standard error ∫|δρ| = {spread}")
-    if results.gradient is not None:
-        g = results.gradient
-        space = (f"top-{len(g.overlaps)}" if results.eigen_which in ("largest", "largest_magnitude")
-                 else f"{len(g.overlaps)}-vector ({results.eigen_which})")
-        lines.append(f"gradient: ‖g‖ = {g.norm:.6g}; share in the {space} eigenspace "
-                     f"‖Vᵀg‖²/‖g‖² = {g.fraction:.4f} (per vector "
-                     f"{', '.join(f'{o:.3g}' for o in g.overlaps)})")
-    if results.landscape is not None:
-        land = results.landscape
-        along = f"loss along v1 in [{land.loss_top.min():.6g}, {land.loss_top.max():.6g}]"
-        if land.loss_random is not None:
-            along += f", along a random direction in [{land.loss_random.min():.6g}, {land.loss_random.max():.6g}]"
-        grid = f"; 2-D grid {len(land.betas)}×{len(land.betas)}" if land.betas is not None else ""
-        lines.append(f"landscape (α ∈ [{land.alphas[0]:g}, {land.alphas[-1]:g}], {len(land.alphas)} points): "
-                     f"{along}{grid}")
+    for name, part in CONSOLE.items():
+        if getattr(results, name) is not None:
+            lines += part(results)
     lines.append(f"total {info.seconds:.2f} s ({', '.join(f'{k} {v:.2f} s' for k, v in results.seconds.items())})")
     if files:
         lines.append(files_line(files))
     return "\n".join(lines)
+
+
+def _trace_lines(results: TaskResults) -> list[str]:
+    t = results.trace
+    assert t is not None
+    low, high = t.estimate - 2 * t.stderr, t.estimate + 2 * t.stderr
+    state = "" if t.converged else " (trace.rtol NOT reached)"
+    return [f"trace ({t.method}, {t.num_matvecs} products): {t.estimate:.10g} ± {t.stderr:.3g} standard "
+            f"error ({100 * t.stderr / max(abs(t.estimate), 1e-300):.2f}%); ±2σ interval "
+            f"[{low:.6g}, {high:.6g}]{state}"]
+
+
+def _density_lines(results: TaskResults) -> list[str]:
+    d = results.density
+    assert d is not None
+    atoms, _ = d.result.measure()
+    spread = f"{d.l1_stderr:.3g}" if d.result.nodes.shape[0] > 1 else "n/a (one probe)"
+    return [f"density (SLQ, {d.result.nodes.shape[0]} probes × {d.result.nodes.shape[1]} steps, "
+            f"{d.result.num_matvecs} products): quadrature nodes in [{atoms.min():.6g}, {atoms.max():.6g}], "
+            f"broadened by σ = {d.sigma:.3g}; between-probe standard error ∫|δρ| = {spread}"]
+
+
+def _gradient_lines(results: TaskResults) -> list[str]:
+    g = results.gradient
+    assert g is not None
+    space = (f"top-{len(g.overlaps)}" if results.eigen_which in ("largest", "largest_magnitude")
+             else f"{len(g.overlaps)}-vector ({results.eigen_which})")
+    return [f"gradient: ‖g‖ = {g.norm:.6g}; share in the {space} eigenspace "
+            f"‖Vᵀg‖²/‖g‖² = {g.fraction:.4f} (per vector "
+            f"{', '.join(f'{o:.3g}' for o in g.overlaps)})"]
+
+
+def _landscape_lines(results: TaskResults) -> list[str]:
+    land = results.landscape
+    assert land is not None
+    along = f"loss along v1 in [{land.loss_top.min():.6g}, {land.loss_top.max():.6g}]"
+    if land.loss_random is not None:
+        along += f", along a random direction in [{land.loss_random.min():.6g}, {land.loss_random.max():.6g}]"
+    grid = f"; 2-D grid {len(land.betas)}×{len(land.betas)}" if land.betas is not None else ""
+    return [f"landscape (α ∈ [{land.alphas[0]:g}, {land.alphas[-1]:g}], {len(land.alphas)} points): "
+            f"{along}{grid}"]
 
 
 def files_line(files: Sequence[tuple[str, Path]]) -> str:
@@ -187,6 +225,13 @@ def _eigen_lines(results: TaskResults) -> list[str]:
                      f"= data passes; "
                      f"the residual ‖Hv − θv‖ is the error estimate")
     return lines
+
+
+#: Each result's console lines, in order: the :class:`TaskResults` field they are made from (when
+#: the run has it) and its lines. A new task's results are one entry here.
+CONSOLE: dict[str, Callable[[TaskResults], list[str]]] = {
+    "eigen": _eigen_lines, "trace": _trace_lines, "density": _density_lines, "gradient": _gradient_lines,
+    "landscape": _landscape_lines}
 
 
 def validation_table(validation: Validation, results: TaskResults) -> str:
