@@ -8,6 +8,7 @@ Library use, with or without MPI::
     result = lanczos(op, k=5)            # top-5 eigenpairs
     estimate = trace(op, matvecs=100)    # trace with a standard error
     quadrature = slq(op, probes=4)       # spectral density by stochastic Lanczos quadrature
+    ggn = GaussNewtonOperator(model, "cross_entropy", (x, y))   # the Gauss-Newton matrix, same solvers
 
 PyHessian's calls (:mod:`hpcspec.analyses.pyhessian`)::
 
@@ -19,6 +20,8 @@ PyHessian's calls (:mod:`hpcspec.analyses.pyhessian`)::
 
 from .errors import ConfigError, InputError
 from .analyses.pyhessian import Hessian, hessian
+from .curvature.base import BatchCurvature, CurvatureOperator
+from .curvature.ggn import GaussNewtonOperator
 from .curvature.operator import HessianOperator
 from .parallel.comm import Communicator, SingleProcess, world
 from .problem.data import Shard, load_shard, shard_range
@@ -37,8 +40,10 @@ from .solvers import (
     trace,
 )
 from .solvers.matrix import MatrixOperator
+from .solvers.operator import LinearOperator
 from .version import __version__
 
-__all__ = ["__version__", "Communicator", "ConfigError", "DensityResult", "Hessian", "HessianOperator", "InputError", "LanczosResult",
+__all__ = ["__version__", "BatchCurvature", "Communicator", "ConfigError", "CurvatureOperator", "DensityResult",
+           "GaussNewtonOperator", "Hessian", "HessianOperator", "InputError", "LanczosResult", "LinearOperator",
            "Loss", "MatrixOperator", "ParamLayout", "PowerResult", "Shard", "SingleProcess", "TraceResult", "block_lanczos", "hessian", "lanczos",
            "load_shard", "logits_of", "power_iteration", "shard_range", "slq", "trace", "world"]

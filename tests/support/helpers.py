@@ -39,6 +39,26 @@ def dense_hessian(model: nn.Module, loss_name: str, x: torch.Tensor, y: torch.Te
     return torch.func.hessian(mean_loss)(flat_params(model).double())
 
 
+def dense_ggn(model: nn.Module, loss_name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Jᵀ H_out J / C over the whole data set, from torch's dense Jacobian and output Hessian."""
+    loss = get_loss(loss_name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    shapes = [p.shape for p in params]
+
+    def output(vector: torch.Tensor) -> torch.Tensor:
+        pieces, begin = {}, 0
+        for (name, p), shape in zip(model.named_parameters(), shapes):
+            pieces[name] = vector[begin:begin + p.numel()].reshape(shape)
+            begin += p.numel()
+        return torch.func.functional_call(model, pieces, (x,))
+
+    z = output(flat).detach()
+    jacobian = torch.autograd.functional.jacobian(output, flat).reshape(z.numel(), -1)
+    h_out = torch.autograd.functional.hessian(lambda out: loss.sum(out.reshape(z.shape), y), z.reshape(-1))
+    return jacobian.T @ h_out @ jacobian / float(loss.count(y))
+
+
 def mlp(seed: int = 0, sizes: tuple[int, ...] = (5, 7, 3)) -> nn.Module:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
